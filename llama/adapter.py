@@ -1,0 +1,179 @@
+"""What TOPA adds to Llama (SPEC §2, §3): adapter prompts with zero-init gates, the CLIP projector,
+the temporal embedding, and the memory projection. Everything else is `llama/model.py`.
+
+`is_trainable(name)` is the one predicate that decides which parameters train *and* which are saved.
+"""
+import re
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import Attention, ModelArgs, Transformer, TransformerBlock
+
+TRAINABLE = re.compile(r"^(adapter_query\.weight|visual_proj\.weight|temporal_emb\.weight|"
+                       r"layers\.\d+\.attention\.gate[12])$")
+
+
+def is_trainable(name: str) -> bool:
+    """True for the TOPA parameters (SPEC §1.2): they train, stay fp32, and are what a checkpoint holds."""
+    return TRAINABLE.match(name) is not None
+
+
+class AdapterAttention(Attention):
+    """Attention with a gated adapter prompt (gate1) and a learned bias from text to video (gate2)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__(args)
+        self.gate1 = nn.Parameter(torch.zeros(1, args.n_heads, 1, 1))
+        self.gate2 = nn.Parameter(torch.full((1, args.n_heads, 1, 1), -float(args.bias)))
+
+    def forward(self, x, cos, sin, mask, prompt=None, text_to_video=None):
+        """prompt [A, D] (fp32 adapter rows, no RoPE); text_to_video bool [B, 1, L, Lk]: where gate2 is added."""
+        q, k, v = self.qkv(x, cos, sin)
+        s = self.scores(q, k, mask)  # [B, H, L, Lk] fp32
+        if text_to_video is not None:
+            s = s + self.gate2 * text_to_video
+        out = F.softmax(s, dim=-1).type_as(v) @ v  # [B, H, L, hd]
+        if prompt is not None:
+            A, rep = prompt.shape[0], self.n_heads // self.n_kv_heads
+            p = prompt.to(x.dtype)
+            ka = self.wk(p).view(1, A, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, A, hd]
+            va = self.wv(p).view(1, A, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, A, hd]
+            ka, va = ka.repeat_interleave(rep, 1), va.repeat_interleave(rep, 1)        # [1, H, A, hd]
+            sa = (q @ ka.transpose(-1, -2)).float() / (self.head_dim ** 0.5)           # [B, H, L, A]
+            pa = torch.tanh(self.gate1) * F.softmax(sa, dim=-1)
+            out = out + pa.type_as(va) @ va
+        return self.merge_heads(out)
+
+
+class TOPA(Transformer):
+    """Frozen Llama + adapters on the last `adapter_layer` layers + video input at a `V×T` slot."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__(args)
+        self.first_adapted = args.n_layers - args.adapter_layer
+        self.adapter_query = nn.Embedding(args.adapter_len * args.adapter_layer, args.dim)
+        self.visual_proj = nn.Linear(args.clip_dim, args.dim, bias=False)
+        self.temporal_emb = nn.Embedding(args.max_feats, args.dim)
+
+    def make_block(self, layer_id: int) -> TransformerBlock:
+        adapted = layer_id >= self.args.n_layers - self.args.adapter_layer
+        return TransformerBlock(self.args, AdapterAttention(self.args) if adapted else None)
+
+    def trainable_parameters(self):
+        return [(n, p) for n, p in self.named_parameters() if is_trainable(n)]
+
+    def trainable_state_dict(self):
+        return {n: p.detach() for n, p in self.trainable_parameters()}
+
+    def reset_trainable(self):
+        """Fresh TOPA parameters (SPEC §3 init): module defaults, gate1 = 0, gate2 = -bias."""
+        for m in (self.adapter_query, self.visual_proj, self.temporal_emb):
+            m.reset_parameters()
+        for layer in self.layers:
+            att = layer.attention
+            if isinstance(att, AdapterAttention):
+                nn.init.zeros_(att.gate1)
+                nn.init.constant_(att.gate2, -float(self.args.bias))
+
+    def embed(self, tokens, video=None, video_start=None):
+        """tokens [B, L] (any id at video slots), video [B, T, clip_dim] -> [B, L, D] in the backbone dtype."""
+        h = self.tok_embeddings(tokens)
+        if video is not None:
+            B, T, _ = video.shape
+            x = self.visual_proj(video.to(self.visual_proj.weight.dtype)) + self.temporal_emb.weight[:T]  # [B, T, D]
+            idx = (video_start[:, None] + torch.arange(T, device=tokens.device))[..., None]  # [B, T, 1]
+            h = h.scatter(1, idx.expand(-1, -1, h.shape[-1]), x.to(h.dtype))
+        return h
+
+    def hidden(self, tokens, positions, mask, video=None, video_start=None, gate2=True):
+        """Final normed hidden states [B, L, D].
+
+        tokens, positions [B, L]; mask bool [B, 1, L, L] (True = may attend); video [B, T, clip_dim]
+        placed at positions video_start[b] .. +T-1 of row b; gate2=False for sequences with no text
+        after the video (qav)."""
+        T = self.args.max_feats
+        t2v = None
+        if video is not None and gate2:
+            s = video_start[:, None]                                    # [B, 1]
+            key_video = (positions >= s) & (positions < s + T)         # [B, Lk]
+            query_text = positions >= s + T                            # [B, L]
+            t2v = (query_text[:, None, :, None] & key_video[:, None, None, :]) & mask  # [B, 1, L, Lk]
+        prompts = self.adapter_query.weight.view(self.args.adapter_layer, self.args.adapter_len, -1)
+
+        def layer_kwargs(i):
+            if i < self.first_adapted:
+                return {}
+            return {"prompt": prompts[i - self.first_adapted], "text_to_video": t2v}
+
+        return self.run_layers(self.embed(tokens, video, video_start), positions, mask, layer_kwargs)
+
+    def logits(self, h):
+        return self.output(h).float()
+
+
+def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float = 100.0,
+                      chunk: int = 262144) -> torch.Tensor:
+    """SPEC §2.3: v <- normalize(softmax(100 v M^T) M), row-wise, in fp32, over memory chunks
+    (an online softmax, so a 1M-row memory never needs a [rows, 1M] matrix at once)."""
+    shape = v.shape
+    v = v.reshape(-1, shape[-1]).float()
+    m = torch.full((v.shape[0], 1), float("-inf"), device=v.device)
+    denom = torch.zeros(v.shape[0], 1, device=v.device)
+    acc = torch.zeros_like(v)
+    for start in range(0, memory.shape[0], chunk):
+        M = memory[start:start + chunk].to(v.device, torch.float32)
+        logit = temperature * (v @ M.T)                     # [rows, chunk]
+        m_new = torch.maximum(m, logit.max(-1, keepdim=True).values)
+        scale = torch.exp(m - m_new)
+        p = torch.exp(logit - m_new)
+        denom = denom * scale + p.sum(-1, keepdim=True)
+        acc = acc * scale + p @ M
+        m = m_new
+    return F.normalize(acc / denom, dim=-1).reshape(shape)
+
+
+def build_model(args: ModelArgs, backbone: dict, dtype: torch.dtype = torch.float32,
+                device="cpu", trainable: Optional[dict] = None, source: str = "backbone") -> TOPA:
+    """Build a TOPA model without ever allocating random backbone weights.
+
+    backbone: Meta's state dict (merged); trainable: a TOPA checkpoint's `model` dict, or None for a fresh
+    init (SPEC §3). Missing or extra keys and wrong shapes are errors naming the key."""
+    with torch.device("meta"):
+        model = TOPA(args)
+    expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
+    check_state(backbone, expected, source)
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in backbone.items()},
+                          strict=False, assign=True)
+    for name, p in model.trainable_parameters():  # materialise the TOPA params in fp32 on `device`
+        mod_name, _, pname = name.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        setattr(mod, pname, nn.Parameter(torch.empty(p.shape, device=device, dtype=torch.float32)))
+    model.reset_trainable()
+    if trainable is not None:
+        load_trainable(model, trainable)
+    for n, p in model.named_parameters():
+        p.requires_grad_(is_trainable(n))
+    return model
+
+
+def check_state(state: dict, expected: dict, source: str):
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{source}: keys do not match the model: missing {missing[:8]}"
+                         f"{'...' if len(missing) > 8 else ''}, unexpected {extra[:8]}{'...' if len(extra) > 8 else ''}")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != tuple(shape):
+            raise ValueError(f"{source}: tensor '{k}' has shape {tuple(state[k].shape)}, "
+                             f"the model needs {tuple(shape)}")
+
+
+def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint"):
+    expected = {n: p.shape for n, p in model.trainable_parameters()}
+    check_state(state, expected, source)
+    with torch.no_grad():
+        for n, p in model.trainable_parameters():
+            p.copy_(state[n].to(p.dtype))

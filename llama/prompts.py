@@ -1,0 +1,176 @@
+"""The task sequences of SPEC §4 and their scored spans, and the packing that runs a question's shared
+prefix once for all its options.
+
+A `Sequence` is token ids with `VIDEO` at the T video positions, where the video slot starts, and the
+index of the first scored token (targets are tokens[span_start:], each predicted from the position
+before it). A `Row` is what the model runs: tokens, explicit positions, and segment ids (0 = shared,
+k > 0 = a tail that sees segment 0 and itself only). One full sequence is a Row with one segment.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence as Seq, Tuple
+
+from .tokenizer import Tokenizer
+
+VIDEO = -2  # placeholder id at video positions (replaced by projected features)
+LETTERS = "ABCDE"
+
+MCQA_INSTR = "Instruction: Choose the correct answer based on the video and question.\n"
+DIALOGUE_INSTR = "Instruction: Predict the answer based on the dialogue, video and question.\n"
+CAPTION_INSTR = "Instruction: Generate a summary for the video.\n"
+OPENQA_INSTR = "Instruction: Predict the answer based on the video and question.\n"
+VAQ_INSTR = "Instruction: Predict the question based on the video and answer.\n"
+QAV_INSTR = "Instruction: Predict the video based on the question and answer.\n"
+ANSWER_TEXT = "Answer: The correct choice is "
+STAR_ANSWER_TEXT = "Answer: The answer is "
+
+# mcqa scored span starts this many tokens after the newline-form "Answer" (SPEC §4; the offsets the
+# released checkpoints were trained and evaluated with).
+MCQA_SPAN_OFFSET = {"sentencepiece": 4, "tiktoken": 5}
+
+
+class PromptError(ValueError):
+    pass
+
+
+@dataclass
+class Sequence:
+    tokens: List[int]
+    video_start: Optional[int]
+    span_start: int
+
+    def __len__(self):
+        return len(self.tokens)
+
+
+def normalize_question(q: str, enders: str = "?") -> str:
+    q = q.capitalize().strip()
+    if not q.endswith(tuple(enders)):
+        q += "?"
+    return q
+
+
+def options_text(options: Seq[str]) -> str:
+    return "Choices: \n" + "".join(f"({LETTERS[i]}) {o}\n" for i, o in enumerate(options))
+
+
+def letter(i: int) -> str:
+    return f"({LETTERS[i]})"
+
+
+class PromptBuilder:
+    """Builds SPEC §4 sequences for one tokenizer; all special ids come from the tokenizer."""
+
+    def __init__(self, tokenizer: Tokenizer, max_feats: int = 10):
+        self.tok = tokenizer
+        self.T = max_feats
+        self.sep = tokenizer.sep_id
+        self.answer_id = tokenizer.newline_form("Answer")
+        self.question_id = tokenizer.newline_form("Question")
+        self.description_id = tokenizer.newline_form("Description")
+        self.mcqa_offset = MCQA_SPAN_OFFSET[tokenizer.kind]
+
+    # -- helpers --
+    def _video_seq(self, instr: str, after: List[int]) -> Tuple[List[int], int]:
+        head = [self.tok.bos_id] + self.tok.encode(instr + "Video:")
+        return head + [VIDEO] * self.T + [self.sep] + after + [self.tok.eos_id], len(head)
+
+    def _span(self, tokens, start_search, key_id, offset, what):
+        try:
+            i = tokens.index(key_id, start_search)
+        except ValueError:
+            raise PromptError(f"{what} sequence has no newline-form keyword token {key_id} "
+                              f"({self.tok.decode([key_id])!r}) after the video slot") from None
+        if i + offset >= len(tokens):
+            raise PromptError(f"{what} sequence ends before its scored span")
+        return i + offset
+
+    # -- tasks --
+    def mcqa(self, question: str, options: Seq[str], answer: int, star: bool = False,
+             dialogue: Optional[str] = None, enders: str = "?") -> Sequence:
+        q = normalize_question(question, enders)
+        a_text = STAR_ANSWER_TEXT if star else ANSWER_TEXT
+        body = self.tok.encode(f"Question: {q}\n" + options_text(options) + a_text + letter(answer))
+        if dialogue is not None:
+            tokens, vs = self._video_seq(DIALOGUE_INSTR, self.tok.encode(f"Dialogue: {dialogue}\n") + body)
+            return Sequence(tokens, vs, len(tokens) - 4)
+        tokens, vs = self._video_seq(MCQA_INSTR, body)
+        return Sequence(tokens, vs, self._span(tokens, vs + self.T, self.answer_id, self.mcqa_offset, "mcqa"))
+
+    def mcqa_options(self, question, options, **kw) -> List[Sequence]:
+        """One mcqa sequence per option (for scoring)."""
+        return [self.mcqa(question, options, k, **kw) for k in range(len(options))]
+
+    def caption(self, caption: str) -> Sequence:
+        tokens, vs = self._video_seq(CAPTION_INSTR, self.tok.encode(f"\nDescription: {caption}\n"))
+        return Sequence(tokens, vs, self._span(tokens, vs + self.T, self.description_id, 1, "caption"))
+
+    def openqa(self, question: str, answer_text: str) -> Sequence:
+        q = normalize_question(question)
+        tokens, vs = self._video_seq(OPENQA_INSTR, self.tok.encode(f"Question: {q}\nAnswer: {answer_text}\n"))
+        return Sequence(tokens, vs, self._span(tokens, vs + self.T, self.answer_id, 1, "open-QA"))
+
+    def vaq(self, question: str, options: Seq[str], answer: int, star: bool = False) -> Sequence:
+        q = normalize_question(question)
+        a_text = STAR_ANSWER_TEXT if star else ANSWER_TEXT
+        tokens, vs = self._video_seq(
+            VAQ_INSTR, self.tok.encode(options_text(options) + a_text + letter(answer) + f"\nQuestion: {q}"))
+        return Sequence(tokens, vs, self._span(tokens, vs + self.T, self.question_id, 1, "vaq"))
+
+    def qav(self, question: str, options: Seq[str], answer: int, star: bool = False) -> Sequence:
+        """Video at the end; span_start is the video slot (frame t is scored from position s+t-1)."""
+        q = normalize_question(question)
+        a_text = STAR_ANSWER_TEXT if star else ANSWER_TEXT
+        head = [self.tok.bos_id] + self.tok.encode(
+            QAV_INSTR + f"Question: {q}\n" + options_text(options) + a_text + letter(answer) + "\nVideo:")
+        tokens = head + [VIDEO] * self.T + [self.tok.eos_id]
+        return Sequence(tokens, len(head), len(head))
+
+
+@dataclass
+class Row:
+    """One model row: tokens (VIDEO at the slot), positions, segments (0 shared; k>0 sees 0 and k)."""
+    tokens: List[int]
+    positions: List[int]
+    segments: List[int]
+    video_start: Optional[int]
+    # for each scored sequence in this row: (predicting positions in the row, target ids)
+    targets: List[Tuple[List[int], List[int]]] = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.tokens)
+
+
+def single_row(seq: Sequence) -> Row:
+    """A full sequence as one row; its one target list covers tokens[span_start:]."""
+    n = len(seq.tokens)
+    pred = list(range(seq.span_start - 1, n - 1))
+    return Row(list(seq.tokens), list(range(n)), [0] * n, seq.video_start,
+               [(pred, list(seq.tokens[seq.span_start:]))])
+
+
+def pack_options(seqs: List[Sequence]) -> Row:
+    """`prefix | tail_1 | tail_2 | ...` for sequences that share a prefix (the options of one question).
+
+    The prefix runs once; tail k continues the prefix's positions and sees only the prefix and itself,
+    so each option's logits equal those of its own full sequence."""
+    first = seqs[0].tokens
+    P = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        P = next((i for i in range(P) if s.tokens[i] != first[i]), P)
+    if any(s.span_start > P for s in seqs) or P == 0:
+        raise PromptError("options do not share the prefix up to their scored span")
+    if any(len(s) == P for s in seqs):  # every option needs a tail to hold its own last tokens
+        P -= 1
+    tokens, positions, segments = list(first[:P]), list(range(P)), [0] * P
+    row = Row(tokens, positions, segments, seqs[0].video_start)
+    for k, s in enumerate(seqs, 1):
+        off = len(tokens)
+        tail = s.tokens[P:]
+        tokens += tail
+        positions += range(P, P + len(tail))
+        segments += [k] * len(tail)
+        # target index j in the full sequence is predicted from full position j-1, which is
+        # in the prefix (j-1 < P) or at packed index off + (j-1-P) in this tail.
+        pred = [j - 1 if j - 1 < P else off + j - 1 - P for j in range(s.span_start, len(s))]
+        row.targets.append((pred, list(s.tokens[s.span_start:])))
+    return row
