@@ -136,7 +136,8 @@ def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float 
 
 
 def build_model(args: ModelArgs, backbone: dict, dtype: torch.dtype = torch.float32,
-                device="cpu", trainable: Optional[dict] = None, source: str = "backbone") -> TOPA:
+                device="cpu", trainable: Optional[dict] = None, source: str = "backbone",
+                trainable_source: str = "TOPA checkpoint") -> TOPA:
     """Build a TOPA model without ever allocating random backbone weights.
 
     backbone: Meta's state dict (merged); trainable: a TOPA checkpoint's `model` dict, or None for a fresh
@@ -153,7 +154,7 @@ def build_model(args: ModelArgs, backbone: dict, dtype: torch.dtype = torch.floa
         setattr(mod, pname, nn.Parameter(torch.empty(p.shape, device=device, dtype=torch.float32)))
     model.reset_trainable()
     if trainable is not None:
-        load_trainable(model, trainable)
+        load_trainable(model, trainable, trainable_source)
     for n, p in model.named_parameters():
         p.requires_grad_(is_trainable(n))
     return model

@@ -1,0 +1,136 @@
+"""Training and evaluation loops. Entry points (train.py, eval.py) parse flags and call these.
+
+Evaluation scores every option of a question by the mean NLL of its scored span (SPEC §4) and
+predicts the argmin. With `packed` scoring (default) each question's shared prefix runs once; `full`
+runs each option's whole sequence. Each question is scored on exactly one rank; rank 0 gathers.
+"""
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from dataloader.base import Batch, ScoringCollate
+from llama.adapter import TOPA, project_to_memory
+from util import dist
+
+
+# ---------------------------------------------------------------- shared pieces
+
+def prepare_video(batch: Batch, memory: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Batch video features, projected onto the text memory when given (inference only, SPEC §2.3)."""
+    if batch.video is None or memory is None:
+        return batch.video
+    return project_to_memory(batch.video, memory)
+
+
+def token_nll(model: TOPA, batch: Batch, video: Optional[torch.Tensor], gate2: bool = True) -> torch.Tensor:
+    """NLL of every scored token [N] (fp32). Logits are computed only where a target is scored."""
+    h = model.hidden(batch.tokens, batch.positions, batch.mask, video, batch.video_start, gate2=gate2)
+    logits = model.logits(h[batch.t_row, batch.t_pos])  # [N, vocab]
+    return F.cross_entropy(logits, batch.t_tgt, reduction="none")
+
+
+def group_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Mean of `values` per group id -> [n_groups]."""
+    total = torch.zeros(n_groups, device=values.device).index_add_(0, groups, values)
+    count = torch.zeros(n_groups, device=values.device).index_add_(0, groups, torch.ones_like(values))
+    return total / count
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def score_batch(model: TOPA, batch: Batch, memory=None) -> List[List[float]]:
+    """Per item of the batch, the list of its options' scores (mean span NLL)."""
+    nll = token_nll(model, batch, prepare_video(batch, memory))
+    scores = group_mean(nll, batch.t_group, batch.n_groups).tolist()
+    out, g = [], 0
+    for it in batch.meta:
+        k = len(it["seqs"])
+        out.append(scores[g:g + k])
+        g += k
+    return out
+
+
+def shard_indices(n: int, rank: int, world: int) -> List[int]:
+    """Every index on exactly one rank (no padding, no duplicates)."""
+    return list(range(rank, n, world))
+
+
+@torch.no_grad()
+def evaluate(model: TOPA, dataset, *, batch_size: int, device, memory=None, scoring: str = "packed",
+             max_seq_len: Optional[int] = None, num_workers: int = 0, progress: bool = True,
+             desc: str = "eval") -> dict:
+    """Score `dataset` (an MCQADataset) on this rank's shard and gather on every rank.
+
+    Returns {"predictions": [...] in dataset order, "n_too_long": int}. Prompts longer than
+    `max_seq_len` are scored whole (never cut) and counted."""
+    model.eval()
+    part = Subset(dataset, shard_indices(len(dataset), dist.rank(), dist.world_size()))
+    loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=ScoringCollate(scoring))
+    preds, too_long = [], 0
+    bar = tqdm(loader, desc=desc, disable=not (progress and dist.is_main()), dynamic_ncols=True)
+    for batch in bar:
+        batch.to(device)
+        for it, scores in zip(batch.meta, score_batch(model, batch, memory)):
+            r = it["record"]
+            longest = max(len(s) for s in it["seqs"])
+            too_long += bool(max_seq_len and longest > max_seq_len)
+            pred = min(range(len(scores)), key=scores.__getitem__)
+            preds.append({"index": it["index"], "video": r.vid, "qid": r.qid, "type": r.qtype,
+                          "answer": r.answer, "prediction": pred, "scores": scores, "length": longest})
+    gathered = [p for part_preds in dist.gather_objects(preds) for p in part_preds]
+    gathered.sort(key=lambda p: p["index"])
+    seen = [p["index"] for p in gathered]
+    if seen != list(range(len(dataset))):
+        raise RuntimeError(f"evaluation gathered {len(seen)} predictions for {len(dataset)} questions")
+    n_too_long = sum(dist.gather_objects(too_long))
+    return {"predictions": gathered, "n_too_long": n_too_long}
+
+
+def accuracy(predictions: List[dict], type_groups=None) -> Dict[str, dict]:
+    """{bucket: {"correct", "total", "acc"}} over answered questions: "total" plus the buckets that
+    `type_groups(qtype)` names (NExT-QA: C/T/D and each raw type)."""
+    buckets = defaultdict(lambda: [0, 0])
+    for p in predictions:
+        if p["answer"] is None:
+            continue
+        ok = int(p["prediction"] == p["answer"])
+        for b in ["total"] + (list(type_groups(p["type"])) if type_groups else []):
+            buckets[b][0] += ok
+            buckets[b][1] += 1
+    return {b: {"correct": c, "total": n, "acc": 100.0 * c / n} for b, (c, n) in sorted(buckets.items())}
+
+
+def format_table(acc: Dict[str, dict], title: str) -> str:
+    lines = [title, f"{'bucket':<10} {'acc %':>7} {'correct':>8} {'total':>6}"]
+    order = ["total"] + [b for b in acc if b != "total"]
+    lines += [f"{b:<10} {acc[b]['acc']:7.2f} {acc[b]['correct']:8d} {acc[b]['total']:6d}" for b in order if b in acc]
+    return "\n".join(lines)
+
+
+def write_eval_outputs(result: dict, output_dir, dataset_name: str, split: str, type_groups=None,
+                       submission: bool = False) -> dict:
+    """predictions_<ds>_<split>.jsonl, accuracy_<ds>_<split>.json (and a submission file for test sets).
+    Call on rank 0 only. Returns the accuracy dict."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preds = result["predictions"]
+    with open(out / f"predictions_{dataset_name}_{split}.jsonl", "w") as f:
+        for p in preds:
+            f.write(json.dumps({k: v for k, v in p.items() if k != "index"}) + "\n")
+    acc = accuracy(preds, type_groups)
+    with open(out / f"accuracy_{dataset_name}_{split}.json", "w") as f:
+        json.dump({"accuracy": acc, "n_questions": len(preds), "n_longer_than_max_seq_len": result["n_too_long"]},
+                  f, indent=2)
+    if submission:
+        with open(out / f"submission_{dataset_name}_{split}.json", "w") as f:
+            json.dump({p["qid"]: p["prediction"] for p in preds}, f)
+    return acc
