@@ -32,8 +32,12 @@ def prepare_video(batch: Batch, memory: Optional[torch.Tensor]) -> Optional[torc
 def token_nll(model: TOPA, batch: Batch, video: Optional[torch.Tensor], gate2: bool = True) -> torch.Tensor:
     """NLL of every scored token [N] (fp32). Logits are computed only where a target is scored."""
     h = model.hidden(batch.tokens, batch.positions, batch.mask, video, batch.video_start, gate2=gate2)
-    logits = model.logits(h[batch.t_row, batch.t_pos])  # [N, vocab]
-    return F.cross_entropy(logits, batch.t_tgt, reduction="none")
+    # options of a packed question share their prefix positions: project each position once
+    key = batch.t_row * h.shape[1] + batch.t_pos
+    uniq, inv = torch.unique(key, return_inverse=True)
+    logits = model.logits(h.flatten(0, 1)[uniq])  # [U, vocab] fp32
+    lse = torch.logsumexp(logits, dim=-1)         # [U]
+    return lse[inv] - logits[inv, batch.t_tgt]
 
 
 def group_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
