@@ -18,7 +18,7 @@ from llama.build import load_topa, resolve_dtype  # noqa: E402
 from llama.checkpoint import load_memory  # noqa: E402
 from llama.prompts import PromptBuilder  # noqa: E402
 from util import dist  # noqa: E402
-from util.args import add_data_args, add_model_args  # noqa: E402
+from util.args import add_data_args, add_model_args, run_cli  # noqa: E402
 
 
 def get_args(argv=None):
@@ -68,4 +68,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args())
+    run_cli(main, get_args(), "eval.py")

@@ -78,9 +78,9 @@ class MCQADataset(Dataset):
     (eval) or the answer's sequence (training)."""
 
     def __init__(self, records: List[QARecord], features: FeatureSource, builder: PromptBuilder,
-                 max_feats: int, style: PromptStyle = PromptStyle(), train: bool = False):
+                 max_feats: int, style: Optional[PromptStyle] = None, train: bool = False):
         self.records, self.features, self.builder = records, features, builder
-        self.T, self.style, self.train = max_feats, style, train
+        self.T, self.style, self.train = max_feats, style or PromptStyle(), train
 
     def __len__(self):
         return len(self.records)
@@ -199,3 +199,184 @@ def train_collate(items) -> Batch:
     """Training collate: one row per item (its single sequence), loss over every span token."""
     return collate_rows([single_row(it["seqs"][0]) for it in items], [it["video"] for it in items],
                         meta=[it.get("record") for it in items])
+
+
+# ---- helpers for the benchmark readers (nextqa.py, star.py, tvqa.py, egoschema.py) ----
+
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+FEATURE_DIM = 768  # CLIP ViT-L/14
+
+
+def check_feature_shape(shape, vid: str, where: str) -> int:
+    """-> number of rows of a [n, 768] feature tensor; DataError naming the vid and file otherwise."""
+    shape = tuple(shape)
+    if len(shape) != 2 or shape[1] != FEATURE_DIM:
+        raise DataError(f"{where}: features of video '{vid}' have shape {list(shape)}, "
+                        f"expected [n, {FEATURE_DIM}]")
+    return int(shape[0])
+
+
+class DictFeatures:
+    """Feature source over one file holding a dict vid -> [n, 768] tensor (NExT-QA, STAR, TVQA).
+    Keys are compared as strings."""
+
+    def __init__(self, path):
+        from llama.checkpoint import safe_load
+        self.path = str(path)
+        obj = safe_load(self.path)
+        if not isinstance(obj, dict):
+            raise DataError(f"{self.path}: expected a dict video id -> [n, {FEATURE_DIM}] tensor, "
+                            f"got {type(obj).__name__}")
+        self.feats = {str(k): v for k, v in obj.items()}
+
+    def __contains__(self, vid) -> bool:
+        return vid in self.feats
+
+    def n_rows(self, vid: str) -> int:
+        t = self.feats[vid]
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"{self.path}: features of video '{vid}' are a {type(t).__name__}, not a tensor")
+        return check_feature_shape(t.shape, vid, self.path)
+
+    def __call__(self, vid: str) -> torch.Tensor:
+        if vid not in self.feats:
+            raise DataError(f"{self.path}: no features for video '{vid}'")
+        self.n_rows(vid)
+        return self.feats[vid]
+
+
+class NpyDirFeatures:
+    """Feature source over a folder of `<vid>.npy` arrays [n, 768] (EgoSchema); loaded on demand."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def path(self, vid: str) -> str:
+        return os.path.join(self.folder, f"{vid}.npy")
+
+    def __contains__(self, vid) -> bool:
+        return os.path.isfile(self.path(vid))
+
+    def n_rows(self, vid: str) -> int:
+        """Reads the .npy header only (memory-mapped, no data read)."""
+        p = self.path(vid)
+        try:
+            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as e:
+            raise DataError(f"{p}: not a readable .npy file for video '{vid}': {e}") from None
+        return check_feature_shape(shape, vid, p)
+
+    def __call__(self, vid: str) -> torch.Tensor:
+        p = self.path(vid)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{p}: cannot load features of video '{vid}': {e}") from None
+        check_feature_shape(arr.shape, vid, p)
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def require(row: dict, key: str, where: str, rid) -> object:
+    """row[key], or a DataError naming the file:row, the question id and the missing key."""
+    v = row.get(key) if isinstance(row, dict) else None
+    if v is None:
+        raise DataError(f"{where}: question {rid}: missing '{key}'")
+    return v
+
+
+def parse_answer(value, n_options: int, where: str, rid, allow_none: bool) -> Optional[int]:
+    """An answer index 0..n_options-1; None/'' -> None where answers may be absent (test splits)."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        if allow_none:
+            return None
+        raise DataError(f"{where}: question {rid}: missing answer")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        a = int(value) if not isinstance(value, float) else (int(value) if value.is_integer() else None)
+        if a is None:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: question {rid}: answer {value!r} is not an option index") from None
+    if not 0 <= a < n_options:
+        raise DataError(f"{where}: question {rid}: answer {a} is not in 0..{n_options - 1}")
+    return a
+
+
+def _id_list(ids, k: int = 5) -> str:
+    ids = list(ids)
+    return ", ".join(map(str, ids[:k])) + (f", ... ({len(ids)} in all)" if len(ids) > k else f" ({len(ids)})")
+
+
+def make_mcqa_dataset(records: List[QARecord], features, builder: PromptBuilder, max_feats: int,
+                      style: PromptStyle, train: bool = False, skip_missing: bool = False,
+                      what: str = "", feature_where: str = "") -> MCQADataset:
+    """Checks every record against its feature source before anything runs: ids unique, the video
+    has features of width 768, its clip overlaps the feature rows, and (training) an answer exists.
+    Questions without usable features are a DataError naming them, or with `skip_missing` dropped
+    with a one-line warning; the dataset's `n_skipped` / `skipped` attributes say which."""
+    seen, dups = set(), []
+    for r in records:
+        if r.qid in seen:
+            dups.append(r.qid)
+        seen.add(r.qid)
+    if dups:
+        raise DataError(f"{what}: duplicate question ids: {_id_list(dups)}")
+    if train:
+        no_ans = [r for r in records if r.answer is None]
+        if no_ans:
+            raise DataError(f"{what}: training needs answers; {no_ans[0].source}: question "
+                            f"{no_ans[0].qid} has none ({len(no_ans)} questions in all)")
+    rows: Dict[str, int] = {}
+    kept, missing, outside = [], [], []
+    for r in records:
+        if r.vid not in rows:
+            rows[r.vid] = features.n_rows(r.vid) if r.vid in features else -1
+        n = rows[r.vid]
+        if n < 0:
+            missing.append(r)
+        elif n == 0 or (r.clip is not None and r.clip[0] >= n):
+            outside.append(r)
+        else:
+            kept.append(r)
+    bad = missing + outside
+    if bad:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} have no features in {feature_where} "
+                         f"(question/video: {_id_list(f'{r.qid}/{r.vid}' for r in missing)})")
+        if outside:
+            parts.append(f"{len(outside)} have no feature rows in their clip "
+                         f"(question: {_id_list(f'{r.qid} rows {r.clip} of {rows[r.vid]}' for r in outside)})")
+        msg = f"{what}: of {len(records)} questions, " + "; ".join(parts)
+        if not skip_missing:
+            raise DataError(msg + " (skip_missing=True drops them)")
+        print(f"warning: {msg}; skipped {len(bad)} questions", flush=True)
+    ds = MCQADataset(kept, features, builder, max_feats, style=style, train=train)
+    ds.n_skipped = len(bad)
+    ds.skipped = [r.qid for r in bad]
+    return ds
+
+
+def read_csv_rows(path, required: Seq[str], id_key: str):
+    """Yields (source "file:line", row dict) of a csv file; DataError for a missing column (naming the
+    file and header line) or a short/long row (naming file:line and the row's id)."""
+    import csv
+    path = str(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        absent = [k for k in required if k not in header]
+        if absent:
+            raise DataError(f"{path}:1: missing column(s) {', '.join(absent)} (header: {', '.join(header)})")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise DataError(f"{where}: question {row.get(id_key)}: more fields than the header has")
+            short = [k for k in required if row.get(k) is None]
+            if short:
+                raise DataError(f"{where}: question {row.get(id_key)}: missing '{short[0]}' (row too short)")
+            yield where, row

@@ -50,3 +50,19 @@ def add_data_args(p: argparse.ArgumentParser):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dry_run", action="store_true", help="parse the arguments, print them and exit")
     return p
+
+
+def run_cli(main, args, prog: str):
+    """Run `main(args)`; bad input (missing files, malformed data, refused pickles, shape mismatches)
+    ends with one line naming the culprit instead of a traceback. TOPA_TRACEBACK=1 shows it anyway."""
+    import os
+    import pickle
+    import sys
+    try:
+        return main(args)
+    except (FileNotFoundError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        if os.environ.get("TOPA_TRACEBACK"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{prog}: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        sys.exit(1)

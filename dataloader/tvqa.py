@@ -1,0 +1,124 @@
+"""TVQA (SPEC §1.4): `<root>/tvqa/tvqa_{split}.jsonl` + `<root>/tvqa/clipvitl14.pth` (3 fps), optional
+subtitles `<root>/tvqa/tvqa_subtitles/<vid_name>.srt` (the dialogue task, `sub=True`)."""
+import json
+import math
+import os
+from typing import Dict, List, Optional, Tuple
+
+from .base import (DataError, DictFeatures, MCQADataset, PromptStyle, QARecord, make_mcqa_dataset,
+                   parse_answer, require)
+
+N_OPTIONS = 5
+OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
+STYLE = PromptStyle()
+FPS = 3
+
+
+def type_groups(qtype: str) -> List[str]:
+    return []
+
+
+def annotation_path(root, split) -> str:
+    return os.path.join(str(root), "tvqa", f"tvqa_{split}.jsonl")
+
+
+def feature_path(root) -> str:
+    return os.path.join(str(root), "tvqa", "clipvitl14.pth")
+
+
+def subtitle_path(root, vid: str) -> str:
+    return os.path.join(str(root), "tvqa", "tvqa_subtitles", f"{vid}.srt")
+
+
+def parse_ts(ts, where: str, qid) -> Optional[Tuple[float, float]]:
+    """"s-e" -> (s, e) seconds; "NaN-NaN" -> None (the whole video); anything else -> DataError."""
+    parts = ts.split("-") if isinstance(ts, str) else []
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        s, e = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise DataError(f"{where}: question {qid}: malformed ts {ts!r} (expected \"start-end\" seconds "
+                        f"or \"NaN-NaN\")") from None
+    if math.isnan(s) and math.isnan(e):
+        return None
+    if not (math.isfinite(s) and math.isfinite(e)) or s < 0 or e < s:
+        raise DataError(f"{where}: question {qid}: malformed ts {ts!r} (expected 0 <= start <= end, "
+                        f"or \"NaN-NaN\")")
+    return s, e
+
+
+def clip_rows(span: Optional[Tuple[float, float]]) -> Optional[Tuple[int, int]]:
+    """Feature rows 3*round(s) .. 3*(round(e)+1)-1 inclusive; None (whole video) for NaN-NaN."""
+    if span is None:
+        return None
+    s, e = span
+    return FPS * round(s), FPS * (round(e) + 1) - 1
+
+
+def read_subtitles(path: str, rid) -> List[Tuple[float, float, str]]:
+    """(start s, end s, text with newlines as spaces) per entry of an .srt file."""
+    import srt
+    if not os.path.isfile(path):
+        raise DataError(f"question {rid}: subtitle file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    try:
+        subs = list(srt.parse(text))
+    except srt.SRTParseError as e:
+        raise DataError(f"{path}: malformed subtitles (question {rid}): {e}") from None
+    return [(s.start.total_seconds(), s.end.total_seconds(), " ".join(s.content.splitlines()).strip())
+            for s in subs]
+
+
+def dialogue(entries, span: Optional[Tuple[float, float]]) -> str:
+    """Text of the entries overlapping [s, e] (every entry for None), joined with spaces."""
+    if span is not None:
+        s, e = span
+        entries = [x for x in entries if x[0] <= e and x[1] >= s]
+    return " ".join(t for _, _, t in entries if t)
+
+
+def read_records(root, split, sub: bool = False) -> List[QARecord]:
+    path = annotation_path(root, split)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"TVQA {split} annotations not found: {path}")
+    records = []
+    subs: Dict[str, list] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON: {e}") from None
+            if not isinstance(item, dict):
+                raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
+            qid = require(item, "qid", where, None)
+            vid = str(require(item, "vid_name", where, qid))
+            question = require(item, "q", where, qid)
+            options = [require(item, k, where, qid) for k in OPTION_KEYS]
+            answer = parse_answer(item.get("answer_idx"), N_OPTIONS, where, qid,
+                                  allow_none=split.startswith("test"))
+            span = parse_ts(require(item, "ts", where, qid), where, qid)
+            rec = QARecord(vid=vid, qid=str(qid), question=question, options=options, answer=answer,
+                           qtype="", clip=clip_rows(span), source=where)
+            if sub:
+                if vid not in subs:
+                    subs[vid] = read_subtitles(subtitle_path(root, vid), f"{qid} ({where})")
+                rec.dialogue = dialogue(subs[vid], span)
+            records.append(rec)
+    return records
+
+
+def build(root, split, builder, max_feats, train=False, skip_missing=False, sub=False) -> MCQADataset:
+    records = read_records(root, split, sub=sub)
+    fp = feature_path(root)
+    return make_mcqa_dataset(records, DictFeatures(fp), builder, max_feats, STYLE, train=train,
+                             skip_missing=skip_missing, what=f"TVQA {split}", feature_where=fp)
