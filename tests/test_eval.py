@@ -190,3 +190,40 @@ def test_bad_inputs_are_one_line_errors(world2, tmp_path):
     p = run_eval(world2, [a for a in eval_cmd("--output_dir", "results/x", "--data_root", str(alt)) if a != "--memory"])
     one_line_error(p, "clipvitl14.pth", vid)
 
+
+
+def test_egoschema_test_submission(world2):
+    """--test on the official questions.json layout: one submission entry per question, no answers needed."""
+    egos = world2 / "data" / "egos"
+    qs = json.loads((Path(FIX) / "egoschema" / "questions_sample_617b469.json").read_text())
+    (egos / "questions.json").write_text(json.dumps(qs))
+    (egos / "subset_answers.json").write_text((Path(FIX) / "egoschema" / "subset_answers.json").read_text())
+    g = torch.Generator().manual_seed(3)
+    for q in qs:
+        np.save(egos / "features" / f"{q['q_uid']}.npy", torch.randn(30, 768, generator=g).numpy())
+    p = run_eval(world2, eval_cmd("--output_dir", "results/egos_test", "--test", "--max_seq_len", "600",
+                                  dataset="egos"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    sub = json.loads((world2 / "results/egos_test/submission_egos_test.json").read_text())
+    assert sorted(sub) == sorted(q["q_uid"] for q in qs)
+    assert all(isinstance(v, int) and 0 <= v < 5 for v in sub.values())
+    preds = read_preds(world2 / "results/egos_test/predictions_egos_test.jsonl")
+    assert {r["qid"]: r["prediction"] for r in preds} == sub and all(r["answer"] is None for r in preds)
+
+
+def test_accuracy_per_type_hand_checked():
+    from dataloader.registry import type_groups_for
+    from engine import accuracy
+    preds = [  # STAR: 2/3 Interaction, 0/1 Sequence, 1/1 Feasibility
+        {"type": "Interaction", "answer": 0, "prediction": 0}, {"type": "Interaction", "answer": 1, "prediction": 1},
+        {"type": "Interaction", "answer": 2, "prediction": 3}, {"type": "Sequence", "answer": 0, "prediction": 2},
+        {"type": "Feasibility", "answer": 3, "prediction": 3}]
+    acc = accuracy(preds, type_groups_for("star"))
+    assert (acc["total"]["correct"], acc["total"]["total"]) == (3, 5)
+    assert acc["Interaction"]["acc"] == pytest.approx(200 / 3) and acc["Sequence"]["acc"] == 0.0
+    assert acc["Feasibility"]["acc"] == 100.0 and "Prediction" not in acc
+    nq = [{"type": "CW", "answer": 1, "prediction": 1}, {"type": "TN", "answer": 1, "prediction": 0},
+          {"type": "TC", "answer": 2, "prediction": 2}, {"type": "DL", "answer": 0, "prediction": None}]
+    acc = accuracy(nq, type_groups_for("nextqa"))
+    assert acc["C"]["acc"] == 100.0 and acc["T"]["acc"] == 50.0 and acc["TN"]["acc"] == 0.0
+    assert acc["D"]["total"] == 1 and acc["total"]["correct"] == 2
