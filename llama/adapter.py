@@ -174,6 +174,14 @@ def check_state(state: dict, expected: dict, source: str):
 
 def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint"):
     expected = {n: p.shape for n, p in model.trainable_parameters()}
+    aq = state.get("adapter_query.weight")
+    if aq is not None and tuple(aq.shape) != tuple(expected["adapter_query.weight"]):
+        rows, a = aq.shape[0], model.args
+        hint = (f"; it was trained with --adapter_len {rows // a.adapter_layer}"
+                if rows % a.adapter_layer == 0 else "")
+        raise ValueError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model needs "
+                         f"{tuple(expected['adapter_query.weight'])} (adapter_len {a.adapter_len} x "
+                         f"adapter_layer {a.adapter_layer}){hint}")
     check_state(state, expected, source)
     with torch.no_grad():
         for n, p in model.trainable_parameters():

@@ -340,3 +340,11 @@ def test_packed_row_layout():
     for k in range(1, 6):
         pos = [p for p, sg in zip(row.positions, row.segments) if sg == k]
         assert pos == list(range(P, P + len(pos)))
+
+
+def test_adapter_len_mismatch_names_the_trained_length():
+    model = tiny_topa(tiny_args(adapter_len=3))
+    sd = dict(model.trainable_state_dict())
+    sd["adapter_query.weight"] = torch.zeros(5 * 2, 64)
+    with pytest.raises(ValueError, match=r"topa.pth.*adapter_query.weight.*--adapter_len 5"):
+        load_trainable(model, sd, "topa.pth")

@@ -11,5 +11,5 @@ CKPT=${CKPT:-vqa_checkpoint/topa_${LLAMA}.pth}
 OUT=${OUT:-results/zeroshot_egos/${LLAMA}}
 
 $TORCHRUN "$REPO/eval.py" "${MODEL_ARGS[@]}" \
-  --dataset egos --max_seq_len 600 --batch_size 10 --max_feats 10 --adapter_len 10 \
+  --dataset egos --max_seq_len 600 --batch_size 10 --max_feats 10 --adapter_len 50 \
   --resume "$CKPT" --memory --output_dir "$OUT" "$@"

@@ -1,0 +1,160 @@
+"""Training throughput and peak memory: batches padded to their longest sequence (what train.py does) vs
+padded to max_seq_len (what the original code did), measured in one run.
+
+Each mode runs in its own child process (so peak memory is that mode's alone): a small random
+Llama-shaped TOPA, real NExT-QA val question text with a real tokenizer, the training sequences of
+`--tasks` (vqa, plus vaq/qav if asked), forward + backward + AdamW step. Tokens/s counts real tokens
+(not padding). Peak memory: CUDA `max_memory_allocated`; CPU the growth of the process's peak RSS
+from just before the first training step (resource.getrusage).
+
+  python bench/bench_train.py --fixtures $TOPA_FIXTURES [--device cuda --precision bf16] [--tasks vqa,vaq,qav]
+"""
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from dataloader.base import Batch, fit_frames  # noqa: E402
+from dataloader.training import TrainBatch, TrainCollate  # noqa: E402
+from engine import TrainStep, total_loss  # noqa: E402
+from llama.adapter import build_model  # noqa: E402
+from llama.build import DTYPES  # noqa: E402
+from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.prompts import PromptBuilder  # noqa: E402
+from llama.tokenizer import load_tokenizer  # noqa: E402
+from util.schedule import param_groups  # noqa: E402
+
+
+def pad_batch(b: Batch, L: int) -> Batch:
+    """`b` padded on the right to length L (padding sees only itself and is never scored)."""
+    B, n = b.tokens.shape
+    if L <= n:
+        return b
+    extra = L - n
+    tokens = torch.cat([b.tokens, b.tokens.new_zeros(B, extra)], 1)
+    last = b.positions[:, -1:]
+    positions = torch.cat([b.positions, last + torch.arange(1, extra + 1)], 1)
+    mask = torch.eye(L, dtype=torch.bool).expand(B, 1, L, L).clone()
+    mask[:, :, :n, :n] = b.mask
+    return Batch(tokens, positions, mask, b.video, b.video_start, b.t_row, b.t_pos, b.t_tgt, b.t_group,
+                 b.n_groups, b.meta)
+
+
+def make_items(builder, fixtures, n, tasks, seed=0):
+    with open(os.path.join(fixtures, "nextqa", "val.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i, r in enumerate(rows):
+        q, opts, a = r["question"], [r[f"a{k}"] for k in range(5)], int(r["answer"])
+        seqs = {"vqa": builder.mcqa(q, opts, a)}
+        if "vaq" in tasks:
+            seqs["vaq"] = builder.vaq(q, opts, a)
+        if "qav" in tasks:
+            seqs["qav"] = builder.qav(q, opts, a)
+        items.append({"index": i, "idx": r["qid"], "video": fit_frames(torch.randn(16, 768, generator=g), 10),
+                      "kind": "vqa", "seqs": seqs})
+    return items
+
+
+def child(args):
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
+    margs = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
+                      multiple_of=64, max_feats=10)
+    with torch.device("meta"):
+        shapes = Transformer(margs).state_dict()
+    backbone = {k: torch.randn(v.shape) * 0.02 + (1.0 if k.endswith("norm.weight") else 0.0)
+                for k, v in shapes.items()}
+    model = build_model(margs, backbone, dtype=DTYPES[args.precision], device=device)
+    tasks = args.tasks.split(",")
+    items = make_items(PromptBuilder(tok, 10), args.fixtures, args.batch_size * (args.steps + 1), tasks)
+    collate = TrainCollate(args.max_seq_len)
+    batches = [collate(items[i:i + args.batch_size]) for i in range(0, len(items), args.batch_size)]
+    if args.mode == "fixed":
+        batches = [TrainBatch(tb.kind, {k: pad_batch(b, max(args.max_seq_len, b.tokens.shape[1]))
+                                        for k, b in tb.parts.items()}, tb.n_items, tb.n_tokens, tb.too_long)
+                   for tb in batches]
+    step = TrainStep(model)
+    opt = torch.optim.AdamW(param_groups(model.trainable_parameters(), 0.1), lr=1e-4, betas=(0.9, 0.95))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def one(tb):
+        loss = total_loss(step(tb.to(device)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    one(batches[0])  # warm-up (not timed; its memory counts)
+    sync()
+    t0 = time.perf_counter()
+    for tb in batches[1:]:
+        one(tb)
+    sync()
+    dt = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024  # KiB -> MiB
+    real = sum(tb.n_tokens for tb in batches[1:])
+    padded = sum(b.tokens.numel() for tb in batches[1:] for b in tb.parts.values())
+    too_long = sum(len(tb.too_long) for tb in batches[1:])
+    print(json.dumps({"tokens_per_s": real / dt, "padded_tokens_per_s": padded / dt, "peak_mib": peak,
+                      "pad_fraction": 1 - real / padded, "too_long": too_long, "seconds": dt}))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fixtures", default=os.environ.get("TOPA_FIXTURES"))
+    p.add_argument("--tokenizer", default="llama2", choices=["llama2", "llama3"])
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--n_layers", type=int, default=4)
+    p.add_argument("--n_heads", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--max_seq_len", type=int, default=150, help="the fixed length of the original (pretraining: 150)")
+    p.add_argument("--tasks", default="vqa", help="comma list of vqa, vaq, qav")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=list(DTYPES))
+    p.add_argument("--mode", choices=["dynamic", "fixed"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not args.fixtures:
+        p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
+    if args.mode:
+        return child(args)
+    base = [sys.executable, os.path.abspath(__file__)] + [a for a in (argv or sys.argv[1:])]
+    res = {}
+    for mode in ("dynamic", "fixed"):
+        r = subprocess.run(base + ["--mode", mode], capture_output=True, text=True, cwd=REPO)
+        if r.returncode:
+            sys.exit(f"{mode} run failed:\n{r.stderr[-3000:]}")
+        res[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"model dim={args.dim} layers={args.n_layers} device={args.device} precision={args.precision}; "
+          f"batch {args.batch_size}, {args.steps} steps, tasks {args.tasks}, NExT-QA val text, "
+          f"fixed length {args.max_seq_len} ({res['fixed']['too_long']} items longer: kept whole)")
+    print(f"{'padding':<22} {'tokens/s':>9} {'pad %':>6} {'peak MiB':>9}")
+    for mode, label in (("dynamic", "batch longest (ours)"), ("fixed", f"max_seq_len={args.max_seq_len}")):
+        r = res[mode]
+        print(f"{label:<22} {r['tokens_per_s']:9.0f} {100 * r['pad_fraction']:6.1f} {r['peak_mib']:9.1f}")
+    d, f = res["dynamic"], res["fixed"]
+    print(f"ratio dynamic/fixed: {d['tokens_per_s'] / f['tokens_per_s']:.2f}x tokens/s, "
+          f"{d['peak_mib'] / max(f['peak_mib'], 1e-9):.2f}x peak memory")
+    return res
+
+
+if __name__ == "__main__":
+    main()

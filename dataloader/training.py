@@ -1,0 +1,134 @@
+"""Training-side data plumbing shared by TextVid pre-alignment and benchmark finetuning:
+
+- `TaskBatchSampler`: the epoch's shuffled, rank-sharded batches, each tagged with its kind ("vqa" or,
+  with probability `caption_prob`, "caption"). Seeded by (seed, epoch): `--resume` replays the exact
+  order and kinds, and every rank sees the same kind at the same step.
+- `MCQATrainDataset`: a benchmark `MCQADataset(train=True)` with the flipped sequences (vaq, qav) added.
+- `TrainCollate`: items -> `TrainBatch`, one padded `Batch` per task (vqa / caption / vaq / qav), padded
+  to the batch's longest row. Sequences longer than `max_seq_len` are kept whole (never cut) and counted.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from torch.utils.data import Dataset, Sampler
+
+from llama.prompts import Row, Sequence, single_row
+
+from .base import Batch, MCQADataset, collate_rows
+
+
+class TaskBatchSampler(Sampler):
+    """Yields lists of `(epoch, index, kind)` keys, one list per batch of this rank.
+
+    Per epoch: a permutation of the n items (generator seeded by seed, epoch), padded by repeating its
+    start so that it splits evenly over the ranks (as DistributedSampler does), rank r taking every
+    world-th item; batches of `batch_size` (the last one may be smaller unless `drop_last`). Batch j
+    is a "caption" batch with probability `caption_prob`, drawn from a second (seed, epoch) generator,
+    so all ranks agree on the kind of step j."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 caption_prob: float = 0.0, shuffle: bool = True, drop_last: bool = False):
+        if n <= 0:
+            raise ValueError("the training set is empty")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world_size
+        self.seed, self.caption_prob, self.shuffle, self.drop_last = seed, caption_prob, shuffle, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    @property
+    def per_rank(self) -> int:
+        return math.ceil(self.n / self.world)
+
+    def __len__(self) -> int:
+        return self.per_rank // self.batch_size if self.drop_last else math.ceil(self.per_rank / self.batch_size)
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng([int(self.seed) & 0xFFFFFFFF, self.epoch, stream])
+
+    def __iter__(self):
+        order = self._rng(1).permutation(self.n) if self.shuffle else np.arange(self.n)
+        total = self.per_rank * self.world
+        if total > self.n:
+            order = np.concatenate([order, np.resize(order, total - self.n)])
+        mine = order[self.rank::self.world]
+        n_batches = len(self)
+        caption = self._rng(2).random(n_batches) < self.caption_prob
+        for j in range(n_batches):
+            kind = "caption" if caption[j] else "vqa"
+            yield [(self.epoch, int(i), kind) for i in mine[j * self.batch_size:(j + 1) * self.batch_size]]
+
+    def state_dict(self) -> dict:
+        return {"seed": int(self.seed), "epoch": self.epoch, "n": self.n, "batch_size": self.batch_size,
+                "world_size": self.world, "caption_prob": float(self.caption_prob)}
+
+
+class MCQATrainDataset(Dataset):
+    """Finetuning items of a benchmark: the answer's mcqa sequence, plus the flipped vaq / qav ones."""
+
+    def __init__(self, ds: MCQADataset, vaq: bool = False, qav: bool = False):
+        if not ds.train:
+            raise ValueError("MCQATrainDataset needs a dataset built with train=True")
+        self.ds, self.vaq, self.qav = ds, vaq, qav
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key
+        it = self.ds[index]
+        r, b, star = it["record"], self.ds.builder, self.ds.style.star
+        seqs = {"vqa": it["seqs"][0]}
+        if self.vaq:
+            seqs["vaq"] = b.vaq(r.question, r.options, r.answer, star=star)
+        if self.qav:
+            seqs["qav"] = b.qav(r.question, r.options, r.answer, star=star)
+        return {"index": index, "idx": r.qid, "video": it["video"], "kind": "vqa", "seqs": seqs,
+                "qa": (r.question, r.options, r.answer)}
+
+
+@dataclass
+class TrainBatch:
+    kind: str                              # "vqa" or "caption"
+    parts: Dict[str, Batch]                # task -> padded batch ("vqa"|"caption", "vaq", "qav")
+    n_items: int
+    n_tokens: int                          # real (unpadded) tokens over all parts
+    too_long: List[Tuple[str, int]] = field(default_factory=list)  # (item id, length) > max_seq_len
+
+    def to(self, device):
+        for b in self.parts.values():
+            b.to(device)
+        return self
+
+
+def video_only_row(seq: Sequence) -> Row:
+    """A qav sequence as a row without token targets (its loss scores the video slot, SPEC §4)."""
+    n = len(seq.tokens)
+    return Row(list(seq.tokens), list(range(n)), [0] * n, seq.video_start)
+
+
+class TrainCollate:
+    def __init__(self, max_seq_len: Optional[int] = None):
+        self.max_seq_len = max_seq_len
+
+    def __call__(self, items) -> TrainBatch:
+        tasks = list(items[0]["seqs"])
+        kinds = {it["kind"] for it in items}
+        if len(kinds) != 1 or any(list(it["seqs"]) != tasks for it in items):
+            raise ValueError("a training batch mixes items of different kinds or tasks")
+        videos = [it["video"] for it in items]
+        parts = {}
+        for task in tasks:
+            seqs = [it["seqs"][task] for it in items]
+            rows = [video_only_row(s) if task == "qav" else single_row(s) for s in seqs]
+            parts[task] = collate_rows(rows, videos)
+        lengths = [max(len(s) for s in it["seqs"].values()) for it in items]
+        too_long = [(str(it["idx"]), n) for it, n in zip(items, lengths)
+                    if self.max_seq_len and n > self.max_seq_len]
+        n_tokens = sum(len(s) for it in items for s in it["seqs"].values())
+        return TrainBatch(kinds.pop(), parts, len(items), n_tokens, too_long)
