@@ -14,6 +14,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-./demo}
 EPOCHS=${EPOCHS:-12}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+quiet() { "$@" 2> >(grep -v 'it/s' >&2); }  # progress bars off, errors kept
 COMMON=(--llama_model_path "$OUT/pretrained/llama2/" --model tiny --llama2 --data_root "$OUT/data"
         --max_feats 10 --adapter_len 10 --bias 3.5 --device cpu --precision fp32 --num_workers 0)
 
@@ -26,11 +27,11 @@ print(f"   {w['n_textvid']} tideos ({w['n_textvid_qas']} QAs), memory {w['n_memo
 PY
 
 echo "== 2. zero-shot before pre-alignment (fresh adapters, gate1 = 0)"
-python "$REPO/eval.py" "${COMMON[@]}" --dataset nextqa --batch_size 16 --output_dir "$OUT/results/before" \
+quiet python "$REPO/eval.py" "${COMMON[@]}" --dataset nextqa --batch_size 16 --output_dir "$OUT/results/before" \
   | tail -n +2 | head -3
 
 echo "== 3. text-only pre-alignment on TextVid ($EPOCHS epochs)"
-python "$REPO/train.py" "${COMMON[@]}" --textvid --max_seq_len 150 --batch_size 16 --accum_iter 1 \
+quiet python "$REPO/train.py" "${COMMON[@]}" --textvid --max_seq_len 150 --batch_size 16 --accum_iter 1 \
   --epochs "$EPOCHS" --warmup_epochs 1 --lr 2e-2 --weight_decay 0.0 --log_every 0 --no_tensorboard \
   --output_dir "$OUT/checkpoints"
 python - "$OUT/checkpoints/log.jsonl" <<'PY'
@@ -47,7 +48,7 @@ CKPT="$OUT/checkpoints/checkpoint_last.pth"
 for ds in nextqa egos; do
   for mem in "" "--memory"; do
     echo "== 4. zero-shot $ds on image features ${mem:-(no memory)}"
-    python "$REPO/eval.py" "${COMMON[@]}" --dataset "$ds" --batch_size 16 --resume "$CKPT" $mem \
+    quiet python "$REPO/eval.py" "${COMMON[@]}" --dataset "$ds" --batch_size 16 --resume "$CKPT" $mem \
       --max_seq_len 600 --output_dir "$OUT/results/${ds}${mem:+_memory}" | tail -n +2 | head -6
   done
 done
