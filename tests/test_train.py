@@ -589,3 +589,19 @@ def test_finetune_from_checkpoint_improves(tmp_path):
           f"{best['epoch']}); vqa loss {ep[0]['train_vqa']:.3f} -> {ep[-1]['train_vqa']:.3f}")
     assert after["total"]["acc"] >= start["total"]["acc"] + 20.0
     assert after["total"]["acc"] == pytest.approx(best["acc"])
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s.parent.name == "eval"], ids=lambda p: p.name)
+@pytest.mark.parametrize("llama", ["llama2_7b", "llama2_13b", "llama3_8b"])
+def test_eval_scripts_parse_with_dry_run(script, llama):
+    env = dict(run_env(), TORCHRUN=sys.executable, LLAMA=llama)
+    r = subprocess.run(["bash", str(script), "--dry_run"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    args = eval(r.stdout.strip().splitlines()[-1], {"__builtins__": {}})
+    dataset = script.stem.rsplit("_", 1)[-1]
+    assert args["dry_run"] and args["dataset"] == dataset and args["memory"] and args["adapter_len"] == 50
+    assert args["max_seq_len"] == {"nextqa": 128, "star": 128, "tvqa": 150, "egos": 600}[dataset]
+    assert args["model"] == {"llama2_7b": "7B", "llama2_13b": "13B", "llama3_8b": "8B"}[llama]
+    assert args["llama3"] == (llama == "llama3_8b") and args["rope_theta"] == (10000 if llama == "llama3_8b" else None)
+    assert args["resume"] == f"vqa_checkpoint/topa_{llama}.pth"

@@ -25,7 +25,8 @@ def add_model_args(p: argparse.ArgumentParser):
     g.add_argument("--max_seq_len", type=int, default=128,
                    help="training: longest sequence; eval: reported only (prompts are never cut)")
     g.add_argument("--max_feats", type=int, default=10, help="T: video frames fed to the LLM")
-    g.add_argument("--adapter_len", type=int, default=10)
+    g.add_argument("--adapter_len", type=int, default=50,
+                   help="adapter prompt rows per adapted layer (50 in every published script and checkpoint)")
     g.add_argument("--adapter_layer", type=int, default=None, help="adapted layers (default: all)")
     g.add_argument("--bias", type=float, default=3.0, help="gate2 init is -bias")
     g.add_argument("--tau", type=float, default=100.0, help="temperature of the qav frame loss")
