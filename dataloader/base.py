@@ -5,9 +5,11 @@ Benchmark modules (nextqa.py, egoschema.py, ...) only read their layout into `QA
 each video's features come from; everything after that is here, once.
 """
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence as Seq
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -202,10 +204,6 @@ def train_collate(items) -> Batch:
 
 
 # ---- helpers for the benchmark readers (nextqa.py, star.py, tvqa.py, egoschema.py) ----
-
-import os  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 FEATURE_DIM = 768  # CLIP ViT-L/14
 
