@@ -5,7 +5,6 @@ predicts the argmin. With `packed` scoring (default) each question's shared pref
 runs each option's whole sequence. Each question is scored on exactly one rank; rank 0 gathers.
 """
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional

@@ -21,9 +21,10 @@ from dataloader.base import ScoringCollate, fit_frames  # noqa: E402
 from engine import score_batch  # noqa: E402
 from llama.adapter import build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
-from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.model import ModelArgs  # noqa: E402
 from llama.prompts import PromptBuilder  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
+from util.tiny import random_llama_state  # noqa: E402
 
 
 def nextqa_questions(fix, n):
@@ -78,11 +79,7 @@ def main(argv=None):
     tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
     margs = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
                       multiple_of=64, max_feats=10)
-    with torch.device("meta"):
-        shapes = Transformer(margs).state_dict()
-    backbone = {k: torch.randn(v.shape) * 0.02 + (1.0 if k.endswith("norm.weight") else 0.0)
-                for k, v in shapes.items()}
-    model = build_model(margs, backbone, dtype=DTYPES[args.precision], device=device).eval()
+    model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device).eval()
     builder = PromptBuilder(tok, 10)
     print(f"model dim={args.dim} layers={args.n_layers} vocab={tok.n_words} device={device} "
           f"precision={args.precision}; {args.questions} questions/set, batch {args.batch_size}")

@@ -28,9 +28,10 @@ from dataloader.training import TrainBatch, TrainCollate  # noqa: E402
 from engine import TrainStep, total_loss  # noqa: E402
 from llama.adapter import build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
-from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.model import ModelArgs  # noqa: E402
 from llama.prompts import PromptBuilder  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
+from util.tiny import random_llama_state  # noqa: E402
 from util.schedule import param_groups  # noqa: E402
 
 
@@ -72,11 +73,7 @@ def child(args):
     tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
     margs = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
                       multiple_of=64, max_feats=10)
-    with torch.device("meta"):
-        shapes = Transformer(margs).state_dict()
-    backbone = {k: torch.randn(v.shape) * 0.02 + (1.0 if k.endswith("norm.weight") else 0.0)
-                for k, v in shapes.items()}
-    model = build_model(margs, backbone, dtype=DTYPES[args.precision], device=device)
+    model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device)
     tasks = args.tasks.split(",")
     items = make_items(PromptBuilder(tok, 10), args.fixtures, args.batch_size * (args.steps + 1), tasks)
     collate = TrainCollate(args.max_seq_len)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dataloader.base import ScoringCollate, collate_rows, fit_frames, fuse_text_frames
 from engine import group_mean, token_nll
-from llama.adapter import TOPA, build_model, is_trainable, load_trainable, project_to_memory
+from llama.adapter import build_model, load_trainable, project_to_memory
 from llama.checkpoint import load_memory, load_pickled_tensor, load_topa_checkpoint, save_atomic
 from llama.model import ModelArgs, Transformer, causal_mask
 from llama.prompts import PromptBuilder, pack_options, single_row

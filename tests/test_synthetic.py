@@ -153,7 +153,7 @@ def test_world_writes_every_file_with_documented_shapes(tiny_world):
     assert w["model_dir"] == w["llama_model_path"] / "tiny" == root / "pretrained" / "llama2" / "tiny"
     args = ModelArgs.from_params_json(w["model_dir"] / "params.json", vocab_size=tok.n_words)
     assert args.dim == 64 and args.n_layers == 2
-    model = build_model(args, load_meta_checkpoint(w["model_dir"]))
+    build_model(args, load_meta_checkpoint(w["model_dir"]))  # raises on any key or shape mismatch
     pb = PromptBuilder(tok)
     # TextVid
     tideos = json.loads(w["textvid_json"].read_text())
