@@ -31,7 +31,7 @@ from llama.build import DTYPES  # noqa: E402
 from llama.model import ModelArgs  # noqa: E402
 from llama.prompts import PromptBuilder  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
-from util.tiny import random_llama_state  # noqa: E402
+from toyworld.tiny import random_llama_state  # noqa: E402
 from util.schedule import param_groups  # noqa: E402
 
 

@@ -19,7 +19,7 @@ COMMON=(--llama_model_path "$OUT/pretrained/llama2/" --model tiny --llama2 --dat
         --max_feats 10 --adapter_len 10 --bias 3.5 --device cpu --precision fp32 --num_workers 0)
 
 echo "== 1. synthetic world -> $OUT"
-python -m util.synthetic --out "$OUT" --n_textvid 400 --n_nextqa 150 --n_egos 100 > /dev/null
+python -m toyworld.synthetic --out "$OUT" --n_textvid 400 --n_nextqa 150 --n_egos 100 > /dev/null
 python - "$OUT" <<'PY'
 import json, sys; w = json.load(open(sys.argv[1] + "/synthetic_world.json"))
 print(f"   {w['n_textvid']} tideos ({w['n_textvid_qas']} QAs), memory {w['n_memory']} rows, "

@@ -1,5 +1,5 @@
 """Shared fixtures: `fixtures_dir` (the real files of $TOPA_FIXTURES; skips when unset) and
-`tiny_world` (a small synthetic world from util/synthetic.py, built once per session)."""
+`tiny_world` (a small synthetic world from toyworld/synthetic.py, built once per session)."""
 import os
 import sys
 from pathlib import Path
@@ -21,8 +21,8 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> dict:
-    """util.synthetic.build summary (absolute Paths) of a small world: 24 tideos, 20 NExT-QA val + 10
+    """toyworld.synthetic.build summary (absolute Paths) of a small world: 24 tideos, 20 NExT-QA val + 10
     train questions, 8 EgoSchema questions, a dim-64 2-layer Llama at <root>/pretrained/llama2/tiny."""
-    from util.synthetic import build
+    from toyworld.synthetic import build
     root = tmp_path_factory.mktemp("synthetic_world")
     return build(root, seed=0, n_textvid=24, n_nextqa=20, n_nextqa_train=10, n_egos=8, dim=64)

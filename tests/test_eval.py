@@ -18,7 +18,7 @@ from llama.adapter import build_model
 from llama.checkpoint import load_meta_checkpoint, save_atomic
 from llama.model import ModelArgs
 from llama.tokenizer import load_tokenizer
-from util.tiny import make_tiny_llama
+from toyworld.tiny import make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")

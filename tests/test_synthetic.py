@@ -1,4 +1,4 @@
-"""util/tiny.py and util/synthetic.py: Meta-format writing (shards merge bitwise), the self-trained
+"""toyworld/tiny.py and toyworld/synthetic.py: Meta-format writing (shards merge bitwise), the self-trained
 tokenizer (Llama-2 ids and prompt spans), and the synthetic world's files, shapes and determinism."""
 import csv
 import json
@@ -14,8 +14,8 @@ from llama.checkpoint import load_memory, load_meta_checkpoint, load_pickled_ten
 from llama.model import ModelArgs, Transformer, causal_mask
 from llama.prompts import LETTERS, PromptBuilder
 from llama.tokenizer import load_tokenizer
-from util import synthetic as S
-from util.tiny import make_tiny_llama, random_llama_state, train_sentencepiece, write_meta_checkpoint
+from toyworld import synthetic as S
+from toyworld.tiny import make_tiny_llama, random_llama_state, train_sentencepiece, write_meta_checkpoint
 
 NEXTQA_HEADER = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
                  "a0", "a1", "a2", "a3", "a4"]

@@ -1,5 +1,5 @@
 """Training (train.py, engine.train_one_epoch, dataloader/textvid.py, dataloader/training.py) on tiny
-2-layer Llamas in Meta's format, fp32 on CPU, with the synthetic world of util/synthetic.py."""
+2-layer Llamas in Meta's format, fp32 on CPU, with the synthetic world of toyworld/synthetic.py."""
 import inspect
 import json
 import math
@@ -504,7 +504,7 @@ def test_prealignment_beats_chance_zero_shot(tmp_path):
     """TextVid pre-alignment on text features (the published flags), then zero-shot multiple choice on
     gap-shifted image features through the memory, with train.py and eval.py as a user runs them.
 
-    The world (util/synthetic.py) asks only its count question, whose 5 options come in one fixed order:
+    The world (toyworld/synthetic.py) asks only its count question, whose 5 options come in one fixed order:
     a frozen *random* 2-layer backbone cannot learn within minutes to compare option texts with the
     video (what a real LLM brings; measured: chance on the shuffled-option world, and on the other
     fixed-option families within this budget), but it can learn to read the answer from the video,
@@ -512,7 +512,7 @@ def test_prealignment_beats_chance_zero_shot(tmp_path):
     memory projection is broken stays at chance (20%). 6 seeds of this setup gave 95-100%. (Hence no
     --answer_balance here: shuffled options are the comparison task again.)"""
     import eval as eval_script
-    from util.synthetic import World, build
+    from toyworld.synthetic import World, build
 
     class CountWorld(World):
         def questions(self, v, k, rng, families=None):
@@ -559,7 +559,7 @@ def test_finetune_from_checkpoint_improves(tmp_path):
     """Finetuning (--finetune --resume <short pre-alignment>) on the world's NExT-QA train split (image
     features, with --vaq --qav) lifts val accuracy well above the checkpoint it started from."""
     import eval as eval_script
-    from util.synthetic import World, build
+    from toyworld.synthetic import World, build
 
     class CountWorld(World):  # see test_prealignment_beats_chance_zero_shot for why counts only
         def questions(self, v, k, rng, families=None):

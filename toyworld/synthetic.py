@@ -1,7 +1,7 @@
 """A synthetic world in which TOPA's text-only pre-alignment, and the memory projection at test time,
 can be watched on a CPU in minutes with a tiny Llama.
 
-    python -m util.synthetic --out DIR [--seed 0] [--n_textvid 500] [--n_nextqa 150] [--n_egos 150]
+    python -m toyworld.synthetic --out DIR [--seed 0] [--n_textvid 500] [--n_nextqa 150] [--n_egos 150]
 
 writes the layout a user would have (SPEC §1):
 
@@ -318,7 +318,7 @@ def build(out, seed: int = 0, n_textvid: int = 500, qas_per_tideo: int = 4, n_ne
           std: Optional[float] = None) -> Dict:
     """Write the world under `out` (see the module docstring); returns the summary dict that is also
     written to `out/synthetic_world.json` (absolute paths in the dict, relative ones in the file)."""
-    from util.tiny import make_tiny_llama, train_sentencepiece
+    from toyworld.tiny import make_tiny_llama, train_sentencepiece
 
     out = Path(out)
     world = world or World(seed, fixed=not matching)

@@ -1,6 +1,6 @@
 """Tiny stand-ins for what a user brings (SPEC §1.1): Meta-format Llama folders with random weights and
 a self-trained Llama-2-style SentencePiece tokenizer. Tests, the benchmark and the synthetic world
-(`util/synthetic.py`) build on these; nothing here is needed to run the real models.
+(`toyworld/synthetic.py`) build on these; nothing here is needed to run the real models.
 
     write_meta_checkpoint(folder, params, state, n_shards=1, dtype=torch.bfloat16)
     random_llama_state(args, seed=0, std=0.02) -> {Meta key: fp32 tensor}
