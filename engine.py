@@ -78,7 +78,7 @@ def evaluate(model: TOPA, dataset, *, batch_size: int, device, memory=None, scor
     part = Subset(dataset, shard_indices(len(dataset), dist.rank(), dist.world_size()))
     loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=ScoringCollate(scoring))
-    preds, too_long = [], 0
+    preds, too_long, n_cut = [], 0, 0
     bar = tqdm(loader, desc=desc, disable=not (progress and dist.is_main()), dynamic_ncols=True)
     for batch in bar:
         batch.to(device)
@@ -86,6 +86,7 @@ def evaluate(model: TOPA, dataset, *, batch_size: int, device, memory=None, scor
             r = it["record"]
             longest = max(len(s) for s in it["seqs"])
             too_long += bool(max_seq_len and longest > max_seq_len)
+            n_cut += any(s.n_cut for s in it["seqs"])
             pred = min(range(len(scores)), key=scores.__getitem__)
             preds.append({"index": it["index"], "video": r.vid, "qid": r.qid, "type": r.qtype,
                           "answer": r.answer, "prediction": pred, "scores": scores, "length": longest})
@@ -95,7 +96,8 @@ def evaluate(model: TOPA, dataset, *, batch_size: int, device, memory=None, scor
     if seen != list(range(len(dataset))):
         raise RuntimeError(f"evaluation gathered {len(seen)} predictions for {len(dataset)} questions")
     n_too_long = sum(dist.gather_objects(too_long))
-    return {"predictions": gathered, "n_too_long": n_too_long}
+    n_cut = sum(dist.gather_objects(n_cut))
+    return {"predictions": gathered, "n_too_long": n_too_long, "n_cut": n_cut}
 
 
 def accuracy(predictions: List[dict], type_groups=None) -> Dict[str, dict]:
@@ -131,7 +133,8 @@ def write_eval_outputs(result: dict, output_dir, dataset_name: str, split: str, 
             f.write(json.dumps({k: v for k, v in p.items() if k != "index"}) + "\n")
     acc = accuracy(preds, type_groups)
     with open(out / f"accuracy_{dataset_name}_{split}.json", "w") as f:
-        json.dump({"accuracy": acc, "n_questions": len(preds), "n_longer_than_max_seq_len": result["n_too_long"]},
+        json.dump({"accuracy": acc, "n_questions": len(preds), "n_longer_than_max_seq_len": result["n_too_long"],
+                   "n_dialogue_cut": result.get("n_cut", 0)},
                   f, indent=2)
     if submission:
         with open(out / f"submission_{dataset_name}_{split}.json", "w") as f:
@@ -219,7 +222,7 @@ def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim
     optimizer.zero_grad(set_to_none=True)
     sums = {k: 0.0 for k in ("loss",) + LOSS_PARTS}
     counts = {k: 0 for k in sums}
-    n_items = n_too_long = longest_seen = n_tokens = n_nonfinite = 0
+    n_items = n_too_long = longest_seen = n_tokens = n_nonfinite = n_cut = 0
     lr = optimizer.param_groups[-1]["lr"]
     t0 = time.time()
     bar = tqdm(loader, total=n_iter, desc=f"epoch {epoch}", disable=not dist.is_main(), dynamic_ncols=True)
@@ -269,6 +272,7 @@ def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim
             n_nonfinite += 1
         n_items += tb.n_items
         n_tokens += tb.n_tokens
+        n_cut += tb.n_cut
         if tb.too_long:
             if n_too_long == 0 and dist.is_main():
                 idx, n = tb.too_long[0]
@@ -286,17 +290,21 @@ def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim
 
     keys = list(sums)
     red = _reduce_sums([sums[k] for k in keys] + [counts[k] for k in keys]
-                       + [n_items, n_too_long, n_tokens, n_nonfinite], device)
+                       + [n_items, n_too_long, n_tokens, n_nonfinite, n_cut], device)
     S, C = red[:len(keys)], red[len(keys):2 * len(keys)]
-    n_items, n_too_long, n_tokens, n_nonfinite = (int(x) for x in red[2 * len(keys):])
+    n_items, n_too_long, n_tokens, n_nonfinite, n_cut = (int(x) for x in red[2 * len(keys):])
     longest_seen = max(dist.gather_objects(longest_seen))
     elapsed = time.time() - t0
     stats = {k: S[i] / C[i] for i, k in enumerate(keys) if C[i]}
-    stats.update({"lr": lr, "iters": n_iter, "items": n_items, "too_long": n_too_long, "nonfinite": n_nonfinite,
+    stats.update({"lr": lr, "iters": n_iter, "items": n_items, "too_long": n_too_long, "dialogue_cut": n_cut,
+                  "nonfinite": n_nonfinite,
                   "tokens_per_s": n_tokens / max(elapsed, 1e-9), "seconds": elapsed})
     if dist.is_main():
         msg = f"epoch {epoch}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in ("loss",) + LOSS_PARTS if k in stats)
         print(msg, flush=True)
+        if n_cut:
+            print(f"epoch {epoch}: {n_cut} of {n_items} training items had their dialogue cut to fit max_seq_len="
+                  f"{args.max_seq_len} (--truncate_dialogue)", flush=True)
         if n_too_long:
             print(f"epoch {epoch}: {n_too_long} of {n_items} training items were longer than max_seq_len="
                   f"{args.max_seq_len} (longest {longest_seen} tokens); they were kept whole, not cut "

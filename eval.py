@@ -50,7 +50,8 @@ def main(args):
         memory = load_memory(args.memory_path or os.path.join(args.data_root, "textvid", "memory.pkl")).to(device)
     builder = PromptBuilder(tok, args.max_feats)
     ds = build_mcqa_dataset(args.dataset, args.data_root, args.split, builder, args.max_feats,
-                            skip_missing=args.skip_missing, sub=args.sub)
+                            skip_missing=args.skip_missing, sub=args.sub,
+                            dialogue_max_len=args.max_seq_len if args.truncate_dialogue else None)
     res = engine.evaluate(model, ds, batch_size=args.batch_size, device=device, memory=memory,
                           scoring=args.scoring, max_seq_len=args.max_seq_len, num_workers=args.num_workers,
                           desc=f"{args.dataset}/{args.split}")
@@ -61,6 +62,8 @@ def main(args):
         title = f"{args.dataset} {args.split}: {len(res['predictions'])} questions"
         if res["n_too_long"]:
             title += f" ({res['n_too_long']} longer than max_seq_len={args.max_seq_len}, scored whole)"
+        if res["n_cut"]:
+            title += f" ({res['n_cut']} with dialogue cut to fit max_seq_len={args.max_seq_len})"
         print(engine.format_table(acc, title) if acc else title + " (no answers: nothing to score)")
     dist.barrier()
     dist.cleanup()

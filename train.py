@@ -137,14 +137,17 @@ def main(args):
             if getattr(args, flag) and main_rank:
                 print(f"warning: --{flag} applies to --textvid only; ignored for {args.dataset}")
         base = build_mcqa_dataset(args.dataset, args.data_root, args.train_split, builder, args.max_feats,
-                                  train=True, skip_missing=args.skip_missing, sub=args.sub)
+                                  train=True, skip_missing=args.skip_missing, sub=args.sub,
+                                  dialogue_max_len=args.max_seq_len if args.truncate_dialogue else None)
         train_ds = MCQATrainDataset(base, vaq=args.vaq, qav=args.qav)
     sampler = TaskBatchSampler(len(train_ds), args.batch_size, rank, world, seed=args.seed,
                                caption_prob=0.5 if (args.textvid and args.video_caption) else 0.0)
     loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=TrainCollate(args.max_seq_len),
                         num_workers=args.num_workers, pin_memory=device.type == "cuda")
     eval_sets = [(name, build_mcqa_dataset(name, args.data_root, args.eval_split, builder, args.max_feats,
-                                           skip_missing=args.skip_missing, sub=args.sub))
+                                           skip_missing=args.skip_missing, sub=args.sub,
+                                           dialogue_max_len=args.max_seq_len if args.truncate_dialogue and
+                                           name == "tvqa" else None))
                  for name in filter(None, (s.strip() for s in args.eval_datasets.split(",")))]
     memory = None
     if args.memory and eval_sets:

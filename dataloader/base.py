@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from llama.prompts import VIDEO, PromptBuilder, Row, pack_options, single_row
+from llama.prompts import DEFAULT, VIDEO, PromptBuilder, PromptStyle, Row, pack_options, single_row
 
 
 class DataError(ValueError):
@@ -66,12 +66,6 @@ class QARecord:
     source: str = ""             # "file:row" for error messages
 
 
-@dataclass
-class PromptStyle:
-    star: bool = False           # "Answer: The answer is "
-    enders: str = "?"            # question endings that need no "?" (EgoSchema: "?.")
-
-
 FeatureSource = Callable[[str], torch.Tensor]  # vid -> [n, 768]
 
 
@@ -80,9 +74,11 @@ class MCQADataset(Dataset):
     (eval) or the answer's sequence (training)."""
 
     def __init__(self, records: List[QARecord], features: FeatureSource, builder: PromptBuilder,
-                 max_feats: int, style: Optional[PromptStyle] = None, train: bool = False):
+                 max_feats: int, style: PromptStyle = DEFAULT, train: bool = False,
+                 dialogue_max_len: Optional[int] = None):
         self.records, self.features, self.builder = records, features, builder
-        self.T, self.style, self.train = max_feats, style or PromptStyle(), train
+        self.T, self.style, self.train = max_feats, style, train
+        self.dialogue_max_len = dialogue_max_len  # TVQA: cut dialogue tokens to fit (opt-in)
 
     def __len__(self):
         return len(self.records)
@@ -100,9 +96,7 @@ class MCQADataset(Dataset):
 
     def __getitem__(self, i):
         r = self.records[i]
-        kw = dict(star=self.style.star, enders=self.style.enders)
-        if r.dialogue is not None:
-            kw["dialogue"] = r.dialogue
+        kw = dict(style=self.style, dialogue=r.dialogue, max_len=self.dialogue_max_len)
         if self.train:
             seqs = [self.builder.mcqa(r.question, r.options, r.answer, **kw)]
         else:

@@ -7,13 +7,15 @@ import json
 import os
 from typing import List
 
-from .base import (DataError, MCQADataset, NpyDirFeatures, PromptStyle, QARecord, make_mcqa_dataset,
+from llama import prompts
+
+from .base import (DataError, MCQADataset, NpyDirFeatures, QARecord, make_mcqa_dataset,
                    parse_answer, read_csv_rows, require)
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
 OFFICIAL_OPTION_KEYS = [f"option {i}" for i in range(N_OPTIONS)]
-STYLE = PromptStyle(enders="?.")
+STYLE = prompts.EGOSCHEMA
 SPLITS = ("val", "test")
 
 

@@ -2,13 +2,15 @@
 import os
 from typing import List, Optional
 
-from .base import (DictFeatures, MCQADataset, PromptStyle, QARecord, make_mcqa_dataset,
+from llama import prompts
+
+from .base import (DictFeatures, MCQADataset, QARecord, make_mcqa_dataset,
                    parse_answer, read_csv_rows)
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
 COLUMNS = ["video", "question", "answer", "qid", "type"] + OPTION_KEYS
-STYLE = PromptStyle()
+STYLE = prompts.DEFAULT
 # raw question type -> its group: causal, temporal, descriptive
 TYPE_GROUP = {"CW": "C", "CH": "C", "TN": "T", "TC": "T", "TP": "T", "DL": "D", "DC": "D", "DO": "D"}
 

@@ -25,12 +25,15 @@ def n_options(name: str) -> int:
 
 
 def build_mcqa_dataset(name, root, split, builder, max_feats, train=False, skip_missing=False,
-                       sub=False) -> MCQADataset:
+                       sub=False, dialogue_max_len=None) -> MCQADataset:
     """The multiple-choice dataset of benchmark `name` ("nextqa", "star", "tvqa", "egos") and `split`.
     Availability of every question's features is checked here; with `skip_missing` questions without
     features are dropped and counted in the returned dataset's `n_skipped` (ids in `skipped`)."""
     mod = _MODULES[canonical_name(name)]
-    return mod.build(root, split, builder, max_feats, train=train, skip_missing=skip_missing, sub=sub)
+    kw = {"dialogue_max_len": dialogue_max_len} if dialogue_max_len is not None else {}
+    if kw and mod is not tvqa:
+        raise ValueError(f"--truncate_dialogue is for TVQA only, not {name}")
+    return mod.build(root, split, builder, max_feats, train=train, skip_missing=skip_missing, sub=sub, **kw)
 
 
 def type_groups(name: str, qtype: str) -> List[str]:

@@ -4,11 +4,13 @@ import math
 import os
 from typing import List
 
-from .base import (DataError, DictFeatures, MCQADataset, PromptStyle, QARecord, make_mcqa_dataset,
+from llama import prompts
+
+from .base import (DataError, DictFeatures, MCQADataset, QARecord, make_mcqa_dataset,
                    require)
 
 N_OPTIONS = 4
-STYLE = PromptStyle(star=True)
+STYLE = prompts.STAR
 QTYPES = ("Interaction", "Sequence", "Prediction", "Feasibility")
 
 

@@ -82,12 +82,13 @@ class MCQATrainDataset(Dataset):
     def __getitem__(self, key):
         index = key[1] if isinstance(key, tuple) else key
         it = self.ds[index]
-        r, b, star = it["record"], self.ds.builder, self.ds.style.star
+        r, b = it["record"], self.ds.builder
+        kw = dict(style=self.ds.style, dialogue=r.dialogue, max_len=self.ds.dialogue_max_len)
         seqs = {"vqa": it["seqs"][0]}
         if self.vaq:
-            seqs["vaq"] = b.vaq(r.question, r.options, r.answer, star=star)
+            seqs["vaq"] = b.vaq(r.question, r.options, r.answer, **kw)
         if self.qav:
-            seqs["qav"] = b.qav(r.question, r.options, r.answer, star=star)
+            seqs["qav"] = b.qav(r.question, r.options, r.answer, **kw)
         return {"index": index, "idx": r.qid, "video": it["video"], "kind": "vqa", "seqs": seqs,
                 "qa": (r.question, r.options, r.answer)}
 
@@ -99,6 +100,7 @@ class TrainBatch:
     n_items: int
     n_tokens: int                          # real (unpadded) tokens over all parts
     too_long: List[Tuple[str, int]] = field(default_factory=list)  # (item id, length) > max_seq_len
+    n_cut: int = 0                         # items whose TVQA dialogue was cut to fit (--truncate_dialogue)
 
     def to(self, device):
         for b in self.parts.values():
@@ -131,4 +133,5 @@ class TrainCollate:
         too_long = [(str(it["idx"]), n) for it, n in zip(items, lengths)
                     if self.max_seq_len and n > self.max_seq_len]
         n_tokens = sum(len(s) for it in items for s in it["seqs"].values())
-        return TrainBatch(kinds.pop(), parts, len(items), n_tokens, too_long)
+        n_cut = sum(any(s.n_cut for s in it["seqs"].values()) for it in items)
+        return TrainBatch(kinds.pop(), parts, len(items), n_tokens, too_long, n_cut)

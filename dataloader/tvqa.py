@@ -1,16 +1,21 @@
 """TVQA (SPEC §1.4): `<root>/tvqa/tvqa_{split}.jsonl` + `<root>/tvqa/clipvitl14.pth` (3 fps), optional
-subtitles `<root>/tvqa/tvqa_subtitles/<vid_name>.srt` (the dialogue task, `sub=True`)."""
+subtitles `<root>/tvqa/tvqa_subtitles/<vid_name>.srt` (`sub=True`).
+
+Every TVQA sequence uses the dialogue prompt (`llama.prompts.TVQA`); the "Dialogue:" segment is there
+only with `sub=True` and when the clip has subtitle lines."""
 import json
 import math
 import os
 from typing import Dict, List, Optional, Tuple
 
-from .base import (DataError, DictFeatures, MCQADataset, PromptStyle, QARecord, make_mcqa_dataset,
+from llama import prompts
+
+from .base import (DataError, DictFeatures, MCQADataset, QARecord, make_mcqa_dataset,
                    parse_answer, require)
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
-STYLE = PromptStyle()
+STYLE = prompts.TVQA
 FPS = 3
 
 
@@ -56,8 +61,9 @@ def clip_rows(span: Optional[Tuple[float, float]]) -> Optional[Tuple[int, int]]:
     return FPS * round(s), FPS * (round(e) + 1) - 1
 
 
-def read_subtitles(path: str, rid) -> List[Tuple[float, float, str]]:
-    """(start s, end s, text with newlines as spaces) per entry of an .srt file."""
+def read_subtitles(path: str, rid) -> List[Tuple[int, int, str]]:
+    """(start second, end second, text) per entry of an .srt file. Times are whole seconds
+    (hours*3600 + minutes*60 + seconds; milliseconds dropped), newlines in the text become spaces."""
     import srt
     if not os.path.isfile(path):
         raise DataError(f"question {rid}: subtitle file not found: {path}")
@@ -71,16 +77,18 @@ def read_subtitles(path: str, rid) -> List[Tuple[float, float, str]]:
         subs = list(srt.parse(text))
     except srt.SRTParseError as e:
         raise DataError(f"{path}: malformed subtitles (question {rid}): {e}") from None
-    return [(s.start.total_seconds(), s.end.total_seconds(), " ".join(s.content.splitlines()).strip())
-            for s in subs]
+    return [(int(s.start.total_seconds()), int(s.end.total_seconds()),
+             s.content.replace("\r\n", "\n").replace("\n", " ")) for s in subs]
 
 
-def dialogue(entries, span: Optional[Tuple[float, float]]) -> str:
-    """Text of the entries overlapping [s, e] (every entry for None), joined with spaces."""
+def dialogue(entries, span: Optional[Tuple[float, float]]) -> Optional[str]:
+    """The clip's dialogue D: every entry whose *end* second lies in [round(s), round(e)] (every entry
+    for None, i.e. "NaN-NaN"), each text preceded by one space, concatenated; None when no entry is
+    kept (the prompt then has no "Dialogue:" segment)."""
     if span is not None:
-        s, e = span
-        entries = [x for x in entries if x[0] <= e and x[1] >= s]
-    return " ".join(t for _, _, t in entries if t)
+        a, b = round(span[0]), round(span[1])
+        entries = [x for x in entries if a <= x[1] <= b]
+    return "".join(" " + t for _, _, t in entries) if entries else None
 
 
 def read_records(root, split, sub: bool = False) -> List[QARecord]:
@@ -117,8 +125,13 @@ def read_records(root, split, sub: bool = False) -> List[QARecord]:
     return records
 
 
-def build(root, split, builder, max_feats, train=False, skip_missing=False, sub=False) -> MCQADataset:
+def build(root, split, builder, max_feats, train=False, skip_missing=False, sub=False,
+          dialogue_max_len=None) -> MCQADataset:
+    """`dialogue_max_len`: cut dialogue tokens so that prompts fit this length (the published code's
+    cut; None keeps every prompt whole)."""
     records = read_records(root, split, sub=sub)
     fp = feature_path(root)
-    return make_mcqa_dataset(records, DictFeatures(fp), builder, max_feats, STYLE, train=train,
-                             skip_missing=skip_missing, what=f"TVQA {split}", feature_where=fp)
+    ds = make_mcqa_dataset(records, DictFeatures(fp), builder, max_feats, STYLE, train=train,
+                           skip_missing=skip_missing, what=f"TVQA {split}", feature_where=fp)
+    ds.dialogue_max_len = dialogue_max_len
+    return ds

@@ -106,7 +106,8 @@ KEYWORDS = ("Answer", "Question", "Description")  # must be single tokens after 
 
 def _prompt_texts():
     from llama import prompts as P
-    texts = [P.MCQA_INSTR, P.DIALOGUE_INSTR, P.CAPTION_INSTR, P.OPENQA_INSTR, P.VAQ_INSTR, P.QAV_INSTR]
+    texts = [P.MCQA_INSTR, P.DIALOGUE_INSTR, P.DIALOGUE_VAQ_INSTR, P.DIALOGUE_QAV_INSTR, P.CAPTION_INSTR,
+             P.OPENQA_INSTR, P.VAQ_INSTR, P.QAV_INSTR]
     texts = [t.strip() + " Video:" for t in texts]
     texts += [P.ANSWER_TEXT + f"({c})" for c in P.LETTERS] + [P.STAR_ANSWER_TEXT + f"({c})" for c in P.LETTERS]
     texts += ["Question: what is it?", "Choices: ", "Dialogue: hello.", "Description: a video.", "Video:"]

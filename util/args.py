@@ -42,7 +42,11 @@ def add_data_args(p: argparse.ArgumentParser):
     g.add_argument("--data_root", default="./data", help="root holding nextqa/, star/, tvqa/, egos/, textvid/")
     g.add_argument("--memory", action="store_true", help="project eval video features onto the text memory")
     g.add_argument("--memory_path", default=None, help="memory.pkl (default <data_root>/textvid/memory.pkl)")
-    g.add_argument("--sub", action="store_true", help="TVQA: add the clip's subtitles (dialogue prompt)")
+    g.add_argument("--sub", action="store_true", help="TVQA: add the clip's subtitles (\"Dialogue:\" segment)")
+    g.add_argument("--truncate_dialogue", action="store_true",
+                   help="TVQA: cut subtitle tokens so that each prompt fits --max_seq_len, as the published code "
+                        "did (question, options and answer stay whole; the number of cut prompts is reported). "
+                        "Default: prompts are never cut")
     g.add_argument("--skip_missing", action="store_true",
                    help="drop questions whose video has no features (reported), instead of failing")
     g.add_argument("--batch_size", type=int, default=8, help="questions per batch per process")
