@@ -117,7 +117,7 @@ class PromptBuilder:
         if not style.dialogue:
             raise PromptError("a dialogue segment needs the dialogue prompt style (TVQA)")
         seg = self.tok.encode(f"Dialogue: {dialogue}\n")
-        if max_len is None or rest + len(seg) <= max_len:
+        if max_len is None or rest + len(seg) <= max_len or rest > max_len:  # fits, or cannot: stays whole
             return seg, 0
         keep = max(0, max_len - rest)
         return seg[:keep], len(seg) - keep
