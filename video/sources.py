@@ -1,0 +1,288 @@
+"""What to extract for each benchmark: jobs of (video path, [(feature key, sampling rule)]).
+
+Video lists come from the annotation files (read with the benchmark readers of `dataloader/`, so the
+keys are exactly the ones eval.py and train.py look up). Videos are found by name under --video_dir,
+searched recursively: a video file `<key>.<ext>` (mp4, avi, mkv, webm, ...) or a frame folder `<key>/`
+of numbered images; `--video_map` (JSON {key: path} or a two-column csv key,path; paths relative to
+--video_dir, extension optional) names them where names differ. A key found nowhere, or found twice,
+becomes a failure of its own, never a guess.
+
+MVBench (its 20 tasks, the official `json/<task>.json` files and `video/<folder>/` layout) and the
+captioning sets (MSR-VTT test, VATEX val) are read here; see `MVBENCH_TASKS`.
+"""
+import csv
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .frames import IMAGE_EXTS, VIDEO_EXTS, Rule, Segments
+
+FOLDER_FPS = 3  # TVQA's (and MVBench Episodic Reasoning's) frame folders
+
+
+@dataclass
+class Job:
+    """One video to decode once, for one or more feature keys."""
+    name: str                             # shown in messages: the key, or the video path
+    path: Optional[str]                   # a video file or a frame folder; None when not found
+    wants: List[Tuple[str, Rule]]         # (feature key, sampling rule)
+    problem: Optional[str] = None         # why the video cannot be read at all (missing, ambiguous, ...)
+    folder_fps: Fraction = Fraction(FOLDER_FPS)
+    bad_keys: Dict[str, str] = field(default_factory=dict)  # key -> reason known before decoding
+
+    @property
+    def keys(self) -> List[str]:
+        return [k for k, _ in self.wants]
+
+
+# ---- finding videos by name ----
+
+class VideoIndex:
+    """Every video file (by file stem) and frame folder (a folder holding images and no videos, by
+    folder name) under `root`, searched recursively."""
+
+    def __init__(self, root: str):
+        self.root = str(root)
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"--video_dir {self.root}: no such folder")
+        self.by_name: Dict[str, List[str]] = defaultdict(list)
+        self._walk(self.root)
+
+    def _walk(self, folder: str):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            raise OSError(f"{folder}: cannot list: {e}") from None
+        has_images = has_videos = False
+        for e in entries:
+            if e.is_dir():
+                self._walk(e.path)
+                continue
+            stem, ext = os.path.splitext(e.name)
+            ext = ext.lower()
+            if ext in VIDEO_EXTS:
+                has_videos = True
+                self.by_name[stem].append(e.path)
+            elif ext in IMAGE_EXTS:
+                has_images = True
+        if has_images and not has_videos and folder != self.root:
+            self.by_name[os.path.basename(folder)].append(folder)
+
+    def names(self) -> List[str]:
+        return sorted(self.by_name)
+
+    def find(self, key: str) -> Tuple[Optional[str], Optional[str]]:
+        """(path, None) or (None, why not)."""
+        paths = self.by_name.get(key, [])
+        if len(paths) == 1:
+            return paths[0], None
+        if not paths:
+            return None, f"missing: no video file or frame folder named '{key}' under {self.root}"
+        return None, (f"ambiguous: {len(paths)} videos named '{key}' under {self.root}: "
+                      f"{', '.join(sorted(paths)[:3])} (name one with --video_map)")
+
+
+def read_video_map(path: str, video_dir: Optional[str]) -> Dict[str, str]:
+    """{key: path} from JSON ({key: path}) or csv (key,path rows; a header row is allowed). Relative
+    paths are taken under `video_dir`; a path without extension gets the first that exists."""
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--video_map {path}: not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"--video_map {path}: expected a JSON object key -> video path")
+        pairs = [(str(k), str(v)) for k, v in raw.items()]
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r]
+        bad = [i for i, r in enumerate(rows, 1) if len(r) != 2]
+        if bad:
+            raise ValueError(f"--video_map {path}:{bad[0]}: expected two columns key,path")
+        pairs = [(k.strip(), v.strip()) for k, v in rows]
+        if pairs and pairs[0][0] in ("key", "video", "video_id", "vid", "uid"):
+            pairs = pairs[1:]
+    out = {}
+    for k, v in pairs:
+        p = v if os.path.isabs(v) or not video_dir else os.path.join(video_dir, v)
+        if not os.path.exists(p) and not os.path.splitext(p)[1]:
+            p = next((p + e for e in VIDEO_EXTS if os.path.isfile(p + e)), p)
+        out[k] = p
+    return out
+
+
+class Resolver:
+    """key -> video path: --video_map first, then the --video_dir index."""
+
+    def __init__(self, video_dir: Optional[str], video_map: Optional[str] = None):
+        self.map = read_video_map(video_map, video_dir) if video_map else {}
+        self.index = VideoIndex(video_dir) if video_dir else None
+        if self.index is None and not self.map:
+            raise ValueError("give --video_dir (and/or --video_map) to say where the videos are")
+
+    def find(self, key: str) -> Tuple[Optional[str], Optional[str]]:
+        if key in self.map:
+            p = self.map[key]
+            return (p, None) if os.path.exists(p) else (None, f"missing: {p} (from --video_map) does not exist")
+        if self.index is None:
+            return None, f"missing: '{key}' is not in --video_map"
+        return self.index.find(key)
+
+
+def jobs_for_keys(keys: Sequence[str], resolver: Resolver, rule: Rule, folder_fps=FOLDER_FPS) -> List[Job]:
+    """One job per key (duplicates dropped, first order kept), every key sampled with `rule`."""
+    jobs, seen = [], set()
+    for k in keys:
+        if k in seen:
+            continue
+        seen.add(k)
+        path, problem = resolver.find(k)
+        jobs.append(Job(k, path, [(k, rule)], problem, Fraction(folder_fps)))
+    return jobs
+
+
+# ---- multiple-choice benchmarks: keys from the annotation readers ----
+
+SPLITS = {"nextqa": ("train", "val", "test"), "star": ("train", "val", "test"),
+          "tvqa": ("train", "val", "test_public", "test"), "egos": ("val", "test")}
+
+
+def annotation_keys(dataset: str, data_root: str, splits: Optional[Sequence[str]] = None) -> List[str]:
+    """Video keys of every question of the given splits (default: each split whose annotations exist),
+    in file order. Missing annotation files are an error when splits are named, skipped otherwise."""
+    from dataloader import egoschema, nextqa, star, tvqa
+    reader = {"nextqa": nextqa, "star": star, "tvqa": tvqa, "egos": egoschema}[dataset].read_records
+    keys, found = [], []
+    for split in splits or SPLITS[dataset]:
+        try:
+            records = reader(data_root, split)
+        except FileNotFoundError:
+            if splits:
+                raise
+            continue
+        found.append(split)
+        keys += [r.vid for r in records]
+    if not found:
+        raise FileNotFoundError(f"{dataset}: no annotations for any of the splits {', '.join(SPLITS[dataset])} "
+                                f"under --data_root {data_root} (see docs/extraction.md for the layout)")
+    return keys
+
+
+# ---- MVBench ----
+
+# task: (json file stem, folder under <root>/video/, frame folder?, uses the item's start/end)
+MVBENCH_TASKS = {
+    "Action Sequence": ("action_sequence", "star/Charades_v1_480", False, True),
+    "Action Prediction": ("action_prediction", "star/Charades_v1_480", False, True),
+    "Action Antonym": ("action_antonym", "ssv2_video", False, False),
+    "Fine-grained Action": ("fine_grained_action", "Moments_in_Time_Raw/videos", False, False),
+    "Unexpected Action": ("unexpected_action", "FunQA_test/test", False, False),
+    "Object Existence": ("object_existence", "clevrer/video_validation", False, False),
+    "Object Interaction": ("object_interaction", "star/Charades_v1_480", False, True),
+    "Object Shuffle": ("object_shuffle", "perception/videos", False, False),
+    "Moving Direction": ("moving_direction", "clevrer/video_validation", False, False),
+    "Action Localization": ("action_localization", "sta/sta_video", False, True),
+    "Scene Transition": ("scene_transition", "scene_qa/video", False, False),
+    "Action Count": ("action_count", "perception/videos", False, False),
+    "Moving Count": ("moving_count", "clevrer/video_validation", False, False),
+    "Moving Attribute": ("moving_attribute", "clevrer/video_validation", False, False),
+    "State Change": ("state_change", "perception/videos", False, False),
+    "Fine-grained Pose": ("fine_grained_pose", "nturgbd", False, False),
+    "Character Order": ("character_order", "perception/videos", False, False),
+    "Egocentric Navigation": ("egocentric_navigation", "vlnqa", False, False),
+    "Episodic Reasoning": ("episodic_reasoning", "tvqa/frames_fps3_hq", True, True),
+    "Counterfactual Inference": ("counterfactual_inference", "clevrer/video_validation", False, False),
+}
+MVBENCH_FRAMES = 10
+
+
+def _bound(item, key) -> Optional[float]:
+    v = item.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> List[Job]:
+    """Jobs for MVBench: key "<json stem>/<item index>", 10 frames by MVBench's window rule; questions
+    on the same video share one job (one decoding). `tasks`: json stems or task names (default all 20)."""
+    by_stem = {v[0]: (name, *v[1:]) for name, v in MVBENCH_TASKS.items()}
+    chosen = list(by_stem)
+    if tasks:
+        names = {n.lower(): v[0] for n, v in MVBENCH_TASKS.items()}
+        chosen = []
+        for t in tasks:
+            stem = t if t in by_stem else names.get(t.lower())
+            if stem is None:
+                raise ValueError(f"--tasks: unknown MVBench task {t!r} (one of {', '.join(by_stem)})")
+            chosen.append(stem)
+    jobs: Dict[str, Job] = {}
+    order: List[Job] = []
+    for stem in chosen:
+        name, folder, is_frames, bounded = by_stem[stem]
+        path = os.path.join(root, "json", f"{stem}.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"MVBench {name}: annotations not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            try:
+                items = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"{path}: expected a JSON list of questions")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("video"), str):
+                raise ValueError(f"{path}[{i}]: expected an object with a 'video' name")
+            key = f"{stem}/{i}"
+            vpath = os.path.join(root, "video", folder, item["video"])
+            job = jobs.get(vpath)
+            if job is None:
+                problem = None
+                if not (os.path.isdir(vpath) if is_frames else os.path.isfile(vpath)):
+                    problem = f"missing: no {'frame folder' if is_frames else 'video file'} {vpath}"
+                job = jobs[vpath] = Job(vpath, vpath, [], problem)
+                order.append(job)
+            rule = Segments(MVBENCH_FRAMES)
+            if bounded:
+                s, e = _bound(item, "start"), _bound(item, "end")
+                if s is None or e is None:
+                    job.bad_keys[key] = (f"annotation {path}[{i}]: {name} needs numeric 'start' and 'end', "
+                                         f"got {item.get('start')!r}, {item.get('end')!r}")
+                else:
+                    rule = Segments(MVBENCH_FRAMES, s, e)
+            job.wants.append((key, rule))
+    return order
+
+
+# ---- captioning: MSR-VTT test, VATEX val ----
+
+CAPTION_FILES = {"msrvtt": ("msrvtt", "test_videodatainfo.json"), "vatex": ("vatex", "vatex_validation_v1.0.json")}
+
+
+def caption_keys(dataset: str, path: str) -> List[str]:
+    """MSR-VTT: `videos[].video_id`; VATEX: `[].videoID`; in file order."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if dataset == "msrvtt":
+        videos = raw.get("videos") if isinstance(raw, dict) else None
+        field_name = "video_id"
+    else:
+        videos, field_name = raw, "videoID"
+    if not isinstance(videos, list):
+        raise ValueError(f"{path}: expected {'an object with a videos list' if dataset == 'msrvtt' else 'a list'}")
+    keys = []
+    for i, v in enumerate(videos):
+        if not isinstance(v, dict) or field_name not in v:
+            raise ValueError(f"{path}: entry {i} has no '{field_name}'")
+        keys.append(str(v[field_name]))
+    return keys

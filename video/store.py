@@ -1,0 +1,252 @@
+"""Where extracted features go, written so that nothing is lost or half-written and a run can resume.
+
+Two kinds of output:
+  * DictOutput: one `.pth` file, a dict key -> fp16 tensor [rows, 768] (NExT-QA, STAR, TVQA, MVBench,
+    MSR-VTT, VATEX, a folder of videos). While a run goes, each process saves what it has finished to
+    `<file>.parts/` every few videos (one new part file each time, written atomically). At the end one
+    process merges the parts (and a previous complete file with the same settings) into the final file,
+    written atomically once, then removes the parts.
+  * FileDirOutput: one file per key in a folder (EgoSchema `<uid>.npy`, TextVid `<idx>.pkl`), each
+    written atomically as soon as it is done.
+
+Resume: a key is done when it is in a part, in the final file, or (FileDirOutput) has its file. The
+settings a run used (dataset, sampling rule, CLIP model, precision) are recorded beside the results
+(`settings.json` in the parts folder, `<file>.extract.json` beside a final file, `.extract.json` in a
+feature folder); results made with other settings are never mixed in: the run stops and says so, and
+`--overwrite` deletes them and starts over.
+"""
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+
+from llama.checkpoint import safe_load, save_atomic
+
+
+class SettingsMismatch(ValueError):
+    """Existing results were made with other settings."""
+
+
+def _readable(path) -> None:
+    """Temporary files are created 0600; give the result the usual permissions (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def save_readable(obj, path) -> None:
+    """save_atomic, then the usual file permissions."""
+    save_atomic(obj, path)
+    _readable(path)
+
+
+def write_text_atomic(text: str, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        _readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_json(path) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+
+
+def _check(found: Optional[dict], settings: dict, where) -> None:
+    if found is None:
+        return
+    found = found.get("settings", found)
+    diff = {k: (found.get(k), v) for k, v in settings.items() if found.get(k) != v}
+    if diff:
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise SettingsMismatch(f"{where} holds features made with other settings ({shown}); pass "
+                               f"--overwrite to start over, or write elsewhere with --output")
+
+
+class DictOutput:
+    """A `.pth` dict key -> [rows, 768] (see the module docstring)."""
+
+    def __init__(self, path, settings: dict, save_every: int = 100, save_seconds: float = 300.0):
+        self.path = Path(path)
+        self.parts = Path(str(self.path) + ".parts")
+        self.record = Path(str(self.path) + ".extract.json")
+        self.settings = settings
+        self.save_every, self.save_seconds = save_every, save_seconds
+        self._buffer: Dict[str, torch.Tensor] = {}
+        self._last_save = time.monotonic()
+        self._run_id = uuid.uuid4().hex[:12]
+        self._seq = 0
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def check(self, fresh: bool) -> None:
+        """Raise SettingsMismatch if what is there was made otherwise (read-only; every process)."""
+        if fresh:
+            return
+        _check(_read_json(self.parts / "settings.json"), self.settings, self.parts)
+        if self.path.exists():
+            rec = _read_json(self.record)
+            if rec is None:
+                raise SettingsMismatch(f"{self.path} exists and was not written by extract_features.py "
+                                       f"(no {self.record.name}); pass --overwrite to replace it, or write "
+                                       f"elsewhere with --output")
+            _check(rec, self.settings, self.path)
+
+    def prepare(self, fresh: bool) -> None:
+        """One process: with `fresh`, delete earlier results (parts, final file); record the settings."""
+        if fresh:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            for p in (self.path, self.record):
+                if p.exists():
+                    p.unlink()
+        self.parts.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(json.dumps({"settings": self.settings}, indent=1), self.parts / "settings.json")
+
+    def _part_files(self) -> List[Path]:
+        return sorted(self.parts.glob("part-*.pth")) if self.parts.is_dir() else []
+
+    def done_keys(self, keys) -> set:
+        """Keys with results (in parts or the final file); `keys` (every key of the run) is unused here."""
+        keys = set()
+        for p in self._part_files():
+            keys.update(safe_load(p, mmap=True))
+        if self.path.exists():
+            keys.update(str(k) for k in safe_load(self.path, mmap=True))
+        return keys
+
+    def add(self, key: str, feats: torch.Tensor) -> None:
+        self._buffer[key] = feats.to(torch.float16).contiguous()
+        if len(self._buffer) >= self.save_every or time.monotonic() - self._last_save > self.save_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            name = f"part-{self._run_id}-{self._seq:06d}.pth"
+            save_atomic(self._buffer, self.parts / name)
+            self._seq += 1
+            self._buffer = {}
+        self._last_save = time.monotonic()
+
+    def finish(self, keys: Iterable[str], summary: dict) -> int:
+        """One process, after every process flushed: the final file holds `keys` (in this order) that
+        have features; returns how many. Parts are removed once the final file is in place."""
+        have: Dict[str, torch.Tensor] = {}
+        if self.path.exists():
+            have.update((str(k), v) for k, v in safe_load(self.path, mmap=True).items())
+        for p in self._part_files():
+            have.update(safe_load(p, mmap=True))
+        out = {k: have[k] for k in keys if k in have}
+        save_readable(out, self.path)
+        self._write_record(summary, n_keys=len(out))
+        self._remove_parts()
+        return len(out)
+
+    def _write_record(self, summary: dict, **more) -> None:
+        write_text_atomic(json.dumps({"settings": self.settings, **summary, **more}, indent=1), self.record)
+
+    def _remove_parts(self) -> None:
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+
+class FileDirOutput:
+    """A folder of `<key><suffix>` files: `.npy` (np.save of fp16 [rows, 768]) or `.pkl` (torch.save
+    of an fp16 tensor)."""
+
+    def __init__(self, folder, settings: dict, suffix: str = ".npy"):
+        if suffix not in (".npy", ".pkl"):
+            raise ValueError(f"unknown feature file suffix {suffix!r}")
+        self.folder, self.settings, self.suffix = Path(folder), settings, suffix
+        self.record = self.folder / ".extract.json"
+
+    def describe(self) -> str:
+        return f"{self.folder}/<key>{self.suffix}"
+
+    def file(self, key: str) -> Path:
+        return self.folder / f"{key}{self.suffix}"
+
+    def check(self, fresh: bool) -> None:
+        if fresh or not self.folder.is_dir():
+            return
+        rec = _read_json(self.record)
+        if rec is None:
+            if any(self.folder.glob(f"*{self.suffix}")):
+                raise SettingsMismatch(f"{self.folder} holds {self.suffix} files not written by "
+                                       f"extract_features.py; pass --overwrite to replace them, or write "
+                                       f"elsewhere with --output")
+            return
+        _check(rec, self.settings, self.folder)
+
+    def prepare(self, fresh: bool) -> None:
+        """One process: with `fresh`, delete the folder's earlier feature files; record the settings."""
+        if fresh and self.folder.is_dir():
+            for p in self.folder.glob(f"*{self.suffix}"):
+                p.unlink()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(json.dumps({"settings": self.settings}, indent=1), self.record)
+
+    def done_keys(self, keys) -> set:
+        if not self.folder.is_dir():
+            return set()
+        n = len(self.suffix)
+        return {e.name[:-n] for e in os.scandir(self.folder) if e.name.endswith(self.suffix)}
+
+    def add(self, key: str, feats: torch.Tensor) -> None:
+        feats = feats.to(torch.float16).contiguous().cpu()
+        if self.suffix == ".pkl":
+            save_readable(feats, self.file(key))
+            return
+        path = self.file(key)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, feats.numpy())
+                f.flush()
+                os.fsync(f.fileno())
+            _readable(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, keys: Iterable[str], summary: dict) -> int:
+        rec = {"settings": self.settings, **summary}
+        write_text_atomic(json.dumps(rec, indent=1), self.record)
+        return sum(1 for k in keys if self.file(k).is_file())
+
+
+def write_failures(path, failures: List[dict]) -> None:
+    """`path`: one JSON object per line {key, path, reason}; an earlier list is replaced (or removed
+    when nothing failed)."""
+    path = Path(path)
+    if not failures:
+        if path.exists():
+            path.unlink()
+        return
+    write_text_atomic("".join(json.dumps(f) + "\n" for f in failures), path)

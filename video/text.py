@@ -1,0 +1,149 @@
+"""CLIP text features: TextVid's per-tideo files and the text memory (`memory.pkl`).
+
+  * --dataset textvid: for every tideo of `textvid.json`, one row per entry of each frame dict, frames in
+    order and entries in their JSON order -> `<data_root>/textvid/features/<idx>.pkl`, a pickled fp16
+    tensor [rows, 768], unit-norm rows. A tideo whose frames are not non-empty dicts of strings fails
+    (listed, like a bad video).
+  * --dataset memory --sentences FILE (.txt: one sentence a line, empty lines skipped; .json: a list of
+    strings) -> `<data_root>/textvid/memory.pkl`, a pickled fp16 tensor [N, 768] of unit-norm rows in
+    the file's order. Done in chunks of CHUNK sentences, each saved as it is done, so it resumes too.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from llama.checkpoint import safe_load
+
+from .clip import FEATURE_DIM
+from .store import DictOutput, FileDirOutput, save_readable
+
+CHUNK = 4096
+
+
+@dataclass
+class TextUnit:
+    name: str
+    keys: List[str]            # one key: the tideo idx, or the memory chunk
+    texts: List[str]
+    problem: Optional[str] = None
+
+
+def read_tideos(path: str) -> List[TextUnit]:
+    """One unit per tideo of a TextVid json; a malformed tideo is a unit with a problem."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"TextVid annotations not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(raw, list):
+        raise ValueError(f"{path}: expected a list of tideos")
+    units = []
+    for pos, t in enumerate(raw):
+        if not isinstance(t, dict) or "idx" not in t:
+            raise ValueError(f"{path}: entry {pos} is not a tideo with an 'idx'")
+        idx = str(t["idx"])
+        texts, problem = [], None
+        frames = t.get("frames")
+        if not isinstance(frames, list) or not frames:
+            problem = "'frames' is not a non-empty list of frame dicts"
+        else:
+            for k, fr in enumerate(frames):
+                if not isinstance(fr, dict) or not fr:
+                    problem = f"frame {k} is not a non-empty dict"
+                    break
+                bad = [name for name, v in fr.items() if not isinstance(v, str)]
+                if bad:
+                    problem = f"frame {k}: entry '{bad[0]}' is not text"
+                    break
+                texts += list(fr.values())
+        units.append(TextUnit(idx, [idx], texts if problem is None else [], problem))
+    return units
+
+
+def read_sentences(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--sentences {path}: no such file")
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+            raise ValueError(f"{path}: expected a JSON list of strings")
+        return raw
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def memory_units(sentences: List[str]) -> List[TextUnit]:
+    units = []
+    for a in range(0, len(sentences), CHUNK):
+        key = f"rows {a}-{min(a + CHUNK, len(sentences)) - 1}"
+        units.append(TextUnit(key, [key], sentences[a:a + CHUNK]))
+    return units
+
+
+class TensorOutput(DictOutput):
+    """memory.pkl: one tensor [N, 768], the chunks (keys) concatenated in order. Parts work as for
+    DictOutput; a finished file (same settings) means every chunk is done."""
+
+    def done_keys(self, keys) -> set:
+        if self.path.exists():
+            return set(keys)
+        return super().done_keys(keys)
+
+    def finish(self, keys, summary: dict) -> int:
+        have = {}
+        for p in self._part_files():
+            have.update(safe_load(p, mmap=True))
+        missing = [k for k in keys if k not in have]
+        if missing:
+            raise ValueError(f"{self.parts}: chunks {missing[:3]} are missing; rerun to compute them")
+        mem = torch.cat([have[k] for k in keys]) if keys else torch.zeros(0, FEATURE_DIM, dtype=torch.float16)
+        save_readable(mem, self.path)
+        self._write_record(summary, n_keys=int(mem.shape[0]))
+        self._remove_parts()
+        return int(mem.shape[0])
+
+
+def process_texts(units: List[TextUnit], output, procs, args, bar):
+    """Encode each unit's texts (batched across units) -> output.add; returns (failures, rows)."""
+    from .extract import Batcher, make_encoder
+    encoder = make_encoder(args, procs)
+    batcher = Batcher(encoder.texts, args.batch_size, join=lambda parts: [s for p in parts for s in p])
+    failures, rows = [], 0
+    for u in units:
+        if u.problem is not None:
+            failures.append({"key": u.keys[0], "path": None, "reason": u.problem})
+        else:
+            rows += len(u.texts)
+            for k, feats in batcher.add(u.keys[0], u.texts):
+                output.add(k, feats)
+        bar.update(1)
+    for k, feats in batcher.flush():
+        output.add(k, feats)
+    return failures, rows
+
+
+def plan(args, procs, settings: dict):
+    from .extract import Task
+    root = args.data_root
+    if args.dataset == "textvid":
+        path = args.annotations or os.path.join(root, "textvid", "textvid.json")
+        units = read_tideos(path)
+        out = FileDirOutput(args.output or os.path.join(root, "textvid", "features"), settings, suffix=".pkl")
+        return Task("textvid", units, out, process_texts, unit_word="tideos")
+    if not args.sentences:
+        raise ValueError("--dataset memory needs --sentences (a .txt file, one sentence a line, or a .json list)")
+    sentences = read_sentences(args.sentences)
+    digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()[:16]
+    settings = dict(settings, sentences=f"{len(sentences)} sentences, sha256 {digest}")
+    out = TensorOutput(args.output or os.path.join(root, "textvid", "memory.pkl"), settings, args.save_every)
+    return Task("memory", memory_units(sentences), out, process_texts, unit_word="chunks")
