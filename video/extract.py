@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -84,7 +84,9 @@ class Task:
     output: object                 # DictOutput or FileDirOutput
     process: Callable              # (units, output, procs, args, bar) -> (failures, n_frames)
     unit_word: str = "videos"
+    item_word: str = "frames"               # what a unit is made of (what gets encoded)
     note: str = ""
+    key_order: Optional[List[str]] = None   # every key, in the order of the output (default: unit order)
 
     @property
     def failures_path(self) -> str:
@@ -112,6 +114,9 @@ def run_task(task: Task, args, procs: Procs) -> int:
     all_keys = [k for u in task.units for k in u.keys]
     if len(set(all_keys)) != len(all_keys):
         raise ValueError(f"{task.name}: the job list repeats a feature key")
+    if task.key_order is not None:
+        assert sorted(task.key_order) == sorted(all_keys), "key_order must list every key once"
+        all_keys = list(task.key_order)
     done = task.output.done_keys(all_keys) & set(all_keys)
     procs.barrier()
     pending = [p for p in (_pending(u, done) for u in task.units) if p is not None]
@@ -139,14 +144,15 @@ def run_task(task: Task, args, procs: Procs) -> int:
     left = sum(r["left"] for r in reports)
     status = 0
     if procs.main:
-        status = _finish(task, args, all_keys, failures, left, reports)
+        status = _finish(task, args, all_keys, failures, len(pending), left, reports)
     procs.barrier()
     return procs.gather(status)[0]
 
 
-def _finish(task: Task, args, all_keys, failures, left, reports) -> int:
-    frames, secs = sum(r["frames"] for r in reports), max(r["seconds"] for r in reports)
-    rate = f"{frames} frames in {secs:.1f} s ({frames / max(secs, 1e-9):.1f} frames/s)"
+def _finish(task: Task, args, all_keys, failures, pending, left, reports) -> int:
+    items, secs = sum(r["frames"] for r in reports), max(r["seconds"] for r in reports)
+    word = task.item_word
+    rate = f"{items} {word} in {secs:.1f} s ({items / max(secs, 1e-9):.1f} {word}/s)"
     order = {k: i for i, k in enumerate(all_keys)}
     failures.sort(key=lambda f: order.get(f["key"], len(order)))
     if left:
@@ -154,6 +160,9 @@ def _finish(task: Task, args, all_keys, failures, left, reports) -> int:
               f"kept: run the same command again to continue. {rate}")
         return 0
     write_failures(task.failures_path, failures)
+    if not failures and not pending and task.output.complete():
+        print(f"{task.name}: nothing to do, all {len(all_keys)} keys are in {task.output.describe()}")
+        return 0
     if failures and not args.skip_bad:
         print(f"{task.name}: {len(failures)} of {len(all_keys)} keys failed, listed in {task.failures_path} "
               f"(e.g. {failures[0]['key']}: {failures[0]['reason']}). Nothing final was written; finished "
@@ -284,7 +293,7 @@ def plan(args, procs: Procs) -> Task:
     prec = _precision(args, procs)
     folder_fps = as_fraction(args.frames_fps)
     frames_note = f"; frame folders at {args.frames_fps} fps"
-    note = ""
+    note, key_order = "", None
     if ds in ("nextqa", "star", "tvqa", "egos"):
         fps = args.fps if args.fps is not None else DEFAULT_FPS[ds]
         rule = FixedRate(as_fraction(fps))
@@ -296,7 +305,7 @@ def plan(args, procs: Procs) -> Task:
     elif ds == "mvbench":
         if not args.mvbench_root:
             raise ValueError("--dataset mvbench needs --mvbench_root (the folder holding json/ and video/)")
-        jobs = sources.mvbench_jobs(args.mvbench_root, args.tasks)
+        jobs, key_order = sources.mvbench_jobs(args.mvbench_root, args.tasks)
         settings = _settings(args, ds, "MVBench 10 segments; frame folders at 3 fps", prec)
         default = os.path.join(root, "mvbench", "clipvitl14.pth")
     elif ds in ("msrvtt", "vatex"):
@@ -332,7 +341,7 @@ def plan(args, procs: Procs) -> Task:
     else:
         raise ValueError(f"--dataset {ds}: extraction knows {', '.join(VIDEO_DATASETS + TEXT_DATASETS)}")
     out = _dict_or_dir(args.output or default, settings, args.save_every)
-    return Task(ds, jobs, out, process_videos, note=note)
+    return Task(ds, jobs, out, process_videos, note=note, key_order=key_order)
 
 
 def main(args) -> int:

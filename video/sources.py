@@ -210,9 +210,10 @@ def _bound(item, key) -> Optional[float]:
         return None
 
 
-def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> List[Job]:
+def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List[Job], List[str]]:
     """Jobs for MVBench: key "<json stem>/<item index>", 10 frames by MVBench's window rule; questions
-    on the same video share one job (one decoding). `tasks`: json stems or task names (default all 20)."""
+    on the same video share one job (one decoding). `tasks`: json stems or task names (default all 20).
+    Returns (jobs, every key in question order)."""
     by_stem = {v[0]: (name, *v[1:]) for name, v in MVBENCH_TASKS.items()}
     chosen = list(by_stem)
     if tasks:
@@ -225,6 +226,7 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> List[Job]:
             chosen.append(stem)
     jobs: Dict[str, Job] = {}
     order: List[Job] = []
+    keys: List[str] = []
     for stem in chosen:
         name, folder, is_frames, bounded = by_stem[stem]
         path = os.path.join(root, "json", f"{stem}.json")
@@ -241,6 +243,7 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> List[Job]:
             if not isinstance(item, dict) or not isinstance(item.get("video"), str):
                 raise ValueError(f"{path}[{i}]: expected an object with a 'video' name")
             key = f"{stem}/{i}"
+            keys.append(key)
             vpath = os.path.join(root, "video", folder, item["video"])
             job = jobs.get(vpath)
             if job is None:
@@ -258,7 +261,7 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> List[Job]:
                 else:
                     rule = Segments(MVBENCH_FRAMES, s, e)
             job.wants.append((key, rule))
-    return order
+    return order, keys
 
 
 # ---- captioning: MSR-VTT test, VATEX val ----

@@ -137,6 +137,10 @@ class DictOutput:
             keys.update(str(k) for k in safe_load(self.path, mmap=True))
         return keys
 
+    def complete(self) -> bool:
+        """The final file is there and no parts wait to be merged into it."""
+        return self.path.exists() and not self._part_files()
+
     def add(self, key: str, feats: torch.Tensor) -> None:
         self._buffer[key] = feats.to(torch.float16).contiguous()
         if len(self._buffer) >= self.save_every or time.monotonic() - self._last_save > self.save_seconds:
@@ -234,6 +238,9 @@ class FileDirOutput:
 
     def flush(self) -> None:
         pass
+
+    def complete(self) -> bool:
+        return False  # nothing to merge; finishing only rewrites the record
 
     def finish(self, keys: Iterable[str], summary: dict) -> int:
         rec = {"settings": self.settings, **summary}

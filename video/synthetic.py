@@ -37,6 +37,7 @@ def write_video(path, n: int, fps=25, size=(64, 48), code=True):
     """n frames at `fps` (a Fraction for NTSC rates); frame k shows k (code=True) or noise."""
     import av
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     codec = CODECS[path.suffix]
     w, h = size
     odd = w % 2 or h % 2

@@ -110,7 +110,7 @@ class TensorOutput(DictOutput):
         save_readable(mem, self.path)
         self._write_record(summary, n_keys=int(mem.shape[0]))
         self._remove_parts()
-        return int(mem.shape[0])
+        return len(keys)
 
 
 def process_texts(units: List[TextUnit], output, procs, args, bar):
@@ -139,11 +139,11 @@ def plan(args, procs, settings: dict):
         path = args.annotations or os.path.join(root, "textvid", "textvid.json")
         units = read_tideos(path)
         out = FileDirOutput(args.output or os.path.join(root, "textvid", "features"), settings, suffix=".pkl")
-        return Task("textvid", units, out, process_texts, unit_word="tideos")
+        return Task("textvid", units, out, process_texts, unit_word="tideos", item_word="sentences")
     if not args.sentences:
         raise ValueError("--dataset memory needs --sentences (a .txt file, one sentence a line, or a .json list)")
     sentences = read_sentences(args.sentences)
     digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()[:16]
     settings = dict(settings, sentences=f"{len(sentences)} sentences, sha256 {digest}")
     out = TensorOutput(args.output or os.path.join(root, "textvid", "memory.pkl"), settings, args.save_every)
-    return Task("memory", memory_units(sentences), out, process_texts, unit_word="chunks")
+    return Task("memory", memory_units(sentences), out, process_texts, unit_word="chunks", item_word="sentences")
