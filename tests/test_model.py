@@ -220,20 +220,35 @@ def test_backbone_with_wrong_shape_is_a_clear_error():
 
 
 class _Evil:
+    """Unpickling this runs open(marker, "w"): the file `marker` appears."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (open, (self.marker, "w"))
 
 
 def test_loading_refuses_arbitrary_pickles(tmp_path):
+    ran = tmp_path / "payload_ran"
+    pickle.loads(pickle.dumps(_Evil(ran))).close()  # a plain unpickler runs the payload
+    assert ran.exists()
+    ran.unlink()
     bad = tmp_path / "evil.pth"
-    torch.save({"model": {}, "x": _Evil()}, bad)
+    torch.save({"model": {}, "x": _Evil(ran)}, bad)
     with pytest.raises(pickle.UnpicklingError, match="evil.pth"):
         load_topa_checkpoint(bad)
+    hidden = tmp_path / "evil_args.pth"  # inside the one class a checkpoint may hold
+    torch.save({"model": {}, "optimizer": {}, "epoch": 0, "scaler": None,
+                "args": argparse.Namespace(model="7B", x=_Evil(ran))}, hidden)
+    with pytest.raises(pickle.UnpicklingError, match="evil_args.pth"):
+        load_topa_checkpoint(hidden)
     bad_pkl = tmp_path / "memory.pkl"
     with open(bad_pkl, "wb") as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(ran), f)
     with pytest.raises(pickle.UnpicklingError, match="memory.pkl"):
         load_pickled_tensor(bad_pkl)
+    assert not ran.exists()  # refused before the payload ran
 
 
 def test_pickled_tensors_both_formats(tmp_path):
