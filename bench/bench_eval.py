@@ -10,40 +10,38 @@ import argparse
 import csv
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dataloader.base import ScoringCollate, fit_frames  # noqa: E402
-from engine import score_batch  # noqa: E402
-from llama.adapter import build_model  # noqa: E402
-from llama.build import DTYPES  # noqa: E402
-from llama.model import ModelArgs  # noqa: E402
-from llama.prompts import PromptBuilder  # noqa: E402
-from llama.tokenizer import load_tokenizer  # noqa: E402
-from toyworld.tiny import random_llama_state  # noqa: E402
+from dataloader.base import EvalItem, fit_frames
+from dataloader.packing import ScoringCollate
+from engine.evaluation import score_batch
+from llama.adapter import TOPAArgs, build_model
+from llama.build import DTYPES
+from llama.prompts import EGOSCHEMA, PromptBuilder
+from llama.tokenizer import load_tokenizer
+from toyworld.tiny import random_llama_state
 
 
 def nextqa_questions(fix, n):
     with open(os.path.join(fix, "nextqa", "val.csv"), newline="") as f:
         rows = list(csv.DictReader(f))[:n]
-    return [(r["question"], [r[f"a{i}"] for i in range(5)], "?") for r in rows]
+    return [(r["question"], [r[f"a{i}"] for i in range(5)]) for r in rows]
 
 
 def egoschema_questions(fix, n):
     with open(os.path.join(fix, "egoschema", "questions_sample_617b469.json")) as f:
         rows = json.load(f)
     rows = (rows * (n // len(rows) + 1))[:n]
-    return [(r["question"], [r[f"option {i}"] for i in range(5)], "?.") for r in rows]
+    return [(r["question"], [r[f"option {i}"] for i in range(5)]) for r in rows]
 
 
-def make_items(builder, qs, T, seed=0):
+def make_items(builder, qs, style=None, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"index": i, "record": None, "video": fit_frames(torch.randn(16, 768, generator=g), T),
-             "seqs": builder.mcqa_options(q, o, enders=e)} for i, (q, o, e) in enumerate(qs)]
+    kw = {"style": style} if style else {}
+    return [EvalItem(i, None, fit_frames(torch.randn(16, 768, generator=g), builder.T), builder.mcqa_options(q, o, **kw))
+            for i, (q, o) in enumerate(qs)]
 
 
 def run(model, items, mode, batch_size, device, sync):
@@ -77,7 +75,7 @@ def main(argv=None):
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
-    margs = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
+    margs = TOPAArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
                       multiple_of=64, max_feats=10)
     model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device).eval()
     builder = PromptBuilder(tok, 10)
@@ -85,10 +83,10 @@ def main(argv=None):
           f"precision={args.precision}; {args.questions} questions/set, batch {args.batch_size}")
     print(f"{'set':<10} {'mean len':>8} {'full q/s':>9} {'packed q/s':>10} {'speed-up':>8} {'max |Δscore|':>12}")
     results = {}
-    for name, qs in (("nextqa", nextqa_questions(args.fixtures, args.questions)),
-                     ("egoschema", egoschema_questions(args.fixtures, args.questions))):
-        items = make_items(builder, qs, 10)
-        mean_len = sum(len(s) for it in items for s in it["seqs"]) / (5 * len(items))
+    for name, qs, style in (("nextqa", nextqa_questions(args.fixtures, args.questions), None),
+                            ("egoschema", egoschema_questions(args.fixtures, args.questions), EGOSCHEMA)):
+        items = make_items(builder, qs, style)
+        mean_len = sum(len(s) for it in items for s in it.seqs) / (5 * len(items))
         full_qps, full_s = run(model, items, "full", args.batch_size, device, sync)
         packed_qps, packed_s = run(model, items, "packed", args.batch_size, device, sync)
         diff = (full_s - packed_s).abs().max().item()

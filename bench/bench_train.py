@@ -11,6 +11,7 @@ from just before the first training step (resource.getrusage).
 """
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import resource
@@ -20,19 +21,18 @@ import time
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from dataloader.base import TrainItem, fit_frames
+from dataloader.packing import Batch
+from dataloader.training import TrainCollate
+from engine.training import TrainStep, total_loss
+from llama.adapter import TOPAArgs, build_model
+from llama.build import DTYPES
+from llama.prompts import PromptBuilder
+from llama.tokenizer import load_tokenizer
+from toyworld.tiny import random_llama_state
+from util.schedule import param_groups
 
-from dataloader.base import Batch, fit_frames  # noqa: E402
-from dataloader.training import TrainBatch, TrainCollate  # noqa: E402
-from engine import TrainStep, total_loss  # noqa: E402
-from llama.adapter import build_model  # noqa: E402
-from llama.build import DTYPES  # noqa: E402
-from llama.model import ModelArgs  # noqa: E402
-from llama.prompts import PromptBuilder  # noqa: E402
-from llama.tokenizer import load_tokenizer  # noqa: E402
-from toyworld.tiny import random_llama_state  # noqa: E402
-from util.schedule import param_groups  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pad_batch(b: Batch, L: int) -> Batch:
@@ -46,8 +46,8 @@ def pad_batch(b: Batch, L: int) -> Batch:
     positions = torch.cat([b.positions, last + torch.arange(1, extra + 1)], 1)
     mask = torch.eye(L, dtype=torch.bool).expand(B, 1, L, L).clone()
     mask[:, :, :n, :n] = b.mask
-    return Batch(tokens, positions, mask, b.video, b.video_start, b.t_row, b.t_pos, b.t_tgt, b.t_group,
-                 b.n_groups, b.meta)
+    t_pred = b.t_pred // n * L + b.t_pred % n  # flat index b * n + i -> b * L + i
+    return dataclasses.replace(b, tokens=tokens, positions=positions, mask=mask, t_pred=t_pred)
 
 
 def make_items(builder, fixtures, n, tasks, seed=0):
@@ -62,8 +62,7 @@ def make_items(builder, fixtures, n, tasks, seed=0):
             seqs["vaq"] = builder.vaq(q, opts, a)
         if "qav" in tasks:
             seqs["qav"] = builder.qav(q, opts, a)
-        items.append({"index": i, "idx": r["qid"], "video": fit_frames(torch.randn(16, 768, generator=g), 10),
-                      "kind": "vqa", "seqs": seqs})
+        items.append(TrainItem(i, r["qid"], fit_frames(torch.randn(16, 768, generator=g), builder.T), "vqa", seqs))
     return items
 
 
@@ -71,7 +70,7 @@ def child(args):
     torch.manual_seed(0)
     device = torch.device(args.device)
     tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
-    margs = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
+    margs = TOPAArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
                       multiple_of=64, max_feats=10)
     model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device)
     tasks = args.tasks.split(",")
@@ -79,9 +78,8 @@ def child(args):
     collate = TrainCollate(args.max_seq_len)
     batches = [collate(items[i:i + args.batch_size]) for i in range(0, len(items), args.batch_size)]
     if args.mode == "fixed":
-        batches = [TrainBatch(tb.kind, {k: pad_batch(b, max(args.max_seq_len, b.tokens.shape[1]))
-                                        for k, b in tb.parts.items()}, tb.n_items, tb.n_tokens, tb.too_long)
-                   for tb in batches]
+        batches = [dataclasses.replace(tb, parts={k: pad_batch(b, max(args.max_seq_len, b.tokens.shape[1]))
+                                                  for k, b in tb.parts.items()}) for tb in batches]
     step = TrainStep(model)
     opt = torch.optim.AdamW(param_groups(model.trainable_parameters(), 0.1), lr=1e-4, betas=(0.9, 0.95))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

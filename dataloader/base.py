@@ -1,27 +1,28 @@
-"""Shared data plumbing: feature fitting (SPEC §2), the question record every benchmark reader yields,
-one multiple-choice dataset for all benchmarks, and the collate that pads rows to the batch's longest.
+"""What every benchmark reader shares: feature fitting, feature sources, the question record and the
+typed items that datasets yield, and the small readers of csv/json rows that name the file and row in
+their errors.
 
-Benchmark modules (nextqa.py, egoschema.py, ...) only read their layout into `QARecord`s and say where
-each video's features come from; everything after that is here, once.
+Benchmark modules (nextqa.py, star.py, ...) only read their layout into `QARecord`s; `dataloader/mcqa.py`
+turns records into items, `dataloader/packing.py` items into batches.
 """
+import json
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence as Seq
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence as Seq
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from llama.prompts import DEFAULT, VIDEO, PromptBuilder, PromptStyle, Row, pack_options, single_row
+from llama.prompts import Sequence
+from util.errors import DataError, MissingFileError
+
+__all__ = ["DataError", "QARecord", "EvalItem", "TrainItem", "fit_frames", "fuse_text_frames", "normalize",
+           "DictFeatures", "NpyDirFeatures", "FEATURE_DIM", "read_csv_rows", "load_json", "json_objects", "jsonl_objects", "require", "parse_answer"]
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, row and id."""
-
-
-# ---- features (SPEC §2) ----
+# ---- features (docs/formats.md: video features -> LLM input) ----
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
@@ -51,7 +52,7 @@ def fuse_text_frames(rows: torch.Tensor, counts: Seq[int], variance: float = 0.0
     return frames
 
 
-# ---- records and the multiple-choice dataset ----
+# ---- records and items ----
 
 @dataclass
 class QARecord:
@@ -66,138 +67,29 @@ class QARecord:
     source: str = ""             # "file:row" for error messages
 
 
-FeatureSource = Callable[[str], torch.Tensor]  # vid -> [n, 768]
+@dataclass
+class EvalItem:
+    """A multiple-choice question to score: its fitted video [T, 768] and one sequence per option."""
+    index: int
+    record: QARecord
+    video: torch.Tensor
+    seqs: List[Sequence]
 
-
-class MCQADataset(Dataset):
-    """Multiple-choice items of any benchmark: fitted features + the option sequences to score
-    (eval) or the answer's sequence (training)."""
-
-    def __init__(self, records: List[QARecord], features: FeatureSource, builder: PromptBuilder,
-                 max_feats: int, style: PromptStyle = DEFAULT, train: bool = False,
-                 dialogue_max_len: Optional[int] = None):
-        self.records, self.features, self.builder = records, features, builder
-        self.T, self.style, self.train = max_feats, style, train
-        self.dialogue_max_len = dialogue_max_len  # TVQA: cut dialogue tokens to fit (opt-in)
-
-    def __len__(self):
-        return len(self.records)
-
-    def video(self, r: QARecord) -> torch.Tensor:
-        feats = self.features(r.vid)
-        if r.clip is not None:
-            a, b = r.clip
-            clip = feats[a:b + 1]
-            if clip.shape[0] == 0:
-                raise DataError(f"{r.source}: question {r.qid}: clip rows {a}..{b} are outside video "
-                                f"'{r.vid}' ({feats.shape[0]} feature rows)")
-            feats = clip
-        return fit_frames(feats, self.T)
-
-    def __getitem__(self, i):
-        r = self.records[i]
-        kw = dict(style=self.style, dialogue=r.dialogue, max_len=self.dialogue_max_len)
-        if self.train:
-            seqs = [self.builder.mcqa(r.question, r.options, r.answer, **kw)]
-        else:
-            seqs = self.builder.mcqa_options(r.question, r.options, **kw)
-        return {"index": i, "record": r, "video": self.video(r), "seqs": seqs}
-
-
-# ---- collate: rows -> padded tensors ----
 
 @dataclass
-class Batch:
-    tokens: torch.Tensor       # [B, L] (VIDEO and padding replaced by 0)
-    positions: torch.Tensor    # [B, L]
-    mask: torch.Tensor         # [B, 1, L, L] bool, True = may attend
-    video: Optional[torch.Tensor]        # [B, T, d] or None
-    video_start: Optional[torch.Tensor]  # [B]
-    t_row: torch.Tensor        # [N] row of each scored token
-    t_pos: torch.Tensor        # [N] position in the row whose logits predict it
-    t_tgt: torch.Tensor        # [N] target id
-    t_group: torch.Tensor      # [N] which scored sequence it belongs to
-    n_groups: int
-    meta: list = field(default_factory=list)
-
-    def to(self, device):
-        for k, v in vars(self).items():
-            if isinstance(v, torch.Tensor):
-                setattr(self, k, v.to(device, non_blocking=True))
-        return self
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.tokens.numel())
+class TrainItem:
+    """A training item: fitted video [T, 768], batch kind ("vqa" or "caption") and its sequences by task
+    ("vqa" | "caption", plus "vaq" / "qav" when those losses are on)."""
+    index: int
+    id: str
+    video: torch.Tensor
+    kind: str
+    seqs: Dict[str, Sequence]
 
 
-def collate_rows(rows: List[Row], videos: Optional[List[torch.Tensor]], meta=None) -> Batch:
-    """Pad to the longest row. Attention: causal in row order, a token in segment k>0 sees segment 0
-    and segment k only; padding sees only itself and is never seen."""
-    B, L = len(rows), max(len(r) for r in rows)
-    tokens = torch.zeros(B, L, dtype=torch.long)
-    positions = torch.zeros(B, L, dtype=torch.long)
-    segments = torch.full((B, L), -1, dtype=torch.long)
-    t_row, t_pos, t_tgt, t_group = [], [], [], []
-    g = 0
-    for b, r in enumerate(rows):
-        n = len(r)
-        tokens[b, :n] = torch.tensor([0 if t == VIDEO else t for t in r.tokens])
-        positions[b, :n] = torch.tensor(r.positions)
-        positions[b, n:] = torch.arange(r.positions[-1] + 1, r.positions[-1] + 1 + L - n)
-        segments[b, :n] = torch.tensor(r.segments)
-        for pred, tgt in r.targets:
-            t_row += [b] * len(pred)
-            t_pos += pred
-            t_tgt += tgt
-            t_group += [g] * len(pred)
-            g += 1
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
-    sq, sk = segments[:, :, None], segments[:, None, :]   # [B, L, 1], [B, 1, L]
-    mask = causal & (sk >= 0) & ((sk == 0) | (sk == sq))   # [B, L, L]
-    mask |= torch.eye(L, dtype=torch.bool)                 # padding rows see themselves
-    has_video = [r.video_start is not None for r in rows]
-    video = video_start = None
-    if videos is not None and any(has_video):
-        if not all(has_video):
-            raise ValueError("a batch mixes rows with and without a video slot")
-        video = torch.stack(videos)
-        video_start = torch.tensor([r.video_start for r in rows])
-    return Batch(tokens, positions, mask[:, None], video, video_start,
-                 torch.tensor(t_row, dtype=torch.long), torch.tensor(t_pos, dtype=torch.long),
-                 torch.tensor(t_tgt, dtype=torch.long), torch.tensor(t_group, dtype=torch.long), g,
-                 meta or [])
-
-
-class ScoringCollate:
-    """Eval collate for MCQADataset items: `packed` runs each question's shared prefix once
-    (one row per question); `full` runs every option as its own row. Same scores either way."""
-
-    def __init__(self, scoring: str = "packed"):
-        if scoring not in ("packed", "full"):
-            raise ValueError(f"scoring must be 'packed' or 'full', not {scoring!r}")
-        self.scoring = scoring
-
-    def __call__(self, items) -> Batch:
-        rows, videos = [], []
-        for it in items:
-            if self.scoring == "packed":
-                rows.append(pack_options(it["seqs"]))
-                videos.append(it["video"])
-            else:
-                for s in it["seqs"]:
-                    rows.append(single_row(s))
-                    videos.append(it["video"])
-        return collate_rows(rows, videos, meta=items)
-
-
-def train_collate(items) -> Batch:
-    """Training collate: one row per item (its single sequence), loss over every span token."""
-    return collate_rows([single_row(it["seqs"][0]) for it in items], [it["video"] for it in items],
-                        meta=[it.get("record") for it in items])
-
-
-# ---- helpers for the benchmark readers (nextqa.py, star.py, tvqa.py, egoschema.py) ----
+# ---- feature sources ----
+# A feature source maps a video id to its [n, 768] frame features: `vid in src`, `src.n_rows(vid)` (checks
+# the shape without reading the rows where it can), `src(vid)`, and `src.where` (the file or folder).
 
 FEATURE_DIM = 768  # CLIP ViT-L/14
 
@@ -224,6 +116,10 @@ class DictFeatures:
                             f"got {type(obj).__name__}")
         self.feats = {str(k): v for k, v in obj.items()}
 
+    @property
+    def where(self) -> str:
+        return self.path
+
     def __contains__(self, vid) -> bool:
         return vid in self.feats
 
@@ -245,6 +141,10 @@ class NpyDirFeatures:
 
     def __init__(self, folder):
         self.folder = str(folder)
+
+    @property
+    def where(self) -> str:
+        return self.folder
 
     def path(self, vid: str) -> str:
         return os.path.join(self.folder, f"{vid}.npy")
@@ -269,6 +169,50 @@ class NpyDirFeatures:
             raise DataError(f"{p}: cannot load features of video '{vid}': {e}") from None
         check_feature_shape(arr.shape, vid, p)
         return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+# ---- reading helpers ----
+
+def load_json(path):
+    """A JSON file, or a DataError naming it."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise MissingFileError(f"file not found: {path}")
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not valid JSON: {e}") from None
+
+
+def json_objects(path):
+    """Yields (where "file[i]", object) for a JSON file holding a list of objects; DataError otherwise."""
+    items = load_json(path)
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of questions, got {type(items).__name__}")
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
+        yield where, item
+
+
+def jsonl_objects(path):
+    """Yields (where "file:line", object) for a JSON-lines file (blank lines skipped); DataError otherwise."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"file not found: {path}")
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON: {e}") from None
+            if not isinstance(item, dict):
+                raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
+            yield where, item
 
 
 def require(row: dict, key: str, where: str, rid) -> object:
@@ -296,61 +240,6 @@ def parse_answer(value, n_options: int, where: str, rid, allow_none: bool) -> Op
     if not 0 <= a < n_options:
         raise DataError(f"{where}: question {rid}: answer {a} is not in 0..{n_options - 1}")
     return a
-
-
-def _id_list(ids, k: int = 5) -> str:
-    ids = list(ids)
-    return ", ".join(map(str, ids[:k])) + (f", ... ({len(ids)} in all)" if len(ids) > k else f" ({len(ids)})")
-
-
-def make_mcqa_dataset(records: List[QARecord], features, builder: PromptBuilder, max_feats: int,
-                      style: PromptStyle, train: bool = False, skip_missing: bool = False,
-                      what: str = "", feature_where: str = "") -> MCQADataset:
-    """Checks every record against its feature source before anything runs: ids unique, the video
-    has features of width 768, its clip overlaps the feature rows, and (training) an answer exists.
-    Questions without usable features are a DataError naming them, or with `skip_missing` dropped
-    with a one-line warning; the dataset's `n_skipped` / `skipped` attributes say which."""
-    seen, dups = set(), []
-    for r in records:
-        if r.qid in seen:
-            dups.append(r.qid)
-        seen.add(r.qid)
-    if dups:
-        raise DataError(f"{what}: duplicate question ids: {_id_list(dups)}")
-    if train:
-        no_ans = [r for r in records if r.answer is None]
-        if no_ans:
-            raise DataError(f"{what}: training needs answers; {no_ans[0].source}: question "
-                            f"{no_ans[0].qid} has none ({len(no_ans)} questions in all)")
-    rows: Dict[str, int] = {}
-    kept, missing, outside = [], [], []
-    for r in records:
-        if r.vid not in rows:
-            rows[r.vid] = features.n_rows(r.vid) if r.vid in features else -1
-        n = rows[r.vid]
-        if n < 0:
-            missing.append(r)
-        elif n == 0 or (r.clip is not None and r.clip[0] >= n):
-            outside.append(r)
-        else:
-            kept.append(r)
-    bad = missing + outside
-    if bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} have no features in {feature_where} "
-                         f"(question/video: {_id_list(f'{r.qid}/{r.vid}' for r in missing)})")
-        if outside:
-            parts.append(f"{len(outside)} have no feature rows in their clip "
-                         f"(question: {_id_list(f'{r.qid} rows {r.clip} of {rows[r.vid]}' for r in outside)})")
-        msg = f"{what}: of {len(records)} questions, " + "; ".join(parts)
-        if not skip_missing:
-            raise DataError(msg + " (skip_missing=True drops them)")
-        print(f"warning: {msg}; skipped {len(bad)} questions", flush=True)
-    ds = MCQADataset(kept, features, builder, max_feats, style=style, train=train)
-    ds.n_skipped = len(bad)
-    ds.skipped = [r.qid for r in bad]
-    return ds
 
 
 def read_csv_rows(path, required: Seq[str], id_key: str):

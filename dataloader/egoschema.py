@@ -1,26 +1,20 @@
-"""EgoSchema (SPEC §1.4): `<root>/egos/{val,test}.csv` (uid, question, a0..a4, answer), or the official
+"""EgoSchema: `<root>/egos/{val,test}.csv` (uid, question, a0..a4, answer), or the official
 `<root>/egos/questions.json` + `subset_answers.json`; features `<root>/egos/features/<uid>.npy`.
 
 From the official layout, `val` is the questions that have a public answer (the 500-question subset) and
 `test` is every question (answer where public, else None). A csv, when present, is preferred."""
-import json
 import os
 from typing import List
 
-from llama import prompts
+from util.errors import MissingFileError
 
-from .base import (DataError, MCQADataset, NpyDirFeatures, QARecord, make_mcqa_dataset,
+from .base import (DataError, NpyDirFeatures, QARecord, json_objects, load_json,
                    parse_answer, read_csv_rows, require)
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
 OFFICIAL_OPTION_KEYS = [f"option {i}" for i in range(N_OPTIONS)]
-STYLE = prompts.EGOSCHEMA
 SPLITS = ("val", "test")
-
-
-def type_groups(qtype: str) -> List[str]:
-    return []
 
 
 def csv_path(root, split) -> str:
@@ -39,6 +33,10 @@ def feature_dir(root) -> str:
     return os.path.join(str(root), "egos", "features")
 
 
+def features(root) -> NpyDirFeatures:
+    return NpyDirFeatures(feature_dir(root))
+
+
 def _read_csv(path, split) -> List[QARecord]:
     test = split == "test"
     required = ["uid", "question"] + OPTION_KEYS + ([] if test else ["answer"])
@@ -52,32 +50,19 @@ def _read_csv(path, split) -> List[QARecord]:
     return records
 
 
-def _load_json(path):
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON: {e}") from None
-
-
 def _read_official(root, split) -> List[QARecord]:
     qpath, apath = questions_path(root), answers_path(root)
-    questions = _load_json(qpath)
-    if not isinstance(questions, list):
-        raise DataError(f"{qpath}: expected a JSON list of questions, got {type(questions).__name__}")
+    questions = list(json_objects(qpath))
     if os.path.isfile(apath):
-        answers = _load_json(apath)
+        answers = load_json(apath)
         if not isinstance(answers, dict):
             raise DataError(f"{apath}: expected a JSON object q_uid -> answer index")
     elif split == "test":
         answers = {}
     else:
-        raise FileNotFoundError(f"EgoSchema {split} needs the public answers: {apath} not found")
+        raise MissingFileError(f"EgoSchema {split} needs the public answers: {apath} not found")
     records = []
-    for i, item in enumerate(questions):
-        where = f"{qpath}[{i}]"
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
+    for where, item in questions:
         uid = str(require(item, "q_uid", where, None))
         if split != "test" and uid not in answers:
             continue
@@ -94,19 +79,10 @@ def _read_official(root, split) -> List[QARecord]:
 
 def read_records(root, split) -> List[QARecord]:
     if split not in SPLITS:
-        raise ValueError(f"EgoSchema split must be one of {SPLITS}, not {split!r}")
+        raise DataError(f"EgoSchema split must be one of {SPLITS}, not {split!r}")
     cp = csv_path(root, split)
     if os.path.isfile(cp):
         return _read_csv(cp, split)
     if os.path.isfile(questions_path(root)):
         return _read_official(root, split)
-    raise FileNotFoundError(f"EgoSchema {split}: neither {cp} nor {questions_path(root)} exists")
-
-
-def build(root, split, builder, max_feats, train=False, skip_missing=False, sub=False) -> MCQADataset:
-    if sub:
-        raise ValueError("EgoSchema has no subtitles (sub=True is for TVQA)")
-    records = read_records(root, split)
-    fd = feature_dir(root)
-    return make_mcqa_dataset(records, NpyDirFeatures(fd), builder, max_feats, STYLE, train=train,
-                             skip_missing=skip_missing, what=f"EgoSchema {split}", feature_where=fd)
+    raise MissingFileError(f"EgoSchema {split}: neither {cp} nor {questions_path(root)} exists")

@@ -1,16 +1,14 @@
-"""NExT-QA (SPEC §1.4): `<root>/nextqa/{split}.csv` + `<root>/nextqa/clipvitl14.pth`."""
+"""NExT-QA: `<root>/nextqa/{split}.csv` + `<root>/nextqa/clipvitl14.pth`."""
 import os
 from typing import List, Optional
 
-from llama import prompts
+from util.errors import MissingFileError
 
-from .base import (DictFeatures, MCQADataset, QARecord, make_mcqa_dataset,
-                   parse_answer, read_csv_rows)
+from .base import DictFeatures, QARecord, parse_answer, read_csv_rows
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
 COLUMNS = ["video", "question", "answer", "qid", "type"] + OPTION_KEYS
-STYLE = prompts.DEFAULT
 # raw question type -> its group: causal, temporal, descriptive
 TYPE_GROUP = {"CW": "C", "CH": "C", "TN": "T", "TC": "T", "TP": "T", "DL": "D", "DC": "D", "DO": "D"}
 
@@ -34,10 +32,14 @@ def feature_path(root) -> str:
     return os.path.join(str(root), "nextqa", "clipvitl14.pth")
 
 
+def features(root) -> DictFeatures:
+    return DictFeatures(feature_path(root))
+
+
 def read_records(root, split) -> List[QARecord]:
     path = annotation_path(root, split)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"NExT-QA {split} annotations not found: {path}")
+        raise MissingFileError(f"NExT-QA {split} annotations not found: {path}")
     records = []
     for where, row in read_csv_rows(path, COLUMNS, id_key="qid"):
         qid = f"{row['video']}_{row['qid']}"
@@ -47,12 +49,3 @@ def read_records(root, split) -> List[QARecord]:
             answer=parse_answer(row["answer"], N_OPTIONS, where, qid, allow_none=split.startswith("test")),
             qtype=row["type"], source=where))
     return records
-
-
-def build(root, split, builder, max_feats, train=False, skip_missing=False, sub=False) -> MCQADataset:
-    if sub:
-        raise ValueError("NExT-QA has no subtitles (sub=True is for TVQA)")
-    records = read_records(root, split)
-    fp = feature_path(root)
-    return make_mcqa_dataset(records, DictFeatures(fp), builder, max_feats, STYLE, train=train,
-                             skip_missing=skip_missing, what=f"NExT-QA {split}", feature_where=fp)

@@ -1,21 +1,13 @@
-"""STAR (SPEC §1.4): `<root>/star/STAR_{split}.json` + `<root>/star/clipvitl14.pth` (one row per second)."""
-import json
+"""STAR: `<root>/star/STAR_{split}.json` + `<root>/star/clipvitl14.pth` (one row per second)."""
 import math
 import os
 from typing import List
 
-from llama import prompts
+from util.errors import MissingFileError
 
-from .base import (DataError, DictFeatures, MCQADataset, QARecord, make_mcqa_dataset,
-                   require)
+from .base import DataError, DictFeatures, QARecord, json_objects, require
 
 N_OPTIONS = 4
-STYLE = prompts.STAR
-QTYPES = ("Interaction", "Sequence", "Prediction", "Feasibility")
-
-
-def type_groups(qtype: str) -> List[str]:
-    return [qtype] if qtype else []
 
 
 def annotation_path(root, split) -> str:
@@ -24,6 +16,10 @@ def annotation_path(root, split) -> str:
 
 def feature_path(root) -> str:
     return os.path.join(str(root), "star", "clipvitl14.pth")
+
+
+def features(root) -> DictFeatures:
+    return DictFeatures(feature_path(root))
 
 
 def _seconds(v, key, where, qid) -> float:
@@ -58,19 +54,9 @@ def _options(item, where, qid) -> List[str]:
 def read_records(root, split) -> List[QARecord]:
     path = annotation_path(root, split)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"STAR {split} annotations not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            items = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(items, list):
-        raise DataError(f"{path}: expected a JSON list of questions, got {type(items).__name__}")
+        raise MissingFileError(f"STAR {split} annotations not found: {path}")
     records = []
-    for i, item in enumerate(items):
-        where = f"{path}[{i}]"
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
+    for where, item in json_objects(path):
         qid = require(item, "question_id", where, None)
         vid = str(require(item, "video_id", where, qid))
         question = require(item, "question", where, qid)
@@ -92,12 +78,3 @@ def read_records(root, split) -> List[QARecord]:
         records.append(QARecord(vid=vid, qid=str(qid), question=question, options=options, answer=answer,
                                 qtype=str(qid).split("_", 1)[0], clip=(a, b), source=where))
     return records
-
-
-def build(root, split, builder, max_feats, train=False, skip_missing=False, sub=False) -> MCQADataset:
-    if sub:
-        raise ValueError("STAR has no subtitles (sub=True is for TVQA)")
-    records = read_records(root, split)
-    fp = feature_path(root)
-    return make_mcqa_dataset(records, DictFeatures(fp), builder, max_feats, STYLE, train=train,
-                             skip_missing=skip_missing, what=f"STAR {split}", feature_where=fp)

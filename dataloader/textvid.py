@@ -1,4 +1,4 @@
-"""TextVid (SPEC §1.4, §2, §5): "tideos" whose frames are LLM-written text, encoded by CLIP's text encoder.
+"""TextVid: "tideos" whose frames are LLM-written text, encoded by CLIP's text encoder.
 
     <root>/textvid/textvid.json        [{idx, frames: [{...}, ...], QAs: [{question, options, answer: 'A'..,
                                          answer_open_ended?}], global_video_caption}, ...]
@@ -15,7 +15,6 @@ every tideo has a features file), so a bad file fails before training starts, na
 feature file whose row count does not match its frames fails when read, naming the file and tideo.
 Nothing is ever silently replaced by another sample.
 """
-import json
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence as Seq, Tuple
@@ -26,8 +25,9 @@ from torch.utils.data import Dataset
 
 from llama.checkpoint import load_pickled_tensor
 from llama.prompts import LETTERS, PromptBuilder
+from util.errors import MissingFileError
 
-from .base import FEATURE_DIM, DataError, fit_frames, fuse_text_frames
+from .base import FEATURE_DIM, DataError, TrainItem, fit_frames, fuse_text_frames, load_json
 
 BALANCE_KEEP = ("both", "all", "none", "and")  # options naming others keep their place (--answer_balance)
 OPEN_SKIP = ("both", "all")                    # answers that make no sense as free text (--openvqa)
@@ -104,24 +104,23 @@ class TextVidDataset(Dataset):
     """Training items of TextVid. `__getitem__((epoch, index, kind))` with kind "vqa" (the item's mcqa
     sequence) or "caption" (its summary, or its open-QA sequence); a plain int index means epoch 0, "vqa".
 
-    Item: {"index", "idx", "video" [T, 768], "kind", "seqs": {task: Sequence}, "qa": (question, options,
-    answer)}; seqs holds "vqa" (plus "vaq"/"qav" when asked for) or "caption"."""
+    Items are `TrainItem`s whose seqs hold "vqa" (plus "vaq"/"qav" when asked for) or "caption". T (frames
+    per video) is the prompt builder's, which is the model's `max_feats`."""
 
-    def __init__(self, root, builder: PromptBuilder, max_feats: int, seed: int = 0, variance: float = 0.0,
+    def __init__(self, root, builder: PromptBuilder, *, seed: int = 0, variance: float = 0.0,
                  answer_balance: bool = False, video_caption: bool = False, openvqa: bool = False,
                  vaq: bool = False, qav: bool = False, json_path: Optional[str] = None,
                  feature_dir: Optional[str] = None):
         self.json_path = json_path or os.path.join(str(root), "textvid", "textvid.json")
         self.feature_dir = feature_dir or os.path.join(str(root), "textvid", "features")
-        self.builder, self.T, self.seed, self.variance = builder, max_feats, seed, float(variance)
+        self.builder, self.seed, self.variance = builder, seed, float(variance)
         self.answer_balance, self.video_caption, self.openvqa = answer_balance, video_caption, openvqa
         self.vaq, self.qav = vaq, qav
         if not os.path.isfile(self.json_path):
-            raise FileNotFoundError(f"TextVid annotations not found: {self.json_path}")
+            raise MissingFileError(f"TextVid annotations not found: {self.json_path}")
         if not os.path.isdir(self.feature_dir):
-            raise FileNotFoundError(f"TextVid feature folder not found: {self.feature_dir}")
-        with open(self.json_path) as f:
-            raw = json.load(f)
+            raise MissingFileError(f"TextVid feature folder not found: {self.feature_dir}")
+        raw = load_json(self.json_path)
         if not isinstance(raw, list):
             raise DataError(f"{self.json_path}: expected a list of tideos")
         self.tideos: List[Tideo] = [parse_tideo(t, self.json_path, i, video_caption) for i, t in enumerate(raw)]
@@ -148,7 +147,7 @@ class TextVidDataset(Dataset):
         return os.path.join(self.feature_dir, f"{t.idx}.pkl")
 
     def frames(self, t: Tideo, rng: np.random.Generator) -> torch.Tensor:
-        """[n_frames, 768] fused frame features of tideo `t` (SPEC §2.1)."""
+        """[n_frames, 768] fused frame features of tideo `t`."""
         path = self.feature_path(t)
         if not os.path.isfile(path):
             raise DataError(f"{path}: features file of tideo {t.idx} is missing")
@@ -165,18 +164,28 @@ class TextVidDataset(Dataset):
             gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         return fuse_text_frames(rows, t.counts, self.variance, generator=gen)
 
-    def __getitem__(self, key):
-        epoch, index, kind = (0, key, "vqa") if isinstance(key, (int, np.integer)) else key
-        t = self.tideos[index]
-        rng = item_rng(self.seed, epoch, index)
+    def draw_qa(self, t: Tideo, rng: np.random.Generator) -> Tuple[TextQA, List[str], int]:
+        """The item's QA (one of its tideo's, at random) and its options and answer after --answer_balance."""
         qa = t.qas[int(rng.integers(len(t.qas)))]
         options, answer = list(qa.options), qa.answer
-        right = options[answer]
-        if self.answer_balance and not contains_any(right, BALANCE_KEEP):
+        if self.answer_balance and not contains_any(options[answer], BALANCE_KEEP):
             perm = rng.permutation(len(options))          # new position j holds old option perm[j]
             options = [options[j] for j in perm]
             answer = int(np.flatnonzero(perm == answer)[0])
-        video = fit_frames(self.frames(t, rng), self.T)
+        return qa, options, answer
+
+    def question(self, epoch: int, index: int) -> Tuple[str, List[str], int]:
+        """(question, options, answer) that item `index` of `epoch` holds (what its sequences say)."""
+        qa, options, answer = self.draw_qa(self.tideos[index], item_rng(self.seed, epoch, index))
+        return qa.question, options, answer
+
+    def __getitem__(self, key) -> TrainItem:
+        epoch, index, kind = (0, key, "vqa") if isinstance(key, (int, np.integer)) else key
+        t = self.tideos[index]
+        rng = item_rng(self.seed, epoch, index)
+        qa, options, answer = self.draw_qa(t, rng)
+        right = options[answer]
+        video = fit_frames(self.frames(t, rng), self.builder.T)
         b = self.builder
         if kind == "vqa":
             seqs = {"vqa": b.mcqa(qa.question, options, answer)}
@@ -190,5 +199,4 @@ class TextVidDataset(Dataset):
             seqs = {"caption": b.openqa(qa.question, qa.open_answer) if use_open else b.caption(t.caption)}
         else:
             raise ValueError(f"unknown batch kind {kind!r}")
-        return {"index": index, "idx": t.idx, "video": video, "kind": kind, "seqs": seqs,
-                "qa": (qa.question, options, answer)}
+        return TrainItem(index, t.idx, video, kind, seqs)

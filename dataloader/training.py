@@ -3,9 +3,11 @@
 - `TaskBatchSampler`: the epoch's shuffled, rank-sharded batches, each tagged with its kind ("vqa" or,
   with probability `caption_prob`, "caption"). Seeded by (seed, epoch): `--resume` replays the exact
   order and kinds, and every rank sees the same kind at the same step.
-- `MCQATrainDataset`: a benchmark `MCQADataset(train=True)` with the flipped sequences (vaq, qav) added.
-- `TrainCollate`: items -> `TrainBatch`, one padded `Batch` per task (vqa / caption / vaq / qav), padded
-  to the batch's longest row. Sequences longer than `max_seq_len` are kept whole (never cut) and counted.
+- `MCQATrainDataset`: a benchmark's `MCQADataset` as training items: the answer's mcqa sequence, plus
+  the flipped sequences (vaq, qav) when asked for.
+- `TrainCollate`: `TrainItem`s -> `TrainBatch`, one padded `Batch` per task (vqa / caption / vaq / qav),
+  padded to the batch's longest row. Sequences longer than `max_seq_len` are kept whole (never cut) and
+  counted.
 """
 import math
 from dataclasses import dataclass, field
@@ -14,9 +16,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from llama.prompts import Row, Sequence, single_row
-
-from .base import Batch, MCQADataset, collate_rows
+from .base import TrainItem
+from .mcqa import MCQADataset
+from .packing import Batch, collate_rows, single_row
 
 
 class TaskBatchSampler(Sampler):
@@ -69,28 +71,24 @@ class TaskBatchSampler(Sampler):
 
 
 class MCQATrainDataset(Dataset):
-    """Finetuning items of a benchmark: the answer's mcqa sequence, plus the flipped vaq / qav ones."""
+    """Finetuning items of a benchmark (built with `train=True`, so every question has an answer): the
+    answer's mcqa sequence, plus the flipped vaq / qav ones. Keys are `(epoch, index, kind)` from
+    `TaskBatchSampler` or a plain index."""
 
     def __init__(self, ds: MCQADataset, vaq: bool = False, qav: bool = False):
-        if not ds.train:
-            raise ValueError("MCQATrainDataset needs a dataset built with train=True")
         self.ds, self.vaq, self.qav = ds, vaq, qav
 
     def __len__(self):
         return len(self.ds)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key) -> TrainItem:
         index = key[1] if isinstance(key, tuple) else key
-        it = self.ds[index]
-        r, b = it["record"], self.ds.builder
-        kw = dict(style=self.ds.style, dialogue=r.dialogue, max_len=self.ds.dialogue_max_len)
-        seqs = {"vqa": it["seqs"][0]}
-        if self.vaq:
-            seqs["vaq"] = b.vaq(r.question, r.options, r.answer, **kw)
-        if self.qav:
-            seqs["qav"] = b.qav(r.question, r.options, r.answer, **kw)
-        return {"index": index, "idx": r.qid, "video": it["video"], "kind": "vqa", "seqs": seqs,
-                "qa": (r.question, r.options, r.answer)}
+        r = self.ds.records[index]
+        seqs = {"vqa": self.ds.sequences(r, "mcqa")}
+        for task in ("vaq", "qav"):
+            if getattr(self, task):
+                seqs[task] = self.ds.sequences(r, task)
+        return TrainItem(index, r.qid, self.ds.video(r), "vqa", seqs)
 
 
 @dataclass
@@ -101,6 +99,7 @@ class TrainBatch:
     n_tokens: int                          # real (unpadded) tokens over all parts
     too_long: List[Tuple[str, int]] = field(default_factory=list)  # (item id, length) > max_seq_len
     n_cut: int = 0                         # items whose TVQA dialogue was cut to fit (--truncate_dialogue)
+    ids: List[str] = field(default_factory=list)  # item ids, for messages
 
     def to(self, device):
         for b in self.parts.values():
@@ -108,30 +107,21 @@ class TrainBatch:
         return self
 
 
-def video_only_row(seq: Sequence) -> Row:
-    """A qav sequence as a row without token targets (its loss scores the video slot, SPEC §4)."""
-    n = len(seq.tokens)
-    return Row(list(seq.tokens), list(range(n)), [0] * n, seq.video_start)
-
-
 class TrainCollate:
     def __init__(self, max_seq_len: Optional[int] = None):
         self.max_seq_len = max_seq_len
 
-    def __call__(self, items) -> TrainBatch:
-        tasks = list(items[0]["seqs"])
-        kinds = {it["kind"] for it in items}
-        if len(kinds) != 1 or any(list(it["seqs"]) != tasks for it in items):
+    def __call__(self, items: List[TrainItem]) -> TrainBatch:
+        tasks = list(items[0].seqs)
+        kinds = {it.kind for it in items}
+        if len(kinds) != 1 or any(list(it.seqs) != tasks for it in items):
             raise ValueError("a training batch mixes items of different kinds or tasks")
-        videos = [it["video"] for it in items]
-        parts = {}
-        for task in tasks:
-            seqs = [it["seqs"][task] for it in items]
-            rows = [video_only_row(s) if task == "qav" else single_row(s) for s in seqs]
-            parts[task] = collate_rows(rows, videos)
-        lengths = [max(len(s) for s in it["seqs"].values()) for it in items]
-        too_long = [(str(it["idx"]), n) for it, n in zip(items, lengths)
-                    if self.max_seq_len and n > self.max_seq_len]
-        n_tokens = sum(len(s) for it in items for s in it["seqs"].values())
-        n_cut = sum(any(s.n_cut for s in it["seqs"].values()) for it in items)
-        return TrainBatch(kinds.pop(), parts, len(items), n_tokens, too_long, n_cut)
+        videos = [it.video for it in items]
+        # qav's loss scores the video slot, not tokens: its rows carry no token targets
+        parts = {task: collate_rows([single_row(it.seqs[task], scored=task != "qav") for it in items], videos)
+                 for task in tasks}
+        lengths = [max(len(s) for s in it.seqs.values()) for it in items]
+        too_long = [(str(it.id), n) for it, n in zip(items, lengths) if self.max_seq_len and n > self.max_seq_len]
+        n_tokens = sum(len(s) for it in items for s in it.seqs.values())
+        n_cut = sum(any(s.n_cut for s in it.seqs.values()) for it in items)
+        return TrainBatch(kinds.pop(), parts, len(items), n_tokens, too_long, n_cut, [str(it.id) for it in items])

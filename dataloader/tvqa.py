@@ -1,26 +1,19 @@
-"""TVQA (SPEC §1.4): `<root>/tvqa/tvqa_{split}.jsonl` + `<root>/tvqa/clipvitl14.pth` (3 fps), optional
+"""TVQA: `<root>/tvqa/tvqa_{split}.jsonl` + `<root>/tvqa/clipvitl14.pth` (3 fps), optional
 subtitles `<root>/tvqa/tvqa_subtitles/<vid_name>.srt` (`sub=True`).
 
-Every TVQA sequence uses the dialogue prompt (`llama.prompts.TVQA`); the "Dialogue:" segment is there
+Every TVQA sequence uses the dialogue prompt style (`llama.prompts.TVQA`); the "Dialogue:" segment is there
 only with `sub=True` and when the clip has subtitle lines."""
-import json
 import math
 import os
 from typing import Dict, List, Optional, Tuple
 
-from llama import prompts
+from util.errors import MissingFileError
 
-from .base import (DataError, DictFeatures, MCQADataset, QARecord, make_mcqa_dataset,
-                   parse_answer, require)
+from .base import DataError, DictFeatures, QARecord, jsonl_objects, parse_answer, require
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
-STYLE = prompts.TVQA
 FPS = 3
-
-
-def type_groups(qtype: str) -> List[str]:
-    return []
 
 
 def annotation_path(root, split) -> str:
@@ -29,6 +22,10 @@ def annotation_path(root, split) -> str:
 
 def feature_path(root) -> str:
     return os.path.join(str(root), "tvqa", "clipvitl14.pth")
+
+
+def features(root) -> DictFeatures:
+    return DictFeatures(feature_path(root))
 
 
 def subtitle_path(root, vid: str) -> str:
@@ -94,44 +91,21 @@ def dialogue(entries, span: Optional[Tuple[float, float]]) -> Optional[str]:
 def read_records(root, split, sub: bool = False) -> List[QARecord]:
     path = annotation_path(root, split)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"TVQA {split} annotations not found: {path}")
+        raise MissingFileError(f"TVQA {split} annotations not found: {path}")
     records = []
     subs: Dict[str, list] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON: {e}") from None
-            if not isinstance(item, dict):
-                raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
-            qid = require(item, "qid", where, None)
-            vid = str(require(item, "vid_name", where, qid))
-            question = require(item, "q", where, qid)
-            options = [require(item, k, where, qid) for k in OPTION_KEYS]
-            answer = parse_answer(item.get("answer_idx"), N_OPTIONS, where, qid,
-                                  allow_none=split.startswith("test"))
-            span = parse_ts(require(item, "ts", where, qid), where, qid)
-            rec = QARecord(vid=vid, qid=str(qid), question=question, options=options, answer=answer,
-                           qtype="", clip=clip_rows(span), source=where)
-            if sub:
-                if vid not in subs:
-                    subs[vid] = read_subtitles(subtitle_path(root, vid), f"{qid} ({where})")
-                rec.dialogue = dialogue(subs[vid], span)
-            records.append(rec)
+    for where, item in jsonl_objects(path):
+        qid = require(item, "qid", where, None)
+        vid = str(require(item, "vid_name", where, qid))
+        question = require(item, "q", where, qid)
+        options = [require(item, k, where, qid) for k in OPTION_KEYS]
+        answer = parse_answer(item.get("answer_idx"), N_OPTIONS, where, qid, allow_none=split.startswith("test"))
+        span = parse_ts(require(item, "ts", where, qid), where, qid)
+        rec = QARecord(vid=vid, qid=str(qid), question=question, options=options, answer=answer,
+                       qtype="", clip=clip_rows(span), source=where)
+        if sub:
+            if vid not in subs:
+                subs[vid] = read_subtitles(subtitle_path(root, vid), f"{qid} ({where})")
+            rec.dialogue = dialogue(subs[vid], span)
+        records.append(rec)
     return records
-
-
-def build(root, split, builder, max_feats, train=False, skip_missing=False, sub=False,
-          dialogue_max_len=None) -> MCQADataset:
-    """`dialogue_max_len`: cut dialogue tokens so that prompts fit this length (the published code's
-    cut; None keeps every prompt whole)."""
-    records = read_records(root, split, sub=sub)
-    fp = feature_path(root)
-    ds = make_mcqa_dataset(records, DictFeatures(fp), builder, max_feats, STYLE, train=train,
-                           skip_missing=skip_missing, what=f"TVQA {split}", feature_where=fp)
-    ds.dialogue_max_len = dialogue_max_len
-    return ds

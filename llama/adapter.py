@@ -1,30 +1,53 @@
-"""What TOPA adds to Llama (SPEC §2, §3): adapter prompts with zero-init gates, the CLIP projector,
+"""What TOPA adds to Llama (docs/model.md): adapter prompts with zero-init gates, the CLIP projector,
 the temporal embedding, and the memory projection. Everything else is `llama/model.py`.
 
 `is_trainable(name)` is the one predicate that decides which parameters train *and* which are saved.
 """
 import re
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from util.errors import CheckpointError
+
 from .model import Attention, ModelArgs, Transformer, TransformerBlock
+
+
+@dataclass
+class TOPAArgs(ModelArgs):
+    """Meta's ModelArgs (from params.json) + what TOPA adds. `max_feats` (T, the number of video
+    positions) is owned here: prompts and datasets read it from the model's args."""
+    adapter_len: int = 50
+    adapter_layer: Optional[int] = None  # None -> n_layers (every published script)
+    max_feats: int = 10
+    clip_dim: int = 768
+    bias: float = 3.0  # gate2 init is -bias
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.adapter_layer is None:
+            self.adapter_layer = self.n_layers
+        if not 0 <= self.adapter_layer <= self.n_layers:
+            raise ValueError(f"adapter_layer={self.adapter_layer} must be in [0, n_layers={self.n_layers}]")
+        if self.adapter_len < 1 or self.max_feats < 1:
+            raise ValueError(f"adapter_len={self.adapter_len} and max_feats={self.max_feats} must be >= 1")
 
 TRAINABLE = re.compile(r"^(adapter_query\.weight|visual_proj\.weight|temporal_emb\.weight|"
                        r"layers\.\d+\.attention\.gate[12])$")
 
 
 def is_trainable(name: str) -> bool:
-    """True for the TOPA parameters (SPEC §1.2): they train, stay fp32, and are what a checkpoint holds."""
+    """True for the TOPA parameters: they train, stay fp32, and are what a checkpoint holds."""
     return TRAINABLE.match(name) is not None
 
 
 class AdapterAttention(Attention):
     """Attention with a gated adapter prompt (gate1) and a learned bias from text to video (gate2)."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: TOPAArgs):
         super().__init__(args)
         self.gate1 = nn.Parameter(torch.zeros(1, args.n_heads, 1, 1))
         self.gate2 = nn.Parameter(torch.full((1, args.n_heads, 1, 1), -float(args.bias)))
@@ -51,7 +74,7 @@ class AdapterAttention(Attention):
 class TOPA(Transformer):
     """Frozen Llama + adapters on the last `adapter_layer` layers + video input at a `V×T` slot."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: TOPAArgs):
         super().__init__(args)
         self.first_adapted = args.n_layers - args.adapter_layer
         self.adapter_query = nn.Embedding(args.adapter_len * args.adapter_layer, args.dim)
@@ -69,7 +92,7 @@ class TOPA(Transformer):
         return {n: p.detach() for n, p in self.trainable_parameters()}
 
     def reset_trainable(self):
-        """Fresh TOPA parameters (SPEC §3 init): module defaults, gate1 = 0, gate2 = -bias."""
+        """Fresh TOPA parameters: module defaults, gate1 = 0, gate2 = -bias."""
         for m in (self.adapter_query, self.visual_proj, self.temporal_emb):
             m.reset_parameters()
         for layer in self.layers:
@@ -116,7 +139,7 @@ class TOPA(Transformer):
 
 def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float = 100.0,
                       chunk: int = 262144) -> torch.Tensor:
-    """SPEC §2.3: v <- normalize(softmax(100 v M^T) M), row-wise, in fp32, over memory chunks
+    """The memory projection: v <- normalize(softmax(100 v M^T) M), row-wise, in fp32, over memory chunks
     (an online softmax, so a 1M-row memory never needs a [rows, 1M] matrix at once)."""
     shape = v.shape
     v = v.reshape(-1, shape[-1]).float()
@@ -135,13 +158,13 @@ def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float 
     return F.normalize(acc / denom, dim=-1).reshape(shape)
 
 
-def build_model(args: ModelArgs, backbone: dict, dtype: torch.dtype = torch.float32,
+def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float32,
                 device="cpu", trainable: Optional[dict] = None, source: str = "backbone",
                 trainable_source: str = "TOPA checkpoint") -> TOPA:
     """Build a TOPA model without ever allocating random backbone weights.
 
     backbone: Meta's state dict (merged); trainable: a TOPA checkpoint's `model` dict, or None for a fresh
-    init (SPEC §3). Missing or extra keys and wrong shapes are errors naming the key."""
+    init. Missing or extra keys and wrong shapes are errors naming the key."""
     with torch.device("meta"):
         model = TOPA(args)
     expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
@@ -164,11 +187,11 @@ def check_state(state: dict, expected: dict, source: str):
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        raise ValueError(f"{source}: keys do not match the model: missing {missing[:8]}"
+        raise CheckpointError(f"{source}: keys do not match the model: missing {missing[:8]}"
                          f"{'...' if len(missing) > 8 else ''}, unexpected {extra[:8]}{'...' if len(extra) > 8 else ''}")
     for k, shape in expected.items():
         if tuple(state[k].shape) != tuple(shape):
-            raise ValueError(f"{source}: tensor '{k}' has shape {tuple(state[k].shape)}, "
+            raise CheckpointError(f"{source}: tensor '{k}' has shape {tuple(state[k].shape)}, "
                              f"the model needs {tuple(shape)}")
 
 
@@ -179,7 +202,7 @@ def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint"):
         rows, a = aq.shape[0], model.args
         hint = (f"; it was trained with --adapter_len {rows // a.adapter_layer}"
                 if rows % a.adapter_layer == 0 else "")
-        raise ValueError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model needs "
+        raise CheckpointError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model needs "
                          f"{tuple(expected['adapter_query.weight'])} (adapter_len {a.adapter_len} x "
                          f"adapter_layer {a.adapter_layer}){hint}")
     check_state(state, expected, source)

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 import torch._utils
 
-# how model-parallel shards split each tensor (SPEC §1.1); None = replicated
+from util.errors import CheckpointError, MissingFileError, UnsafePickleError
+
+# how Meta's model-parallel shards split each tensor; None = replicated in every shard
 SHARD_DIM = {"tok_embeddings.weight": 1, "output.weight": 0, "attention.wq.weight": 0,
              "attention.wk.weight": 0, "attention.wv.weight": 0, "attention.wo.weight": 1,
              "feed_forward.w1.weight": 0, "feed_forward.w2.weight": 1, "feed_forward.w3.weight": 0,
@@ -21,23 +23,26 @@ SHARD_DIM = {"tok_embeddings.weight": 1, "output.weight": 0, "attention.wq.weigh
 IGNORED_KEYS = {"rope.freqs"}  # stored by Meta's Llama-1/2 checkpoints, recomputed here
 
 
-def _shard_dim(key: str):
+def shard_dim(key: str):
+    """The dim along which shards of Meta tensor `key` are concatenated (None: replicated)."""
+    if key in IGNORED_KEYS:
+        return None
     for suffix, dim in SHARD_DIM.items():
         if key == suffix or key.endswith("." + suffix):
             return dim
-    raise ValueError(f"unknown tensor '{key}' in a Meta checkpoint")
+    raise CheckpointError(f"unknown tensor '{key}' in a Meta checkpoint")
 
 
 def safe_load(path, map_location="cpu", mmap=False):
     """torch.load with weights_only=True; argparse.Namespace is the one extra global allowed."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(f"{path}: refused to unpickle (only tensors, containers and "
+        raise UnsafePickleError(f"{path}: refused to unpickle (only tensors, containers and "
                                      f"argparse.Namespace are allowed): {e}") from None
 
 
@@ -46,15 +51,15 @@ def load_meta_checkpoint(folder) -> dict:
     folder = Path(folder)
     shards = sorted(folder.glob("consolidated.*.pth"))
     if not shards:
-        raise FileNotFoundError(f"no consolidated.*.pth in {folder}")
+        raise MissingFileError(f"no consolidated.*.pth in {folder}")
     states = [safe_load(p, mmap=True) for p in shards]
     keys = set(states[0])
     for p, s in zip(shards[1:], states[1:]):
         if set(s) != keys:
-            raise ValueError(f"{p}: keys differ from {shards[0].name}: {sorted(set(s) ^ keys)[:5]}")
+            raise CheckpointError(f"{p}: keys differ from {shards[0].name}: {sorted(set(s) ^ keys)[:5]}")
     merged = {}
     for k in sorted(keys - IGNORED_KEYS):
-        dim = _shard_dim(k)
+        dim = shard_dim(k)
         parts = [s[k] for s in states]
         merged[k] = parts[0] if dim is None or len(parts) == 1 else torch.cat(parts, dim=dim)
     return merged
@@ -64,7 +69,7 @@ def load_topa_checkpoint(path) -> dict:
     """A released or self-written TOPA checkpoint: dict with `model` (trainable tensors) and more."""
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path}: not a TOPA checkpoint (expected a dict with a 'model' entry)")
+        raise CheckpointError(f"{path}: not a TOPA checkpoint (expected a dict with a 'model' entry)")
     return ckpt
 
 
@@ -116,7 +121,7 @@ def load_pickled_tensor(path) -> torch.Tensor:
     """A tensor saved with torch.save or pickle.dump, loaded without running arbitrary pickle code."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"tensor file not found: {path}")
+        raise MissingFileError(f"tensor file not found: {path}")
     with open(path, "rb") as f:
         zip_magic = f.read(4) == b"PK\x03\x04"
     try:
@@ -126,15 +131,15 @@ def load_pickled_tensor(path) -> torch.Tensor:
             with open(path, "rb") as f:
                 obj = _TensorUnpickler(f).load()
     except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(f"{path}: refused to unpickle: {e}") from None
+        raise UnsafePickleError(f"{path}: refused to unpickle: {e}") from None
     if not isinstance(obj, torch.Tensor):
-        raise ValueError(f"{path}: expected a pickled tensor, got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a pickled tensor, got {type(obj).__name__}")
     return obj
 
 
 def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor:
-    """memory.pkl (SPEC §1.3): [N, dim] unit-norm text features -> first `max_rows` rows in fp32."""
+    """memory.pkl: [N, dim] unit-norm text features -> first `max_rows` rows in fp32."""
     mem = load_pickled_tensor(path)
     if mem.ndim != 2 or mem.shape[1] != dim:
-        raise ValueError(f"{path}: memory must be [N, {dim}] CLIP features, got {list(mem.shape)}")
+        raise CheckpointError(f"{path}: memory must be [N, {dim}] CLIP features, got {list(mem.shape)}")
     return mem[:max_rows].float()

@@ -26,23 +26,13 @@ class ModelArgs:
     ffn_dim_multiplier: Optional[float] = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    # TOPA additions (not in params.json)
-    adapter_len: int = 10
-    adapter_layer: Optional[int] = None  # None -> n_layers
-    max_feats: int = 10
-    clip_dim: int = 768
-    bias: float = 3.0  # gate2 init is -bias
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.adapter_layer is None:
-            self.adapter_layer = self.n_layers
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim={self.dim}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} "
                              "do not divide evenly")
-        if not 0 <= self.adapter_layer <= self.n_layers:
-            raise ValueError(f"adapter_layer={self.adapter_layer} must be in [0, n_layers={self.n_layers}]")
 
     @property
     def head_dim(self) -> int:
@@ -59,18 +49,27 @@ class ModelArgs:
     def from_params_json(cls, path, **overrides) -> "ModelArgs":
         """Read Meta's params.json; keys we do not know (e.g. `use_scaled_rope`) are an error only
         if they change the math we implement. `overrides` with value None are ignored."""
-        with open(path) as f:
-            params = json.load(f)
-        known = {f.name for f in fields(cls)}
+        from util.errors import CheckpointError
+        try:
+            with open(path, encoding="utf-8") as f:
+                params = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: not a valid params.json ({e})") from None
+        if not isinstance(params, dict):
+            raise CheckpointError(f"{path}: expected a JSON object of model hyper-parameters")
+        known = {f.name for f in fields(ModelArgs)}  # Meta's fields only: params.json never holds others
         unknown = set(params) - known
         if params.get("use_scaled_rope"):
-            raise ValueError(f"{path}: use_scaled_rope=true (Llama-3.1 rope scaling) is not supported")
+            raise CheckpointError(f"{path}: use_scaled_rope=true (Llama-3.1 rope scaling) is not supported")
         unknown -= {"use_scaled_rope", "max_batch_size", "max_seq_len"}
         if unknown:
-            raise ValueError(f"{path}: unknown params.json keys {sorted(unknown)}")
+            raise CheckpointError(f"{path}: unknown params.json keys {sorted(unknown)}")
         params = {k: v for k, v in params.items() if k in known}
         params.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**params)
+        try:
+            return cls(**params)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
 
 
 class RMSNorm(nn.Module):

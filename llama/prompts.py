@@ -1,13 +1,14 @@
-"""The task sequences and their scored spans, and the packing that runs a question's shared
-prefix once for all its options.
+"""The task sequences (docs/prompts.md) and their scored spans.
 
 A `Sequence` is token ids with `VIDEO` at the T video positions, where the video slot starts, and the
 index of the first scored token (targets are tokens[span_start:], each predicted from the position
-before it). A `Row` is what the model runs: tokens, explicit positions, and segment ids (0 = shared,
-k > 0 = a tail that sees segment 0 and itself only). One full sequence is a Row with one segment.
+before it). How sequences become model rows (one whole, or the options of a question packed behind
+their shared prefix) is `dataloader/packing.py`.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence as Seq, Tuple
+
+from util.errors import InputError
 
 from .tokenizer import Tokenizer
 
@@ -32,8 +33,8 @@ DIALOGUE_SPAN = 4  # TVQA scores its last 4 tokens: "(", letter, ")", EOS
 MCQA_SPAN_OFFSET = {"sentencepiece": 4, "tiktoken": 5}
 
 
-class PromptError(ValueError):
-    pass
+class PromptError(InputError, ValueError):
+    """A sequence the tokenizer cannot build as the prompt format needs."""
 
 
 @dataclass(frozen=True)
@@ -174,53 +175,3 @@ class PromptBuilder:
             head, cut = [self.tok.bos_id] + self.tok.encode(QAV_INSTR + qa), 0
         tokens = head + [VIDEO] * self.T + [self.tok.eos_id]
         return Sequence(tokens, len(head), len(head), cut)
-
-
-@dataclass
-class Row:
-    """One model row: tokens (VIDEO at the slot), positions, segments (0 shared; k>0 sees 0 and k)."""
-    tokens: List[int]
-    positions: List[int]
-    segments: List[int]
-    video_start: Optional[int]
-    # for each scored sequence in this row: (predicting positions in the row, target ids)
-    targets: List[Tuple[List[int], List[int]]] = field(default_factory=list)
-
-    def __len__(self):
-        return len(self.tokens)
-
-
-def single_row(seq: Sequence) -> Row:
-    """A full sequence as one row; its one target list covers tokens[span_start:]."""
-    n = len(seq.tokens)
-    pred = list(range(seq.span_start - 1, n - 1))
-    return Row(list(seq.tokens), list(range(n)), [0] * n, seq.video_start,
-               [(pred, list(seq.tokens[seq.span_start:]))])
-
-
-def pack_options(seqs: List[Sequence]) -> Row:
-    """`prefix | tail_1 | tail_2 | ...` for sequences that share a prefix (the options of one question).
-
-    The prefix runs once; tail k continues the prefix's positions and sees only the prefix and itself,
-    so each option's logits equal those of its own full sequence."""
-    first = seqs[0].tokens
-    P = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        P = next((i for i in range(P) if s.tokens[i] != first[i]), P)
-    if any(s.span_start > P for s in seqs) or P == 0:
-        raise PromptError("options do not share the prefix up to their scored span")
-    if any(len(s) == P for s in seqs):  # every option needs a tail to hold its own last tokens
-        P -= 1
-    tokens, positions, segments = list(first[:P]), list(range(P)), [0] * P
-    row = Row(tokens, positions, segments, seqs[0].video_start)
-    for k, s in enumerate(seqs, 1):
-        off = len(tokens)
-        tail = s.tokens[P:]
-        tokens += tail
-        positions += range(P, P + len(tail))
-        segments += [k] * len(tail)
-        # target index j in the full sequence is predicted from full position j-1, which is
-        # in the prefix (j-1 < P) or at packed index off + (j-1-P) in this tail.
-        pred = [j - 1 if j - 1 < P else off + j - 1 - P for j in range(s.span_start, len(s))]
-        row.targets.append((pred, list(s.tokens[s.span_start:])))
-    return row

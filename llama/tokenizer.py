@@ -1,6 +1,6 @@
 """Llama-2 SentencePiece and Llama-3 tiktoken tokenizers behind one interface.
 
-`encode(s)` never adds BOS/EOS (SPEC notation `enc`). Ids that prompts need (BOS, EOS, the separator
+`encode(s)` never adds BOS/EOS. Ids that prompts need (BOS, EOS, the separator
 after the video slot, the newline-form keyword tokens) are derived from the tokenizer file, never
 hard-coded; `load_tokenizer` picks the kind from the file's content.
 """
@@ -9,16 +9,18 @@ import os
 from pathlib import Path
 from typing import List
 
+from util.errors import CheckpointError, MissingFileError
+
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_NUM_SPECIAL = 256
+LLAMA3_N_RESERVED_IDS = 256
 
 
 def llama3_special_tokens() -> List[str]:
     named = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
              "<|reserved_special_token_1|>", "<|reserved_special_token_2|>", "<|reserved_special_token_3|>",
              "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
-    return named + [f"<|reserved_special_token_{i}|>" for i in range(5, LLAMA3_NUM_SPECIAL - 5)]
+    return named + [f"<|reserved_special_token_{i}|>" for i in range(5, LLAMA3_N_RESERVED_IDS - 5)]
 
 
 class Tokenizer:
@@ -26,7 +28,7 @@ class Tokenizer:
     bos_id: int
     eos_id: int
     n_words: int
-    sep_text: str      # the text of the one-token separator after the video slot (SPEC §4)
+    sep_text: str      # the text of the one-token separator after the video slot
 
     def encode(self, s: str) -> List[int]:
         raise NotImplementedError
@@ -45,7 +47,7 @@ class Tokenizer:
         """Id of `word` when it follows a newline inside a segment (e.g. Llama-2 "\\nAnswer" -> 22550)."""
         ids = self.encode("\n" + word)
         if not ids or self.decode(ids[-1:]).strip() != word:
-            raise ValueError(f"tokenizer {self.path}: '{word}' after a newline is not a single token "
+            raise CheckpointError(f"tokenizer {self.path}: '{word}' after a newline is not a single token "
                              f"(got ids {ids}); the prompt format needs it to be one")
         return ids[-1]
 
@@ -72,11 +74,11 @@ class SentencePieceTokenizer(Tokenizer):
         if text == "\n":  # SentencePiece writes a lone newline as its byte piece
             i = self.sp.piece_to_id("<0x0A>")
             if i == self.sp.unk_id():
-                raise ValueError(f"tokenizer {self.path}: no '<0x0A>' byte piece for the video separator")
+                raise CheckpointError(f"tokenizer {self.path}: no '<0x0A>' byte piece for the video separator")
             return i
         ids = self.encode(text)
         if len(ids) != 1:
-            raise ValueError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
+            raise CheckpointError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
         return ids[0]
 
 
@@ -96,7 +98,7 @@ class TiktokenTokenizer(Tokenizer):
                     tok, rank = line.split()
                     ranks[base64.b64decode(tok)] = int(rank)
                 except ValueError as e:
-                    raise ValueError(f"{path}:{lineno}: not a tiktoken 'base64 rank' line") from e
+                    raise CheckpointError(f"{path}:{lineno}: not a tiktoken 'base64 rank' line") from e
         n = len(ranks)
         specials = {t: n + i for i, t in enumerate(llama3_special_tokens())}
         self.enc = tiktoken.Encoding(name=Path(path).name, pat_str=LLAMA3_PATTERN,
@@ -116,7 +118,7 @@ class TiktokenTokenizer(Tokenizer):
     def single_token(self, text):
         ids = self.encode(text)
         if len(ids) != 1:
-            raise ValueError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
+            raise CheckpointError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
         return ids[0]
 
 
@@ -124,7 +126,7 @@ def load_tokenizer(path) -> Tokenizer:
     """SentencePiece model (protobuf) or tiktoken rank file, told apart by content."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer file not found: {path}")
+        raise MissingFileError(f"tokenizer file not found: {path}")
     with open(path, "rb") as f:
         head = f.read(256)
     first = head.split(b"\n", 1)[0].split()
@@ -137,4 +139,4 @@ def load_tokenizer(path) -> Tokenizer:
     try:
         return SentencePieceTokenizer(path)
     except Exception as e:  # sentencepiece raises RuntimeError/OSError with no file name
-        raise ValueError(f"{path}: neither a SentencePiece model nor a tiktoken rank file ({e})") from e
+        raise CheckpointError(f"{path}: neither a SentencePiece model nor a tiktoken rank file ({e})") from e

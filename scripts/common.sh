@@ -7,7 +7,7 @@ LLAMA=${LLAMA:-llama2_7b}
 case "$LLAMA" in
   llama2_7b)  MODEL_ARGS=(--llama2 --model 7B --llama_model_path ./pretrained/llama2/) ;;
   llama2_13b) MODEL_ARGS=(--llama2 --model 13B --llama_model_path ./pretrained/llama2/) ;;
-  # released Llama-3 TOPA checkpoints were trained and evaluated with RoPE theta 10000 (SPEC §5)
+  # released Llama-3 TOPA checkpoints were trained and evaluated with RoPE theta 10000 (docs/training.md)
   llama3_8b)  MODEL_ARGS=(--llama3 --model 8B --llama_model_path ./pretrained/llama3/ --rope_theta 10000) ;;
   *) echo "unknown LLAMA=$LLAMA (llama2_7b, llama2_13b, llama3_8b)" >&2; exit 2 ;;
 esac

@@ -14,9 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama.adapter import build_model
+from llama.adapter import TOPAArgs, build_model
 from llama.checkpoint import load_meta_checkpoint, save_atomic
-from llama.model import ModelArgs
 from llama.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 
@@ -34,7 +33,7 @@ def write_world(root: Path, kind: str = "llama2", n_shards: int = 1):
                            n_heads=4, n_kv_heads=2 if llama3 else None, rope_theta=500000.0 if llama3 else None,
                            llama2_style=not llama3, n_shards=n_shards, seed=1)
     tok = load_tokenizer(root / "pretrained" / kind / "tokenizer.model")
-    margs = ModelArgs.from_params_json(mdir / "params.json", adapter_len=10, max_feats=10, bias=3.0,
+    margs = TOPAArgs.from_params_json(mdir / "params.json", adapter_len=10, max_feats=10, bias=3.0,
                                        vocab_size=tok.n_words, rope_theta=10000.0 if llama3 else None)
     model = build_model(margs, load_meta_checkpoint(mdir))
     with torch.no_grad():
@@ -212,18 +211,18 @@ def test_egoschema_test_submission(world2):
 
 
 def test_accuracy_per_type_hand_checked():
-    from dataloader.registry import type_groups_for
-    from engine import accuracy
+    from dataloader.benchmarks import get
+    from engine.evaluation import accuracy
     preds = [  # STAR: 2/3 Interaction, 0/1 Sequence, 1/1 Feasibility
         {"type": "Interaction", "answer": 0, "prediction": 0}, {"type": "Interaction", "answer": 1, "prediction": 1},
         {"type": "Interaction", "answer": 2, "prediction": 3}, {"type": "Sequence", "answer": 0, "prediction": 2},
         {"type": "Feasibility", "answer": 3, "prediction": 3}]
-    acc = accuracy(preds, type_groups_for("star"))
+    acc = accuracy(preds, get("star").type_groups)
     assert (acc["total"]["correct"], acc["total"]["total"]) == (3, 5)
     assert acc["Interaction"]["acc"] == pytest.approx(200 / 3) and acc["Sequence"]["acc"] == 0.0
     assert acc["Feasibility"]["acc"] == 100.0 and "Prediction" not in acc
     nq = [{"type": "CW", "answer": 1, "prediction": 1}, {"type": "TN", "answer": 1, "prediction": 0},
           {"type": "TC", "answer": 2, "prediction": 2}, {"type": "DL", "answer": 0, "prediction": None}]
-    acc = accuracy(nq, type_groups_for("nextqa"))
+    acc = accuracy(nq, get("nextqa").type_groups)
     assert acc["C"]["acc"] == 100.0 and acc["T"]["acc"] == 50.0 and acc["TN"]["acc"] == 0.0
     assert acc["D"]["total"] == 1 and acc["total"]["correct"] == 2

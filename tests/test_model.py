@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dataloader.base import ScoringCollate, collate_rows, fit_frames, fuse_text_frames
-from engine import group_mean, token_nll
-from llama.adapter import build_model, load_trainable, project_to_memory
+from dataloader.base import EvalItem, fit_frames, fuse_text_frames
+from dataloader.packing import ScoringCollate, collate_rows, pack_options, single_row
+from engine.evaluation import group_mean, token_nll
+from llama.adapter import TOPAArgs, build_model, load_trainable, project_to_memory
 from llama.checkpoint import load_memory, load_pickled_tensor, load_topa_checkpoint, save_atomic
 from llama.model import ModelArgs, Transformer, causal_mask
-from llama.prompts import PromptBuilder, pack_options, single_row
+from llama.prompts import PromptBuilder
 from llama.tokenizer import load_tokenizer
 
 FIX = os.environ.get("TOPA_FIXTURES")
@@ -25,7 +26,7 @@ def tiny_args(vocab=300, **kw):
     base = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=16,
                 adapter_len=3, max_feats=4, bias=3.5)
     base.update(kw)
-    return ModelArgs(**base)
+    return TOPAArgs(**base)
 
 
 def tiny_topa(args, seed=0, random_gates=True):
@@ -315,8 +316,8 @@ def option_items(builder, T, n=3, seed=0):
            ["share with the girl", "approach lady sitting there", "unwrap it", "playing with toy train",
             "gesture something"]),
           ("what is c doing", ["A", "B b", "C c c", "D", "E e"])]
-    return [{"index": i, "record": None, "video": fit_frames(torch.randn(5 + 7 * i, 768, generator=g), T),
-             "seqs": builder.mcqa_options(q, o)} for i, (q, o) in enumerate(qs[:n])]
+    return [EvalItem(i, None, fit_frames(torch.randn(5 + 7 * i, 768, generator=g), T), builder.mcqa_options(q, o))
+            for i, (q, o) in enumerate(qs[:n])]
 
 
 @needs_fix
@@ -336,8 +337,8 @@ def test_shared_prefix_scores_equal_full_scores(kind):
     assert torch.allclose(scores["packed"], scores["full"], atol=1e-5, rtol=0)
     # and each full score is the per-option computation with one sequence alone, unpadded
     it = items[2]
-    for k, seq in enumerate(it["seqs"]):
-        b = collate_rows([single_row(seq)], [it["video"]])
+    for k, seq in enumerate(it.seqs):
+        b = collate_rows([single_row(seq)], [it.video])
         with torch.no_grad():
             alone = token_nll(model, b, b.video).mean()
         assert abs(alone.item() - scores["full"][2 * 5 + k].item()) < 1e-5

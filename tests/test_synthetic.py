@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama.adapter import build_model, project_to_memory
+from llama.adapter import TOPAArgs, build_model, project_to_memory
 from llama.checkpoint import load_memory, load_meta_checkpoint, load_pickled_tensor, safe_load
 from llama.model import ModelArgs, Transformer, causal_mask
 from llama.prompts import LETTERS, PromptBuilder
@@ -29,6 +29,20 @@ def tokenizer_path(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- Meta checkpoints
+
+def test_shard_dims_are_meta_model_parallel_layout():
+    """Meta's model-parallel layout (the writer and the loader share this table, so it is pinned here):
+    tok_embeddings split on dim 1; output, wq, wk, wv, w1, w3 on dim 0; wo, w2 on dim 1; norms replicated."""
+    from llama.checkpoint import shard_dim
+    want = {"tok_embeddings.weight": 1, "output.weight": 0, "norm.weight": None, "rope.freqs": None,
+            "layers.7.attention.wq.weight": 0, "layers.7.attention.wk.weight": 0, "layers.7.attention.wv.weight": 0,
+            "layers.7.attention.wo.weight": 1, "layers.7.feed_forward.w1.weight": 0,
+            "layers.7.feed_forward.w3.weight": 0, "layers.7.feed_forward.w2.weight": 1,
+            "layers.7.attention_norm.weight": None, "layers.7.ffn_norm.weight": None}
+    assert {k: shard_dim(k) for k in want} == want
+    with pytest.raises(ValueError, match="unknown tensor 'layers.0.attention.bq.weight'"):
+        shard_dim("layers.0.attention.bq.weight")
+
 
 def test_two_shards_merge_to_the_unsharded_state_bitwise(tmp_path, tokenizer_path):
     tok = load_tokenizer(tokenizer_path)
@@ -67,7 +81,7 @@ def test_make_tiny_llama_loads_into_topa(tmp_path, tokenizer_path):
     params = json.loads((mdir / "params.json").read_text())
     assert params["vocab_size"] == -1 and "rope_theta" not in params
     assert "rope.freqs" in safe_load(mdir / "consolidated.01.pth")  # like Meta's Llama-2 shards
-    args = ModelArgs.from_params_json(mdir / "params.json", vocab_size=tok.n_words)
+    args = TOPAArgs.from_params_json(mdir / "params.json", vocab_size=tok.n_words)
     merged = load_meta_checkpoint(mdir)
     model = build_model(args, merged)
     # at gate1 = 0 and without video, TOPA is the plain Llama built from the unsharded weights
@@ -83,7 +97,7 @@ def test_make_tiny_llama_loads_into_topa(tmp_path, tokenizer_path):
                             ffn_dim_multiplier=1.3, llama2_style=False)
     p3 = json.loads((mdir3 / "params.json").read_text())
     assert p3["vocab_size"] == tok.n_words and p3["rope_theta"] == 500000.0 and p3["n_kv_heads"] == 2
-    a3 = ModelArgs.from_params_json(mdir3 / "params.json")
+    a3 = TOPAArgs.from_params_json(mdir3 / "params.json")
     build_model(a3, load_meta_checkpoint(mdir3))
 
 
@@ -151,7 +165,7 @@ def test_world_writes_every_file_with_documented_shapes(tiny_world):
     # model + tokenizer (SPEC layout: llama_model_path + model name)
     tok = load_tokenizer(w["tokenizer"])
     assert w["model_dir"] == w["llama_model_path"] / "tiny" == root / "pretrained" / "llama2" / "tiny"
-    args = ModelArgs.from_params_json(w["model_dir"] / "params.json", vocab_size=tok.n_words)
+    args = TOPAArgs.from_params_json(w["model_dir"] / "params.json", vocab_size=tok.n_words)
     assert args.dim == 64 and args.n_layers == 2
     build_model(args, load_meta_checkpoint(w["model_dir"]))  # raises on any key or shape mismatch
     pb = PromptBuilder(tok)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine
+import engine.training as engine
 import train
 from dataloader.base import DataError
-from dataloader.registry import build_mcqa_dataset
+from dataloader.benchmarks import build_mcqa_dataset
 from dataloader.textvid import TextVidDataset
 from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainCollate
 from llama.build import load_topa
@@ -26,7 +26,9 @@ from llama.checkpoint import load_topa_checkpoint
 from llama.prompts import PromptBuilder
 from llama.tokenizer import load_tokenizer
 from util.schedule import absolute_lr, lr_at, param_groups
-from util.train_state import save_checkpoint
+from engine.checkpointing import save_checkpoint
+from engine.config import TrainConfig
+from util.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")
@@ -143,7 +145,7 @@ def test_finetune_loads_weights_only_and_keeps_best(resume_runs, world, tiny_mod
     ck = load_topa_checkpoint(out / "checkpoint_0.pth")
     assert ck["epoch"] == 0                      # a fresh run, not a continuation of epoch 1
     steps = {int(s["step"]) for s in ck["optimizer"]["state"].values()}
-    n_train = len(build_mcqa_dataset("nextqa", world / "data", "train", tiny_model[1], 10, train=True))
+    n_train = len(build_mcqa_dataset("nextqa", world / "data", "train", tiny_model[1], train=True))
     assert steps == {math.ceil(n_train / 4)}     # a fresh optimizer: one step per batch of this epoch
     assert best["epoch"] == 0 and 0 <= best["acc"] <= 100
     assert max_diff(ckpt_model(out / "checkpoint_best.pth"), ck["model"]) == 0
@@ -153,15 +155,16 @@ def test_finetune_loads_weights_only_and_keeps_best(resume_runs, world, tiny_mod
     torch.save({"model": ck["model"], "optimizer": {}, "epoch": 3, "scaler": None, "args": ck["args"]}, bare)
     with pytest.raises(ValueError, match="no optimizer state.*--finetune"):
         train.main(train.get_args(base_args(world, tmp_path / "x", "--dataset", "nextqa", "--resume", bare)))
-    with pytest.raises(SystemExit, match="--finetune needs --resume"):
-        train.get_args(base_args(world, tmp_path / "x", "--finetune"))
+    with pytest.raises(ConfigError, match="--finetune needs --resume"):
+        train.main(train.get_args(base_args(world, tmp_path / "x", "--finetune")))
 
 
 # ---------------------------------------------------------------- (c) DDP
 
 DRIVER = """
 import os, sys, torch
-import engine, train
+import engine.training as engine
+import train
 seen = {}
 real = engine.train_one_epoch
 def spy(step, model, *a, **k):
@@ -222,7 +225,7 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path):
     save_checkpoint(tmp_path, small_state(0))
     script = STATE_CODE + textwrap.dedent(f"""
         import io, os, torch
-        from util.train_state import save_checkpoint
+        from engine.checkpointing import save_checkpoint
         real = torch.save
         def half_then_die(obj, f, *a, **k):
             buf = io.BytesIO(); real(obj, buf); data = buf.getvalue()
@@ -239,7 +242,7 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path):
 
 def test_sigkill_during_large_saves_never_leaves_a_broken_file(tmp_path):
     script = STATE_CODE + textwrap.dedent(f"""
-        from util.train_state import save_checkpoint
+        from engine.checkpointing import save_checkpoint
         for e in range(1000):
             save_checkpoint({str(tmp_path)!r}, small_state(e, big=24_000))   # ~100 MB each
     """)
@@ -290,23 +293,23 @@ def tideo(idx, frames=(2, 1, 3), answer="B", n_options=5):
 def test_textvid_bad_rows_letter_and_missing_file(tmp_path, builder):
     # feature rows != sum of the frames' entries: error names the file and the tideo
     write_textvid(tmp_path / "a", [tideo(3), tideo(7)], {3: 6, 7: 5})
-    ds = TextVidDataset(tmp_path / "a", builder, 10)
-    assert ds[0]["video"].shape == (10, 768)
+    ds = TextVidDataset(tmp_path / "a", builder)
+    assert ds[0].video.shape == (10, 768)
     with pytest.raises(DataError, match=r"7\.pkl.*tideo 7.*\[6, 768\]"):
         ds[1]
     # answer letter outside the options
     write_textvid(tmp_path / "b", [tideo(3), tideo(11, answer="E", n_options=4)], {3: 6, 11: 6})
     with pytest.raises(DataError, match=r"tideo 11: QA 0: answer 'E'"):
-        TextVidDataset(tmp_path / "b", builder, 10)
+        TextVidDataset(tmp_path / "b", builder)
     write_textvid(tmp_path / "b2", [tideo(12, answer="Z")], {12: 6})
     with pytest.raises(DataError, match=r"tideo 12: QA 0: answer 'Z'"):
-        TextVidDataset(tmp_path / "b2", builder, 10)
+        TextVidDataset(tmp_path / "b2", builder)
     # missing features file: at build time, and if it disappears later
     write_textvid(tmp_path / "c", [tideo(3), tideo(9)], {3: 6})
     with pytest.raises(DataError, match=r"9\.pkl \(tideo 9\)"):
-        TextVidDataset(tmp_path / "c", builder, 10)
+        TextVidDataset(tmp_path / "c", builder)
     write_textvid(tmp_path / "d", [tideo(3), tideo(4)], {3: 6, 4: 6})
-    ds = TextVidDataset(tmp_path / "d", builder, 10)
+    ds = TextVidDataset(tmp_path / "d", builder)
     (tmp_path / "d" / "textvid" / "features" / "4.pkl").unlink()
     with pytest.raises(DataError, match=r"4\.pkl.*tideo 4"):
         ds[1]
@@ -317,14 +320,16 @@ def test_textvid_items_are_seeded_per_epoch_and_balanced(tmp_path, builder):
                                   "answer": "ABCDE"[j % 5], "answer_open_ended": "an answer"}
                                  for j in range(5)]) for i in range(40)]
     write_textvid(tmp_path, tideos, {i: 6 for i in range(40)})
-    ds = TextVidDataset(tmp_path, builder, 10, seed=1, answer_balance=True, video_caption=True, openvqa=True,
+    ds = TextVidDataset(tmp_path, builder, seed=1, answer_balance=True, video_caption=True, openvqa=True,
                         variance=0.05)
     a, b = ds[(2, 5, "vqa")], ds[(2, 5, "vqa")]
-    assert a["qa"] == b["qa"] and torch.equal(a["video"], b["video"])   # same key -> same item
-    assert any(ds[(e, 5, "vqa")]["qa"] != a["qa"] for e in range(3, 9))  # another epoch -> other draws
+    assert a.seqs["vqa"].tokens == b.seqs["vqa"].tokens and torch.equal(a.video, b.video)  # same key -> same item
+    assert any(ds.question(e, 5) != ds.question(2, 5) for e in range(3, 9))  # another epoch -> other draws
+    q, opts, ans = ds.question(2, 5)
+    assert a.seqs["vqa"].tokens == builder.mcqa(q, opts, ans).tokens     # the item holds that question
     letters = set()
     for e in range(30):
-        q, opts, ans = ds[(e, 0, "vqa")]["qa"]
+        q, opts, ans = ds.question(e, 0)
         j = int(q[1:])
         if j % 5 == 4:                                  # the answer "both w and x" keeps its place
             assert opts == ["w", "x", "y", "z", "both w and x"] and ans == 4
@@ -333,7 +338,7 @@ def test_textvid_items_are_seeded_per_epoch_and_balanced(tmp_path, builder):
             letters.add(ans)
             assert opts[ans] == ["w", "x", "y", "z"][j % 5]
     assert len(letters) >= 3
-    kinds = {builder.tok.decode([t for t in ds[(e, 1, "caption")]["seqs"]["caption"].tokens if t >= 0][:12])
+    kinds = {builder.tok.decode([t for t in ds[(e, 1, "caption")].seqs["caption"].tokens if t >= 0][:12])
              for e in range(12)}
     assert any("summary" in k for k in kinds) and any("Predict the answer" in k for k in kinds)
 
@@ -360,14 +365,14 @@ def test_batch_sampler_kinds_shards_and_replay():
 
 @pytest.fixture(scope="module")
 def tiny_model(world):
-    args = train.get_args(base_args(world, world / "unused"))
+    cfg = TrainConfig.from_args(train.get_args(base_args(world, world / "unused")))
     torch.manual_seed(0)
-    model, tok, _ = load_topa(args, torch.device("cpu"), torch.float32)
+    model, tok, _ = load_topa(cfg.model, torch.device("cpu"), torch.float32)
     return model, PromptBuilder(tok, 10)
 
 
 def flipped_batch(world, builder, vaq, qav):
-    base = build_mcqa_dataset("nextqa", world / "data", "train", builder, 10, train=True)
+    base = build_mcqa_dataset("nextqa", world / "data", "train", builder, train=True)
     ds = MCQATrainDataset(base, vaq=vaq, qav=qav)
     return TrainCollate()([ds[i] for i in range(6)])
 
@@ -438,7 +443,7 @@ def test_weight_decay_groups_and_lr_schedule(world, tiny_model, tmp_path):
     # the lr each optimizer step used in an epoch: set at the start of each accumulation cycle
     args = train.get_args(base_args(world, tmp_path, "--dataset", "nextqa", "--batch_size", 2, "--accum_iter", 4,
                                     "--epochs", E, "--warmup_epochs", w, "--lr", lr, "--min_lr", mn))
-    base = build_mcqa_dataset("nextqa", world / "data", "train", builder, 10, train=True)
+    base = build_mcqa_dataset("nextqa", world / "data", "train", builder, train=True)
     sampler = TaskBatchSampler(len(base), 2)
     sampler.set_epoch(1)
     loader = torch.utils.data.DataLoader(MCQATrainDataset(base), batch_sampler=sampler, collate_fn=TrainCollate())
@@ -446,7 +451,7 @@ def test_weight_decay_groups_and_lr_schedule(world, tiny_model, tmp_path):
     assert opt.defaults["betas"] == (0.9, 0.95)
     seen = []
     opt.register_step_pre_hook(lambda o, *_: seen.append([g["lr"] for g in o.param_groups]))
-    engine.train_one_epoch(engine.TrainStep(model), model, loader, opt, 1, args, "cpu")
+    engine.train_one_epoch(engine.TrainStep(model), model, loader, opt, 1, TrainConfig.from_args(args), "cpu")
     n = len(loader)
     assert n > 4                                 # a full accumulation cycle and a short last one
     assert seen == [[lr_at(1 + i / n, lr, mn, w, E)] * 2 for i in range(0, n, 4)]
@@ -483,7 +488,7 @@ def test_training_scripts_parse_with_dry_run(script):
 def test_non_finite_loss_stops_training(world, tiny_model, tmp_path):
     model, builder = tiny_model
     args = train.get_args(base_args(world, tmp_path, "--dataset", "nextqa", "--batch_size", 4, "--lr", 1e-3))
-    base = build_mcqa_dataset("nextqa", world / "data", "train", builder, 10, train=True)
+    base = build_mcqa_dataset("nextqa", world / "data", "train", builder, train=True)
     loader = torch.utils.data.DataLoader(MCQATrainDataset(base), batch_sampler=TaskBatchSampler(len(base), 4),
                                          collate_fn=TrainCollate())
     opt = torch.optim.AdamW(param_groups(model.trainable_parameters(), 0.1), lr=1e-3)
@@ -492,7 +497,7 @@ def test_non_finite_loss_stops_training(world, tiny_model, tmp_path):
         with torch.no_grad():
             model.visual_proj.weight.fill_(float("nan"))
         with pytest.raises(FloatingPointError, match="epoch 0 iteration 0"):
-            engine.train_one_epoch(engine.TrainStep(model), model, loader, opt, 0, args, "cpu")
+            engine.train_one_epoch(engine.TrainStep(model), model, loader, opt, 0, TrainConfig.from_args(args), "cpu")
     finally:
         with torch.no_grad():
             model.visual_proj.weight.copy_(saved)

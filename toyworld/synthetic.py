@@ -3,7 +3,7 @@ can be watched on a CPU in minutes with a tiny Llama.
 
     python -m toyworld.synthetic --out DIR [--seed 0] [--n_textvid 500] [--n_nextqa 150] [--n_egos 150]
 
-writes the layout a user would have (SPEC §1):
+writes the layout a user would have (docs/formats.md):
 
     DIR/pretrained/llama2/tokenizer.model          self-trained SentencePiece (Llama-2 style)
     DIR/pretrained/llama2/tiny/                    params.json + consolidated.00.pth (random, bf16)
@@ -26,7 +26,7 @@ The world
 * Videos: `count` copies of a subject in one of its places doing three of its actions in turn (three
   segments; the middle frame is in segment 1), and in one segment going toward a thing. A frame's
   content is {subject, count, action, place} (+ thing). Segments are long enough that the 10 frames
-  SPEC §2 samples always see all three.
+  that evaluation samples always see all three.
 * Text features (TextVid, memory): one row per entry of a frame's dict ("caption" names every concept
   of the frame; the optional "object", "action", "place" entries only theirs):
   `normalize(mu + s * sum_c d_c + small noise)`, `mu` a shared text mean (CLIP text features sit in
@@ -47,7 +47,7 @@ The world
   TP action before X, CW why (to reach which thing), CH how (by which action). Action questions
   always offer the subject's 5 actions (so naming the subject narrows nothing), the correct position
   is uniform: a model that ignores the video is at 20%. Option texts avoid "and", "all", "both",
-  "none" (SPEC §5 answer balance then shuffles every QA).
+  "none" (so --answer_balance shuffles every QA).
 
 Everything is drawn from one numpy generator per part, so a seed gives identical files.
 """

@@ -1,4 +1,4 @@
-"""Tiny stand-ins for what a user brings (SPEC §1.1): Meta-format Llama folders with random weights and
+"""Tiny stand-ins for what a user brings (docs/formats.md): Meta-format Llama folders with random weights and
 a self-trained Llama-2-style SentencePiece tokenizer. Tests, the benchmark and the synthetic world
 (`toyworld/synthetic.py`) build on these; nothing here is needed to run the real models.
 
@@ -15,27 +15,13 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
+from llama.checkpoint import shard_dim
 from llama.model import ModelArgs
-
-# model-parallel split dim of each tensor kind (SPEC §1.1); None = replicated in every shard
-_SPLIT = {"tok_embeddings.weight": 1, "output.weight": 0,
-          "attention.wq.weight": 0, "attention.wk.weight": 0, "attention.wv.weight": 0,
-          "attention.wo.weight": 1, "feed_forward.w1.weight": 0, "feed_forward.w3.weight": 0,
-          "feed_forward.w2.weight": 1, "attention_norm.weight": None, "ffn_norm.weight": None,
-          "norm.weight": None, "rope.freqs": None}
-
-
-def split_dim(key: str) -> Optional[int]:
-    for suffix, d in _SPLIT.items():
-        if key == suffix or key.endswith("." + suffix):
-            return d
-    raise KeyError(f"'{key}' is not a Meta Llama tensor name")
-
 
 def write_meta_checkpoint(folder, params: dict, state: Dict[str, torch.Tensor], n_shards: int = 1,
                           dtype: Optional[torch.dtype] = torch.bfloat16) -> Path:
     """Write Meta's on-disk layout: `params.json` + `consolidated.00.pth .. NN.pth`, each shard a
-    model-parallel slice (split dims per SPEC §1.1, norms replicated), tensors cast to `dtype`
+    model-parallel slice (split dims as Meta's, norms replicated), tensors cast to `dtype`
     (bf16 like Meta's; None keeps them as given). Every slice is a fresh contiguous tensor, so a
     shard file holds only its own slice."""
     folder = Path(folder)
@@ -47,7 +33,7 @@ def write_meta_checkpoint(folder, params: dict, state: Dict[str, torch.Tensor], 
         t = t.detach().cpu()
         if dtype is not None:
             t = t.to(dtype)
-        d = split_dim(key)
+        d = shard_dim(key)
         if d is None or n_shards == 1:
             for s in shards:
                 s[key] = t.clone()
@@ -101,7 +87,7 @@ def random_llama_state(args: ModelArgs, seed: int = 0, std: float = 0.02,
 
 # ---- tokenizer ----
 
-KEYWORDS = ("Answer", "Question", "Description")  # must be single tokens after a newline (SPEC §4)
+KEYWORDS = ("Answer", "Question", "Description")  # must be single tokens after a newline (docs/prompts.md)
 
 
 def _prompt_texts():
@@ -169,7 +155,7 @@ def make_tiny_llama(folder, tokenizer_path, dim: int = 64, n_layers: int = 2, n_
                     norm_eps: float = 1e-5, std: float = 0.02,
                     dtype: Optional[torch.dtype] = torch.bfloat16) -> Path:
     """Write `<folder>/<name>/{params.json, consolidated.NN.pth}` with random weights sized for the
-    tokenizer, and copy the tokenizer to `<folder>/tokenizer.model` (SPEC §1.1 layout, e.g.
+    tokenizer, and copy the tokenizer to `<folder>/tokenizer.model` (Meta's layout, e.g.
     `pretrained/llama2/tiny/...` + `pretrained/llama2/tokenizer.model`). Returns the model folder.
 
     llama2_style: params.json says `vocab_size: -1` and the shards carry Meta's `rope.freqs`;

@@ -1,4 +1,4 @@
-"""Learning rate (SPEC §5): linear warmup, then a half-cycle cosine from `lr` to `min_lr` at `epochs`,
+"""Learning rate: linear warmup, then a half-cycle cosine from `lr` to `min_lr` at `epochs`,
 evaluated at a fractional epoch `e = it / len(loader) + epoch`, and the optimizer parameter groups."""
 import math
 from typing import Iterable, List, Tuple
@@ -22,7 +22,7 @@ def lr_at(e: float, lr: float, min_lr: float, warmup_epochs: float, epochs: floa
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float):
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr
 
 
 def param_groups(named_params: Iterable[Tuple[str, torch.nn.Parameter]], weight_decay: float) -> List[dict]:

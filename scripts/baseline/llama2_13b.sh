@@ -5,7 +5,7 @@
 #   star    blr 2e-2, warmup 2 epochs
 #   tvqa    blr 2e-2, warmup 2 epochs
 # DATASET=nextqa (default), star or tvqa picks the dataset and its recipe. The original recipe has no flipped
-# losses; FLIPPED="--vaq --qav" adds them (SPEC §5). Validation accuracy after every epoch picks
+# losses; FLIPPED="--vaq --qav" adds them (docs/training.md). Validation accuracy after every epoch picks
 # checkpoint_best.pth.
 # Usage (from the repository root): [DATASET=star] bash scripts/baseline/llama2_13b.sh [extra train.py args]
 # Launcher: scripts/common.sh (NPROC processes, default 4 here; TORCHRUN=python for one plain process).

@@ -5,7 +5,7 @@
 #   star    blr 1e-2, warmup 1 epoch
 #   tvqa    blr 5e-3, warmup 1 epoch
 # DATASET=nextqa (default), star or tvqa picks the dataset and its recipe. The original recipe has no flipped
-# losses; FLIPPED="--vaq --qav" adds them (SPEC §5). Validation accuracy after every epoch picks
+# losses; FLIPPED="--vaq --qav" adds them (docs/training.md). Validation accuracy after every epoch picks
 # checkpoint_best.pth.
 # --finetune loads the checkpoint's TOPA weights only (fresh optimizer and schedule, epoch 0).
 # Usage (from the repository root): [DATASET=star] bash scripts/finetune/llama3_8b.sh [extra train.py args]

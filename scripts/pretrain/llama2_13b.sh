@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TOPA text-only pre-alignment on TextVid, Llama-2 13B: the published recipe (SPEC §5):
+# TOPA text-only pre-alignment on TextVid, Llama-2 13B: the published recipe (docs/training.md):
 # 20 epochs, warmup 1, blr 8e-3, wd 0.1, max_seq_len 150, bias 3.5, 4 GPUs x batch 4 x accum 8,
 # adapters on all 40 layers.
 # Usage (from the repository root): bash scripts/pretrain/llama2_13b.sh [extra train.py args]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TOPA text-only pre-alignment on TextVid, Llama-2 7B: the published recipe (SPEC §5):
+# TOPA text-only pre-alignment on TextVid, Llama-2 7B: the published recipe (docs/training.md):
 # 20 epochs, warmup 1, blr 5e-3, wd 0.1, max_seq_len 150, bias 3.5, 4 GPUs x batch 18 x accum 4.
 # Usage (from the repository root): bash scripts/pretrain/llama2_7b.sh [extra train.py args]
 # Launcher: scripts/common.sh (NPROC processes, default 4 here; TORCHRUN=python for one plain process).

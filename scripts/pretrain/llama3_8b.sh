@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TOPA text-only pre-alignment on TextVid, Llama-3 8B: the published recipe (SPEC §5):
+# TOPA text-only pre-alignment on TextVid, Llama-3 8B: the published recipe (docs/training.md):
 # 20 epochs, warmup 1, blr 5e-3, wd 0.1, max_seq_len 150, bias 3.5, 4 GPUs x batch 14 x accum 8.
 # RoPE theta is 10000 (scripts/common.sh), as the original code used, so runs reproduce the released
 # Llama-3 checkpoints; append `--rope_theta 500000` to use params.json's value instead.

@@ -1,0 +1,68 @@
+"""The benchmarks, as data: one `Benchmark` per name says how many options its questions have, how its
+prompts are worded, how to read a split, where its features are and which accuracy buckets a question
+counts in. `eval.py`, `train.py` and the scripts go through this table; adding a dataset in one of the
+published layouts is one entry (a reader returning `QARecord`s and a feature source)."""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from llama import prompts
+from llama.prompts import PromptBuilder, PromptStyle
+from util.errors import ConfigError
+
+from . import egoschema, nextqa, star, tvqa
+from .base import QARecord
+from .mcqa import MCQADataset, make_mcqa_dataset
+
+
+def _no_types(qtype: str) -> List[str]:
+    return []
+
+
+def _raw_type(qtype: str) -> List[str]:
+    return [qtype] if qtype else []
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str                                         # --dataset value
+    title: str                                        # for messages
+    n_options: int
+    style: PromptStyle
+    read: Callable[[str, str, bool], List[QARecord]]  # (root, split, sub) -> records
+    features: Callable[[str], object]                 # root -> feature source (dataloader.base)
+    type_groups: Callable[[str], List[str]] = _no_types  # qtype -> accuracy buckets besides "total"
+    subtitles: bool = False                           # accepts --sub / --truncate_dialogue
+
+
+BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
+    Benchmark("nextqa", "NExT-QA", nextqa.N_OPTIONS, prompts.DEFAULT,
+              lambda root, split, sub: nextqa.read_records(root, split), nextqa.features, nextqa.type_groups),
+    Benchmark("star", "STAR", star.N_OPTIONS, prompts.STAR,
+              lambda root, split, sub: star.read_records(root, split), star.features, _raw_type),
+    Benchmark("tvqa", "TVQA", tvqa.N_OPTIONS, prompts.TVQA, tvqa.read_records, tvqa.features,
+              subtitles=True),
+    Benchmark("egos", "EgoSchema", egoschema.N_OPTIONS, prompts.EGOSCHEMA,
+              lambda root, split, sub: egoschema.read_records(root, split), egoschema.features),
+]}
+ALIASES = {"egoschema": "egos", "next-qa": "nextqa", "next_qa": "nextqa"}
+
+
+def get(name: str) -> Benchmark:
+    key = ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in BENCHMARKS:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[key]
+
+
+def build_mcqa_dataset(name: str, root, split: str, builder: PromptBuilder, *, train: bool = False,
+                       skip_missing: bool = False, sub: bool = False,
+                       dialogue_max_len: Optional[int] = None) -> MCQADataset:
+    """The multiple-choice dataset of benchmark `name` and `split` under `root`, checked against its
+    features (see `make_mcqa_dataset`). `dialogue_max_len` (TVQA): cut dialogue tokens to fit."""
+    b = get(name)
+    if (sub or dialogue_max_len is not None) and not b.subtitles:
+        raise ConfigError(f"{b.title} has no subtitles (--sub and --truncate_dialogue are for TVQA)")
+    records = b.read(root, split, sub)
+    return make_mcqa_dataset(records, b.features(root), builder, b.style, train=train,
+                             skip_missing=skip_missing, what=f"{b.title} {split}",
+                             dialogue_max_len=dialogue_max_len)

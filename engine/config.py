@@ -1,0 +1,295 @@
+"""Flags -> typed configs, built once. The flags keep the original scripts' names and meanings; every
+check of their values lives in the configs' `__post_init__`, so a config that exists is a valid one.
+
+    parser = eval_parser() / train_parser()      # argparse, original flag names
+    cfg = EvalConfig.from_args(parser.parse_args())
+    cfg = TrainConfig.from_args(...)
+
+Checkpoints store `flat_args(cfg)` (an argparse.Namespace with the flag names, as the original code
+wrote) and `asdict(cfg)` (plain nested dicts); both load with the safe loader.
+"""
+import argparse
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import List, Optional
+
+from dataloader import benchmarks
+from llama.build import DTYPES, ModelConfig
+from util.errors import ConfigError
+from util.schedule import absolute_lr
+
+
+# ---------------------------------------------------------------- configs
+
+@dataclass
+class DataConfig:
+    dataset: str = "nextqa"
+    data_root: str = "./data"
+    sub: bool = False                 # TVQA: subtitles as a "Dialogue:" segment
+    truncate_dialogue: bool = False   # TVQA: cut dialogue tokens to fit max_seq_len (the published code's cut)
+    skip_missing: bool = False        # drop questions without features instead of failing
+    max_seq_len: int = 128            # training: reported when exceeded (never cut); eval: reported only
+    batch_size: int = 8
+    num_workers: int = 2
+    memory: bool = False              # project eval video features onto the text memory
+    memory_path: Optional[str] = None
+
+    def __post_init__(self):
+        for name, low in (("batch_size", 1), ("max_seq_len", 1), ("num_workers", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name} must be >= {low}, got {getattr(self, name)}")
+
+    @property
+    def memory_file(self) -> str:
+        return self.memory_path or os.path.join(self.data_root, "textvid", "memory.pkl")
+
+    def dialogue_max_len(self, dataset: str) -> Optional[int]:
+        """The length TVQA dialogue is cut to (--truncate_dialogue), None otherwise."""
+        return self.max_seq_len if self.truncate_dialogue and benchmarks.get(dataset).subtitles else None
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "./output"
+    device: str = "auto"              # auto, cpu, cuda
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    split: str = "val"
+    resume: Optional[str] = None      # the TOPA checkpoint to evaluate
+    scoring: str = "packed"           # packed: shared prefix once per question; full: every option whole
+
+    def __post_init__(self):
+        self.data.dataset = benchmarks.get(self.data.dataset).name
+        if self.scoring not in ("packed", "full"):
+            raise ConfigError(f"--scoring must be packed or full, not {self.scoring!r}")
+        if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
+            raise ConfigError(f"--sub is for TVQA, not {self.data.dataset}")
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "EvalConfig":
+        return cls(model=_model_config(a), data=_build(DataConfig, a), run=_build(RunConfig, a),
+                   split=a.split or ("test" if a.test else "val"), resume=a.resume, scoring=a.scoring)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 5
+    warmup_epochs: float = 1.0
+    blr: float = 1e-2                 # lr = blr * batch_size * accum_iter * world_size / 256 unless lr
+    lr: Optional[float] = None
+    min_lr: float = 0.0
+    weight_decay: float = 0.1
+    accum_iter: int = 1
+    clip_grad: Optional[float] = None
+    weight_captioning: float = 1.0    # weight of the vaq loss and of caption batches' loss
+
+    def __post_init__(self):
+        if self.accum_iter < 1:
+            raise ConfigError("--accum_iter must be >= 1")
+        if self.epochs < 1 or self.warmup_epochs < 0:
+            raise ConfigError(f"--epochs ({self.epochs}) must be >= 1 and --warmup_epochs ({self.warmup_epochs}) >= 0")
+
+    def absolute_lr(self, batch_size: int, world_size: int) -> float:
+        return self.lr if self.lr is not None else absolute_lr(self.blr, batch_size, self.accum_iter, world_size)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    textvid: bool = False             # pre-align on TextVid (data.dataset is then "textvid")
+    video_caption: bool = False
+    openvqa: bool = False
+    answer_balance: bool = False
+    variance: float = 0.0
+    vaq: bool = False
+    qav: bool = False
+    tau: float = 100.0
+    finetune: bool = False
+    resume: Optional[str] = None
+    start_epoch: int = 0
+    stop_after: Optional[int] = None
+    train_split: str = "train"
+    eval_datasets: List[str] = field(default_factory=list)
+    eval_split: str = "val"
+    eval_batch_size: Optional[int] = None
+    log_every: int = 50
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if self.data.dataset == "textvid":
+            self.textvid = True
+        if self.textvid:
+            self.data.dataset = "textvid"
+        else:
+            self.data.dataset = benchmarks.get(self.data.dataset).name
+            if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
+                raise ConfigError(f"--sub is for TVQA, not {self.data.dataset}")
+        if self.finetune and not self.resume:
+            raise ConfigError("--finetune needs --resume <TOPA checkpoint> (without a checkpoint it is the baseline)")
+        self.eval_datasets = [benchmarks.get(n).name for n in self.eval_datasets]
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ConfigError(f"--stop_after must be >= 1, got {self.stop_after}")
+
+    @property
+    def caption_prob(self) -> float:
+        """Probability that a TextVid iteration is a caption batch."""
+        return 0.5 if self.textvid and self.video_caption else 0.0
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "TrainConfig":
+        evals = a.eval_datasets
+        if evals is None:
+            evals = "" if (a.textvid or a.dataset == "textvid") else a.dataset
+        evals = [] if evals.lower() == "none" else [s.strip() for s in evals.split(",") if s.strip()]
+        own = {f.name for f in fields(cls)} - {"model", "data", "run", "optim", "eval_datasets", "tensorboard"}
+        return cls(model=_model_config(a), data=_build(DataConfig, a), run=_build(RunConfig, a),
+                   optim=_build(OptimConfig, a), eval_datasets=evals, tensorboard=not a.no_tensorboard,
+                   **{k: getattr(a, k) for k in own})
+
+
+def _build(cls, a: argparse.Namespace):
+    return cls(**{f.name: getattr(a, f.name) for f in fields(cls)})
+
+
+def _model_config(a: argparse.Namespace) -> ModelConfig:
+    kw = {f.name: getattr(a, f.name) for f in fields(ModelConfig) if f.name != "family"}
+    return ModelConfig(family="llama3" if a.llama3 else "llama2", **kw)
+
+
+def flat_args(cfg) -> argparse.Namespace:
+    """The config as one Namespace with the flag names (`--llama2`/`--llama3` as booleans), the `args`
+    that checkpoints carry (as the original code's did)."""
+    out = {}
+
+    def walk(obj):
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            if is_dataclass(v):
+                walk(v)
+            elif f.name == "family":
+                out["llama2"], out["llama3"] = v == "llama2", v == "llama3"
+            else:
+                out[f.name] = list(v) if isinstance(v, (list, tuple)) else v
+    walk(cfg)
+    return argparse.Namespace(**out)
+
+
+def config_dict(cfg) -> dict:
+    """The config as plain nested dicts (for checkpoints and result files)."""
+    return asdict(cfg)
+
+
+# ---------------------------------------------------------------- flags
+
+def add_model_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="7B", help="model folder under --llama_model_path (7B, 13B, 8B)")
+    g.add_argument("--llama_model_path", default="./pretrained/llama2/",
+                   help="folder holding <model>/ (shards + params.json) and tokenizer.model")
+    v = g.add_mutually_exclusive_group()
+    v.add_argument("--llama2", action="store_true", help="Llama-2 (SentencePiece tokenizer; default)")
+    v.add_argument("--llama3", action="store_true", help="Llama-3 (tiktoken tokenizer)")
+    g.add_argument("--rope_theta", type=float, default=None,
+                   help="override params.json's rope_theta (released Llama-3 TOPA checkpoints expect 10000)")
+    g.add_argument("--max_seq_len", type=int, default=128,
+                   help="training: longest expected sequence (longer ones are kept whole and counted); "
+                        "eval: reported only (prompts are never cut)")
+    g.add_argument("--max_feats", type=int, default=10, help="T: video frames fed to the LLM")
+    g.add_argument("--adapter_len", type=int, default=50,
+                   help="adapter prompt rows per adapted layer (50 in every published script and checkpoint)")
+    g.add_argument("--adapter_layer", type=int, default=None, help="adapted layers, the last ones (default: all)")
+    g.add_argument("--bias", type=float, default=3.0, help="gate2 init is -bias")
+    g.add_argument("--tau", type=float, default=100.0, help="temperature of the qav frame loss")
+    g.add_argument("--precision", choices=sorted(DTYPES), default=None,
+                   help="backbone compute dtype (default: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    return p
+
+
+def add_data_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="nextqa",
+                   help=f"{', '.join(benchmarks.BENCHMARKS)} (eval/finetune); textvid (train)")
+    g.add_argument("--data_root", default="./data", help="root holding nextqa/, star/, tvqa/, egos/, textvid/")
+    g.add_argument("--memory", action="store_true", help="project eval video features onto the text memory")
+    g.add_argument("--memory_path", default=None, help="memory.pkl (default <data_root>/textvid/memory.pkl)")
+    g.add_argument("--sub", action="store_true", help="TVQA: add the clip's subtitles (\"Dialogue:\" segment)")
+    g.add_argument("--truncate_dialogue", action="store_true",
+                   help="TVQA: cut subtitle tokens so that each prompt fits --max_seq_len, as the published code "
+                        "did (question, options and answer stay whole; the number of cut prompts is reported). "
+                        "Default: prompts are never cut")
+    g.add_argument("--skip_missing", action="store_true",
+                   help="drop questions whose video has no features (reported), instead of failing")
+    g.add_argument("--batch_size", type=int, default=8, help="questions per batch per process")
+    g.add_argument("--num_workers", type=int, default=2)
+    g.add_argument("--output_dir", default="./output")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dry_run", action="store_true", help="parse the arguments, print them and exit")
+    return p
+
+
+def eval_parser(description: str = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    add_model_args(p)
+    add_data_args(p)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--split", default=None, help="val (default) or test; --test is short for --split test")
+    g.add_argument("--test", action="store_true", help="evaluate the test split (EgoSchema: writes a submission)")
+    g.add_argument("--resume", default=None, help="TOPA checkpoint to evaluate")
+    g.add_argument("--scoring", choices=["packed", "full"], default="packed",
+                   help="packed: run each question's shared prefix once (fast); full: each option whole")
+    return p
+
+
+def train_parser(description: str = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    add_model_args(p)
+    add_data_args(p)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warmup length in epochs")
+    g.add_argument("--blr", type=float, default=1e-2,
+                   help="base lr: lr = blr * batch_size * accum_iter * world_size / 256")
+    g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    g.add_argument("--min_lr", type=float, default=0.0, help="end of the cosine schedule")
+    g.add_argument("--weight_decay", type=float, default=0.1, help="on trainable params with ndim >= 2")
+    g.add_argument("--accum_iter", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--clip_grad", type=float, default=None, help="max gradient norm (default: no clipping)")
+    g.add_argument("--weight_captioning", type=float, default=1.0,
+                   help="weight of the vaq loss and of caption batches' loss")
+    g.add_argument("--textvid", action="store_true", help="pre-align on TextVid (<data_root>/textvid)")
+    g.add_argument("--video_caption", action="store_true",
+                   help="TextVid: each iteration is a caption batch with probability 0.5")
+    g.add_argument("--openvqa", action="store_true",
+                   help="TextVid caption batches: an item holds its open-ended QA with probability 0.5")
+    g.add_argument("--answer_balance", action="store_true", help="TextVid: shuffle the options")
+    g.add_argument("--variance", type=float, default=0.0, help="TextVid: Gaussian noise variance on frames")
+    g.add_argument("--vaq", action="store_true", help="add the question-from-answer loss (flipped VQA)")
+    g.add_argument("--qav", action="store_true", help="add the video-from-question-and-answer loss")
+    g.add_argument("--finetune", action="store_true",
+                   help="with --resume: load the checkpoint's weights only (fresh optimizer, epoch 0)")
+    g.add_argument("--resume", default=None,
+                   help="checkpoint to continue from (exactly: optimizer, schedule, epoch, RNG, data order), "
+                        "or with --finetune to start from")
+    g.add_argument("--start_epoch", type=int, default=0, help="first epoch (set by --resume)")
+    g.add_argument("--stop_after", type=int, default=None,
+                   help="leave after this many epochs of this run (e.g. a time-limited job); the lr schedule "
+                        "still spans --epochs: continue with --resume <output_dir>/checkpoint_last.pth")
+    g.add_argument("--train_split", default="train")
+    g.add_argument("--eval_datasets", default=None,
+                   help="comma list evaluated zero-shot after every epoch (with --memory if given); "
+                        "default: --dataset for finetuning, none for --textvid; 'none' disables")
+    g.add_argument("--eval_split", default="val")
+    g.add_argument("--eval_batch_size", type=int, default=None, help="default: --batch_size")
+    g.add_argument("--log_every", type=int, default=50, help="log.jsonl line every N iterations (0: off)")
+    g.add_argument("--no_tensorboard", action="store_true")
+    return p

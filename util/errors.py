@@ -1,0 +1,45 @@
+"""The project's one error type for bad input, and the entry points' way of reporting it.
+
+`InputError` (and its subclasses) means: something a user brought or asked for is wrong — a missing or
+malformed file, row, tensor or flag. Its message names the file (and row / question id / key). The
+entry points print it as one line on stderr and exit 1. Every other exception is a bug in this project
+and keeps its traceback. `TOPA_TRACEBACK=1` shows the traceback of input errors too.
+"""
+import os
+import pickle
+import sys
+
+
+class InputError(Exception):
+    """Bad input a user can fix; the message names the file and, where there is one, the row or id."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """A file or folder the run needs does not exist."""
+
+
+class DataError(InputError, ValueError):
+    """Malformed annotations or features."""
+
+
+class CheckpointError(InputError, ValueError):
+    """A model, tokenizer or TOPA checkpoint that does not fit the run."""
+
+
+class UnsafePickleError(InputError, pickle.UnpicklingError):
+    """A pickle that would need more than tensors, plain containers and argparse.Namespace."""
+
+
+class ConfigError(InputError, ValueError):
+    """Flags that contradict each other or the data."""
+
+
+def run_cli(main, args, prog: str):
+    """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1."""
+    try:
+        return main(args)
+    except InputError as e:
+        if os.environ.get("TOPA_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
