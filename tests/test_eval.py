@@ -130,7 +130,7 @@ def test_eval_outputs_and_torchrun_equality(world2):
     assert np.abs(np.array([r["scores"] for r in one]) - np.array([r["scores"] for r in two])).max() <= 1e-5
 
 
-def test_eval_memory_and_checkpoint_matter(world2):
+def test_eval_memory_and_checkpoint_matter(world2, tmp_path):
     """The flags reach the model: without --memory or with another checkpoint the scores move."""
     base = read_preds(world2 / "results/one/predictions_nextqa_val.jsonl") if \
         (world2 / "results/one/predictions_nextqa_val.jsonl").exists() else None
@@ -142,6 +142,16 @@ def test_eval_memory_and_checkpoint_matter(world2):
     assert p.returncode == 0, p.stderr[-3000:]
     nomem = read_preds(world2 / "results/nomem/predictions_nextqa_val.jsonl")
     assert np.abs(np.array([r["scores"] for r in base]) - np.array([r["scores"] for r in nomem])).max() > 1e-4
+    # another checkpoint: the same file with visual_proj negated and every gate1 shifted by 1
+    ck = torch.load(world2 / "vqa_checkpoint/topa.pth", weights_only=False)
+    ck["model"] = {k: -v if k == "visual_proj.weight" else v + 1.0 if k.endswith(".gate1") else v
+                   for k, v in ck["model"].items()}
+    torch.save(ck, tmp_path / "other.pth")
+    p = run_eval(world2, eval_cmd("--output_dir", "results/other") + ["--resume", str(tmp_path / "other.pth")])
+    assert p.returncode == 0, p.stderr[-3000:]
+    other = read_preds(world2 / "results/other/predictions_nextqa_val.jsonl")
+    assert [r["qid"] for r in other] == [r["qid"] for r in base]
+    assert np.abs(np.array([r["scores"] for r in base]) - np.array([r["scores"] for r in other])).max() > 1e-4
 
 
 def test_egoschema_llama3(world3):
