@@ -132,9 +132,7 @@ def test_nextqa_every_val_prompt_keeps_its_scored_span(nextqa_root, builder, tok
         n = max(len(s) for s in it.seqs)
         longest = max(longest, n)
         over += n > 128
-    print(f"\nNExT-QA val: {over} of {len(ds)} questions have a prompt longer than 128 tokens "
-          f"(longest {longest})")
-    assert isinstance(over, int) and over < 4996
+    assert (over, longest) == (1, 130)  # what the README states for Llama-2 (5907839036_3)
 
 
 def test_nextqa_missing_features_error_and_skip(tmp_path, builder):
