@@ -1,12 +1,20 @@
 from setuptools import find_packages, setup
 
+VIDEO = ["transformers>=4.40", "av>=15,<19", "pillow>=9.1"]
+
 setup(
     name="topa",
     version="0.1.0",
     description="TOPA: text-only pre-alignment of Llama-2/3 for zero-shot video question answering",
     python_requires=">=3.10",
     packages=find_packages(include=["llama", "llama.*", "dataloader", "dataloader.*", "engine", "engine.*",
-                                    "util", "util.*", "toyworld", "toyworld.*"]),
+                                    "util", "util.*", "toyworld", "toyworld.*", "video", "video.*"]),
     install_requires=["torch>=2.4", "sentencepiece", "tiktoken", "numpy", "tqdm", "srt"],
-    extras_require={"test": ["pytest"], "tensorboard": ["tensorboard"]},
+    extras_require={
+        # extract_features.py: CLIP (transformers), decoding (PyAV wheels bundle FFmpeg; av 19 needs
+        # Python >= 3.12, so the cap keeps a wheel for every supported Python), images (pillow)
+        "video": VIDEO,
+        "test": ["pytest"] + VIDEO,
+        "tensorboard": ["tensorboard"],
+    },
 )

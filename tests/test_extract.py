@@ -5,28 +5,24 @@ interrupted run, --skip_bad, 2 torchrun processes == 1, TextVid features and mem
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-pytest.importorskip("av")
-pytest.importorskip("transformers")
-import av  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import extract_features  # noqa: E402
-import video.extract  # noqa: E402
-from dataloader.base import DictFeatures, NpyDirFeatures  # noqa: E402
-from llama.checkpoint import load_memory, load_pickled_tensor, safe_load  # noqa: E402
-from video.clip import ClipEncoder, preprocess  # noqa: E402
-from video.frames import FixedRate, Segments, Strided  # noqa: E402
-from video.synthetic import save_random_clip, write_frame_folder, write_video  # noqa: E402
+import extract_features
+import video.extract
+from dataloader.base import DictFeatures, NpyDirFeatures
+from llama.checkpoint import load_memory, load_pickled_tensor, safe_load
+from video.clip import ClipEncoder, preprocess
+from video.frames import FixedRate, Segments
+from video.synthetic import save_random_clip, write_frame_folder, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 NTSC = Fraction(30000, 1001)

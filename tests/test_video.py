@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-pytest.importorskip("av")
-pytest.importorskip("transformers")
-from PIL import Image  # noqa: E402
-
-from video import frames as fr  # noqa: E402
-from video.clip import MEAN, STD, ClipEncoder, pixels, preprocess  # noqa: E402
-from video.frames import FixedRate, Segments, Strided, VideoError  # noqa: E402
-from video.synthetic import read_code, save_random_clip, write_frame_folder, write_video  # noqa: E402
+from video import frames as fr
+from video.clip import MEAN, STD, ClipEncoder, pixels, preprocess
+from video.frames import FixedRate, Segments, Strided, VideoError
+from video.synthetic import read_code, save_random_clip, write_frame_folder, write_video
 
 NTSC = Fraction(30000, 1001)
 

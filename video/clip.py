@@ -61,25 +61,26 @@ def _embedding(out) -> torch.Tensor:
 
 class ClipEncoder:
     """CLIP image/text encoder on one device. `name`: a local folder in Hugging Face format (config,
-    weights, tokenizer files) or a hub name."""
+    weights, tokenizer files) or a hub name; `model`: an already built CLIPModel (then `name` is only
+    where the tokenizer is looked for)."""
 
-    def __init__(self, name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32):
+    def __init__(self, name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32, model=None):
         import transformers
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         self.name, self.device, self.dtype = str(name), torch.device(device), dtype
-        try:
-            model = CLIPModel.from_pretrained(self.name)
-        except OSError as e:
-            raise FileNotFoundError(f"--clip_model {self.name}: cannot load a CLIP model: {e}") from None
+        if model is None:
+            try:
+                model = CLIPModel.from_pretrained(self.name)
+            except OSError as e:
+                raise FileNotFoundError(f"--clip_model {self.name}: cannot load a CLIP model: {e}") from None
         dim = model.config.projection_dim
         if dim != FEATURE_DIM:
             raise ValueError(f"--clip_model {self.name}: projection_dim is {dim}; the feature files hold "
                              f"{FEATURE_DIM}-d CLIP ViT-L/14 embeddings")
         self.model = model.to(self.device, dtype).eval()
         self._tokenizer = None
-        self._auto_tokenizer = AutoTokenizer
 
     @torch.inference_mode()
     def images(self, frames: torch.Tensor) -> torch.Tensor:
@@ -90,8 +91,9 @@ class ClipEncoder:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
+            from transformers import AutoTokenizer
             try:
-                self._tokenizer = self._auto_tokenizer.from_pretrained(self.name)
+                self._tokenizer = AutoTokenizer.from_pretrained(self.name)
             except OSError as e:
                 raise FileNotFoundError(f"--clip_model {self.name}: no CLIP tokenizer: {e}") from None
         return self._tokenizer

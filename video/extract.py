@@ -115,7 +115,8 @@ def run_task(task: Task, args, procs: Procs) -> int:
     if len(set(all_keys)) != len(all_keys):
         raise ValueError(f"{task.name}: the job list repeats a feature key")
     if task.key_order is not None:
-        assert sorted(task.key_order) == sorted(all_keys), "key_order must list every key once"
+        if sorted(task.key_order) != sorted(all_keys):
+            raise ValueError(f"{task.name}: key_order does not list every key of the jobs once")
         all_keys = list(task.key_order)
     done = task.output.done_keys(all_keys) & set(all_keys)
     procs.barrier()
@@ -156,18 +157,22 @@ def _finish(task: Task, args, all_keys, failures, pending, left, reports) -> int
     order = {k: i for i, k in enumerate(all_keys)}
     failures.sort(key=lambda f: order.get(f["key"], len(order)))
     if left:
-        print(f"{task.name}: stopped after --max_videos; {left} {task.unit_word} left. Partial results are "
-              f"kept: run the same command again to continue. {rate}")
+        print(f"{task.name}: stopped after --max_videos; {left} {task.unit_word} left, {len(failures)} failed "
+              f"so far (tried again next time). Partial results are kept: run the same command again to "
+              f"continue. {rate}")
         return 0
     write_failures(task.failures_path, failures)
     if not failures and not pending and task.output.complete():
         print(f"{task.name}: nothing to do, all {len(all_keys)} keys are in {task.output.describe()}")
         return 0
     if failures and not args.skip_bad:
+        out = task.output
+        kept = (f"{out.describe()} was not (re)written, finished keys wait in {out.parts}"
+                if isinstance(out, DictOutput) else f"finished keys have their files in {out.folder}")
         print(f"{task.name}: {len(failures)} of {len(all_keys)} keys failed, listed in {task.failures_path} "
-              f"(e.g. {failures[0]['key']}: {failures[0]['reason']}). Nothing final was written; finished "
-              f"keys are kept. Fix the videos and rerun (only the failed ones are redone), or pass "
-              f"--skip_bad to write the file without them.", file=sys.stderr)
+              f"(e.g. {failures[0]['key']}: {failures[0]['reason']}); {kept}. Fix the videos and rerun "
+              f"(only the failed ones are redone), or pass --skip_bad to accept the output without them.",
+              file=sys.stderr)
         return 1
     summary = {"n_failed": len(failures), "failures": task.failures_path if failures else None,
                "written": time.strftime("%Y-%m-%d %H:%M:%S")}

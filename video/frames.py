@@ -127,7 +127,7 @@ class Strided:
 
 
 Rule = Union[FixedRate, Segments, Strided]
-Transform = Callable[["PIL.Image.Image"], np.ndarray]  # noqa: F821
+Transform = Callable[[object], np.ndarray]  # a PIL image -> what is kept of the frame
 Outcome = Union[Tuple[List[int], np.ndarray], VideoError]  # (positions, frames [rows, ...]) or why not
 
 

@@ -58,6 +58,8 @@ class VideoIndex:
             raise OSError(f"{folder}: cannot list: {e}") from None
         has_images = has_videos = False
         for e in entries:
+            if e.name.startswith("."):   # hidden files (e.g. macOS "._clip.mp4") are not videos
+                continue
             if e.is_dir():
                 self._walk(e.path)
                 continue
