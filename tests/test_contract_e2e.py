@@ -408,7 +408,7 @@ def test_uneven_sharding_equals_one_process(world, tvqa_sub_run, nproc):
     in order, with the single process's predictions and scores."""
     _, one = tvqa_sub_run
     out = f"out/tvqa_sub_{nproc}"
-    p = run_eval(world["root"], out, "--dataset", "tvqa", "--sub", nproc=nproc, max_seq_len=150)
+    run_eval(world["root"], out, "--dataset", "tvqa", "--sub", nproc=nproc, max_seq_len=150)
     many = read_predictions(world["root"] / out, "tvqa")
     assert len(many) == N_TVQA and len({r["qid"] for r in many}) == N_TVQA
     assert [r["qid"] for r in many] == [r["qid"] for r in one]
