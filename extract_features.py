@@ -9,7 +9,6 @@ Needs the optional install: pip install -e ".[video]".
 """
 import argparse
 import os
-import pickle
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,15 +70,18 @@ def get_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done (or stopped by --max_videos); 1 some videos failed (listed) or the command
+    itself is wrong (one line on stderr says which)."""
+    from util.errors import InputError
+    from video.extract import main as run
     args = get_args(argv)
     try:
-        from video.extract import main as run
         return run(args)
-    except (FileNotFoundError, ValueError, KeyError, pickle.UnpicklingError) as e:
+    except InputError as e:
         if os.environ.get("TOPA_TRACEBACK"):
             raise
-        print(f"extract_features.py: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+        print(f"extract_features.py: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def nextqa_csv(path, videos):
 
 # ---- NExT-QA + EgoSchema layouts, then eval.py on them ----
 
-def test_nextqa_and_egoschema_features_feed_eval(tmp_path, clip_dir, encoder):
+def test_nextqa_and_egoschema_features_feed_eval(tmp_path, clip_dir, encoder, capsys):
     from toyworld.synthetic import build
     w = build(tmp_path / "w", seed=0, n_textvid=4, n_nextqa=6, n_nextqa_train=0, n_egos=2, dim=64)
     data = tmp_path / "w" / "data"
@@ -93,7 +93,8 @@ def test_nextqa_and_egoschema_features_feed_eval(tmp_path, clip_dir, encoder):
 
     common = ["--data_root", data, "--batch_size", "16"]
     # the toy world's features were not written by this tool: refused without --overwrite
-    assert extract(clip_dir, "--dataset", "nextqa", "--video_dir", tmp_path / "videos", *common) == 2
+    assert extract(clip_dir, "--dataset", "nextqa", "--video_dir", tmp_path / "videos", *common) == 1
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
     assert extract(clip_dir, "--dataset", "nextqa", "--video_dir", tmp_path / "videos", "--overwrite", *common,
                    workers=2) == 0
     assert extract(clip_dir, "--dataset", "egos", "--video_dir", tmp_path / "ego", "--overwrite", *common) == 0
@@ -292,7 +293,7 @@ def test_failures_resume_and_skip_bad(tmp_path, clip_dir, monkeypatch, capsys):
     assert json.loads(out.with_name(out.name + ".extract.json").read_text())["n_failed"] == 2
     # other settings are never mixed in
     capsys.readouterr()
-    assert extract(clip_dir, *argv, "--fps", 2) == 2
+    assert extract(clip_dir, *argv, "--fps", 2) == 1
     assert "--overwrite" in capsys.readouterr().err
     # all good now: the failures list goes away
     write_video(vids / "v6.mp4", 40, 25, (64, 48))
@@ -373,15 +374,15 @@ def test_textvid_features_and_memory(tmp_path, clip_dir, encoder):
     # same sentences again: already done; other sentences: refused without --overwrite
     assert extract(clip_dir, "--dataset", "memory", "--sentences", tmp_path / "captions.txt", "--data_root", data) == 0
     (tmp_path / "other.txt").write_text("something else\n")
-    assert extract(clip_dir, "--dataset", "memory", "--sentences", tmp_path / "other.txt", "--data_root", data) == 2
+    assert extract(clip_dir, "--dataset", "memory", "--sentences", tmp_path / "other.txt", "--data_root", data) == 1
 
 
 def test_cli_errors_are_one_line(tmp_path, clip_dir, capsys):
-    assert extract(clip_dir, "--dataset", "folder", "--video_dir", tmp_path) == 2
+    assert extract(clip_dir, "--dataset", "folder", "--video_dir", tmp_path) == 1
     assert "needs --output" in capsys.readouterr().err
-    assert extract(clip_dir, "--dataset", "nextqa", "--data_root", tmp_path, "--video_dir", tmp_path) == 2
+    assert extract(clip_dir, "--dataset", "nextqa", "--data_root", tmp_path, "--video_dir", tmp_path) == 1
     assert "no annotations" in capsys.readouterr().err
-    assert extract(clip_dir, "--dataset", "mvbench", "--mvbench_root", tmp_path, "--tasks", "nope") == 2
+    assert extract(clip_dir, "--dataset", "mvbench", "--mvbench_root", tmp_path, "--tasks", "nope") == 1
     assert "unknown MVBench task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         extract_features.get_args(["--dataset", "nextqa", "--num_frames", "8"])

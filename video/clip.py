@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from util.errors import CheckpointError
+
 SIZE = 224
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -74,10 +76,10 @@ class ClipEncoder:
             try:
                 model = CLIPModel.from_pretrained(self.name)
             except OSError as e:
-                raise FileNotFoundError(f"--clip_model {self.name}: cannot load a CLIP model: {e}") from None
+                raise CheckpointError(f"--clip_model {self.name}: cannot load a CLIP model: {e}") from None
         dim = model.config.projection_dim
         if dim != FEATURE_DIM:
-            raise ValueError(f"--clip_model {self.name}: projection_dim is {dim}; the feature files hold "
+            raise CheckpointError(f"--clip_model {self.name}: projection_dim is {dim}; the feature files hold "
                              f"{FEATURE_DIM}-d CLIP ViT-L/14 embeddings")
         self.model = model.to(self.device, dtype).eval()
         self._tokenizer = None
@@ -95,7 +97,7 @@ class ClipEncoder:
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.name)
             except OSError as e:
-                raise FileNotFoundError(f"--clip_model {self.name}: no CLIP tokenizer: {e}") from None
+                raise CheckpointError(f"--clip_model {self.name}: no CLIP tokenizer: {e}") from None
         return self._tokenizer
 
     @torch.inference_mode()

@@ -22,6 +22,8 @@ from typing import Callable, List, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from util.errors import ConfigError, MissingFileError
+
 from . import sources
 from .clip import FEATURE_DIM, ClipEncoder, encode_in_batches, preprocess
 from .frames import FixedRate, Segments, Strided, VideoError, as_fraction, read_frames
@@ -113,10 +115,10 @@ def run_task(task: Task, args, procs: Procs) -> int:
     procs.barrier()
     all_keys = [k for u in task.units for k in u.keys]
     if len(set(all_keys)) != len(all_keys):
-        raise ValueError(f"{task.name}: the job list repeats a feature key")
+        raise AssertionError(f"{task.name}: the job list repeats a feature key")
     if task.key_order is not None:
         if sorted(task.key_order) != sorted(all_keys):
-            raise ValueError(f"{task.name}: key_order does not list every key of the jobs once")
+            raise AssertionError(f"{task.name}: key_order does not list every key of the jobs once")
         all_keys = list(task.key_order)
     done = task.output.done_keys(all_keys) & set(all_keys)
     procs.barrier()
@@ -309,7 +311,7 @@ def plan(args, procs: Procs) -> Task:
                    else os.path.join(root, ds, "clipvitl14.pth"))
     elif ds == "mvbench":
         if not args.mvbench_root:
-            raise ValueError("--dataset mvbench needs --mvbench_root (the folder holding json/ and video/)")
+            raise ConfigError("--dataset mvbench needs --mvbench_root (the folder holding json/ and video/)")
         jobs, key_order = sources.mvbench_jobs(args.mvbench_root, args.tasks)
         settings = _settings(args, ds, "MVBench 10 segments; frame folders at 3 fps", prec)
         default = os.path.join(root, "mvbench", "clipvitl14.pth")
@@ -320,12 +322,12 @@ def plan(args, procs: Procs) -> Task:
         if os.path.isfile(ann):
             keys = sources.caption_keys(ds, ann)
         elif args.annotations:
-            raise FileNotFoundError(f"--annotations {ann}: no such file")
+            raise MissingFileError(f"--annotations {ann}: no such file")
         elif resolver.index is not None:
             keys = resolver.index.names()
             note = f"note: {ann} not found: extracting every video under {args.video_dir}"
         else:
-            raise FileNotFoundError(f"{ds}: annotations {ann} not found (--annotations names them)")
+            raise MissingFileError(f"{ds}: annotations {ann} not found (--annotations names them)")
         jobs = sources.jobs_for_keys(keys, resolver, Strided(10), folder_fps)
         settings = _settings(args, ds, "10 frames at i*(n//10)" + frames_note, prec)
         default = os.path.join(root, sub, "clipvitl14.pth")
@@ -340,11 +342,11 @@ def plan(args, procs: Procs) -> Task:
         jobs = sources.jobs_for_keys(keys, resolver, rule, folder_fps)
         settings = _settings(args, ds, how + frames_note, prec)
         if not args.output:
-            raise ValueError("--dataset folder needs --output (a .pth file for one dict, or a folder for "
+            raise ConfigError("--dataset folder needs --output (a .pth file for one dict, or a folder for "
                              "one <name>.npy per video)")
         default = args.output
     else:
-        raise ValueError(f"--dataset {ds}: extraction knows {', '.join(VIDEO_DATASETS + TEXT_DATASETS)}")
+        raise ConfigError(f"--dataset {ds}: extraction knows {', '.join(VIDEO_DATASETS + TEXT_DATASETS)}")
     out = _dict_or_dir(args.output or default, settings, args.save_every)
     return Task(ds, jobs, out, process_videos, note=note, key_order=key_order)
 

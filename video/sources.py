@@ -11,12 +11,14 @@ MVBench (its 20 tasks, the official `json/<task>.json` files and `video/<folder>
 captioning sets (MSR-VTT test, VATEX val) are read here; see `MVBENCH_TASKS`.
 """
 import csv
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from dataloader.base import load_json
+from util.errors import ConfigError, DataError, MissingFileError
 
 from .frames import IMAGE_EXTS, VIDEO_EXTS, Rule, Segments
 
@@ -47,7 +49,7 @@ class VideoIndex:
     def __init__(self, root: str):
         self.root = str(root)
         if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"--video_dir {self.root}: no such folder")
+            raise MissingFileError(f"--video_dir {self.root}: no such folder")
         self.by_name: Dict[str, List[str]] = defaultdict(list)
         self._walk(self.root)
 
@@ -91,20 +93,18 @@ def read_video_map(path: str, video_dir: Optional[str]) -> Dict[str, str]:
     """{key: path} from JSON ({key: path}) or csv (key,path rows; a header row is allowed). Relative
     paths are taken under `video_dir`; a path without extension gets the first that exists."""
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            try:
-                raw = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--video_map {path}: not valid JSON: {e}") from None
+        raw = load_json(path)
         if not isinstance(raw, dict):
-            raise ValueError(f"--video_map {path}: expected a JSON object key -> video path")
+            raise DataError(f"--video_map {path}: expected a JSON object key -> video path")
         pairs = [(str(k), str(v)) for k, v in raw.items()]
     else:
-        with open(path, newline="", encoding="utf-8") as f:
+        if not os.path.isfile(path):
+            raise MissingFileError(f"--video_map {path}: no such file")
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r]
         bad = [i for i, r in enumerate(rows, 1) if len(r) != 2]
         if bad:
-            raise ValueError(f"--video_map {path}:{bad[0]}: expected two columns key,path")
+            raise DataError(f"--video_map {path}:{bad[0]}: expected two columns key,path")
         pairs = [(k.strip(), v.strip()) for k, v in rows]
         if pairs and pairs[0][0] in ("key", "video", "video_id", "vid", "uid"):
             pairs = pairs[1:]
@@ -124,7 +124,7 @@ class Resolver:
         self.map = read_video_map(video_map, video_dir) if video_map else {}
         self.index = VideoIndex(video_dir) if video_dir else None
         if self.index is None and not self.map:
-            raise ValueError("give --video_dir (and/or --video_map) to say where the videos are")
+            raise ConfigError("give --video_dir (and/or --video_map) to say where the videos are")
 
     def find(self, key: str) -> Tuple[Optional[str], Optional[str]]:
         if key in self.map:
@@ -169,7 +169,7 @@ def annotation_keys(dataset: str, data_root: str, splits: Optional[Sequence[str]
         found.append(split)
         keys += [r.vid for r in records]
     if not found:
-        raise FileNotFoundError(f"{dataset}: no annotations for any of the splits {', '.join(SPLITS[dataset])} "
+        raise MissingFileError(f"{dataset}: no annotations for any of the splits {', '.join(SPLITS[dataset])} "
                                 f"under --data_root {data_root} (see docs/extraction.md for the layout)")
     return keys
 
@@ -224,7 +224,7 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List
         for t in tasks:
             stem = t if t in by_stem else names.get(t.lower())
             if stem is None:
-                raise ValueError(f"--tasks: unknown MVBench task {t!r} (one of {', '.join(by_stem)})")
+                raise ConfigError(f"--tasks: unknown MVBench task {t!r} (one of {', '.join(by_stem)})")
             chosen.append(stem)
     jobs: Dict[str, Job] = {}
     order: List[Job] = []
@@ -233,17 +233,13 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List
         name, folder, is_frames, bounded = by_stem[stem]
         path = os.path.join(root, "json", f"{stem}.json")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"MVBench {name}: annotations not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                items = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON: {e}") from None
+            raise MissingFileError(f"MVBench {name}: annotations not found: {path}")
+        items = load_json(path)
         if not isinstance(items, list):
-            raise ValueError(f"{path}: expected a JSON list of questions")
+            raise DataError(f"{path}: expected a JSON list of questions")
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("video"), str):
-                raise ValueError(f"{path}[{i}]: expected an object with a 'video' name")
+                raise DataError(f"{path}[{i}]: expected an object with a 'video' name")
             key = f"{stem}/{i}"
             keys.append(key)
             vpath = os.path.join(root, "video", folder, item["video"])
@@ -273,21 +269,17 @@ CAPTION_FILES = {"msrvtt": ("msrvtt", "test_videodatainfo.json"), "vatex": ("vat
 
 def caption_keys(dataset: str, path: str) -> List[str]:
     """MSR-VTT: `videos[].video_id`; VATEX: `[].videoID`; in file order."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    raw = load_json(path)
     if dataset == "msrvtt":
         videos = raw.get("videos") if isinstance(raw, dict) else None
         field_name = "video_id"
     else:
         videos, field_name = raw, "videoID"
     if not isinstance(videos, list):
-        raise ValueError(f"{path}: expected {'an object with a videos list' if dataset == 'msrvtt' else 'a list'}")
+        raise DataError(f"{path}: expected {'an object with a videos list' if dataset == 'msrvtt' else 'a list'}")
     keys = []
     for i, v in enumerate(videos):
         if not isinstance(v, dict) or field_name not in v:
-            raise ValueError(f"{path}: entry {i} has no '{field_name}'")
+            raise DataError(f"{path}: entry {i} has no '{field_name}'")
         keys.append(str(v[field_name]))
     return keys

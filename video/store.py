@@ -27,10 +27,12 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 import torch
 
+from dataloader.base import load_json
 from llama.checkpoint import safe_load, save_atomic
+from util.errors import ConfigError
 
 
-class SettingsMismatch(ValueError):
+class SettingsMismatch(ConfigError):
     """Existing results were made with other settings."""
 
 
@@ -65,13 +67,8 @@ def write_text_atomic(text: str, path) -> None:
 
 
 def _read_json(path) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    """A settings record, or None where there is none."""
+    return load_json(path) if os.path.isfile(path) else None
 
 
 def _check(found: Optional[dict], settings: dict, where) -> None:

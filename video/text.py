@@ -9,14 +9,15 @@
     the file's order. Done in chunks of CHUNK sentences, each saved as it is done, so it resumes too.
 """
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 
+from dataloader.base import load_json
 from llama.checkpoint import safe_load
+from util.errors import ConfigError, DataError, MissingFileError
 
 from .clip import FEATURE_DIM
 from .store import DictOutput, FileDirOutput, save_readable
@@ -35,18 +36,14 @@ class TextUnit:
 def read_tideos(path: str) -> List[TextUnit]:
     """One unit per tideo of a TextVid json; a malformed tideo is a unit with a problem."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"TextVid annotations not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+        raise MissingFileError(f"TextVid annotations not found: {path}")
+    raw = load_json(path)
     if not isinstance(raw, list):
-        raise ValueError(f"{path}: expected a list of tideos")
+        raise DataError(f"{path}: expected a list of tideos")
     units = []
     for pos, t in enumerate(raw):
         if not isinstance(t, dict) or "idx" not in t:
-            raise ValueError(f"{path}: entry {pos} is not a tideo with an 'idx'")
+            raise DataError(f"{path}: entry {pos} is not a tideo with an 'idx'")
         idx = str(t["idx"])
         texts, problem = [], None
         frames = t.get("frames")
@@ -68,15 +65,11 @@ def read_tideos(path: str) -> List[TextUnit]:
 
 def read_sentences(path: str) -> List[str]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--sentences {path}: no such file")
+        raise MissingFileError(f"--sentences {path}: no such file")
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            try:
-                raw = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        raw = load_json(path)
         if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-            raise ValueError(f"{path}: expected a JSON list of strings")
+            raise DataError(f"{path}: expected a JSON list of strings")
         return raw
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
@@ -105,7 +98,7 @@ class TensorOutput(DictOutput):
             have.update(safe_load(p, mmap=True))
         missing = [k for k in keys if k not in have]
         if missing:
-            raise ValueError(f"{self.parts}: chunks {missing[:3]} are missing; rerun to compute them")
+            raise DataError(f"{self.parts}: chunks {missing[:3]} are missing; rerun to compute them")
         mem = torch.cat([have[k] for k in keys]) if keys else torch.zeros(0, FEATURE_DIM, dtype=torch.float16)
         save_readable(mem, self.path)
         self._write_record(summary, n_keys=int(mem.shape[0]))
@@ -141,7 +134,7 @@ def plan(args, procs, settings: dict):
         out = FileDirOutput(args.output or os.path.join(root, "textvid", "features"), settings, suffix=".pkl")
         return Task("textvid", units, out, process_texts, unit_word="tideos", item_word="sentences")
     if not args.sentences:
-        raise ValueError("--dataset memory needs --sentences (a .txt file, one sentence a line, or a .json list)")
+        raise ConfigError("--dataset memory needs --sentences (a .txt file, one sentence a line, or a .json list)")
     sentences = read_sentences(args.sentences)
     digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()[:16]
     settings = dict(settings, sentences=f"{len(sentences)} sentences, sha256 {digest}")
