@@ -70,18 +70,11 @@ def get_args(argv=None):
 
 
 def main(argv=None) -> int:
-    """Exit status: 0 done (or stopped by --max_videos); 1 some videos failed (listed) or the command
-    itself is wrong (one line on stderr says which)."""
-    from util.errors import InputError
+    """Exit status: 0 done (or stopped by --max_videos); 1 some videos failed (they are listed), or the
+    command itself is wrong (one line on stderr, and SystemExit(1) from run_cli)."""
+    from util.errors import run_cli
     from video.extract import main as run
-    args = get_args(argv)
-    try:
-        return run(args)
-    except InputError as e:
-        if os.environ.get("TOPA_TRACEBACK"):
-            raise
-        print(f"extract_features.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(run, get_args(argv), "extract_features.py")
 
 
 if __name__ == "__main__":

@@ -38,9 +38,13 @@ def encoder(clip_dir):
     return ClipEncoder(str(clip_dir), "cpu", torch.float32)
 
 
-def extract(clip_dir, *argv, workers=0):
-    return extract_features.main(["--clip_model", str(clip_dir), "--device", "cpu", "--num_workers", str(workers),
-                                  "--batch_size", "16", "--quiet", *map(str, argv)])
+def extract(clip_dir, *argv, workers=0) -> int:
+    """extract_features.py in this process -> its exit status."""
+    try:
+        return extract_features.main(["--clip_model", str(clip_dir), "--device", "cpu", "--num_workers", str(workers),
+                                      "--batch_size", "16", "--quiet", *map(str, argv)])
+    except SystemExit as e:   # a bad command: one line on stderr, status 1
+        return e.code
 
 
 def all_frames(path):

@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -49,13 +49,14 @@ def save_readable(obj, path) -> None:
     _readable(path)
 
 
-def write_text_atomic(text: str, path) -> None:
+def _write_atomic(path, write: Callable, mode: str = "wb") -> None:
+    """write(file) into a temporary file beside `path`, fsync, then rename: `path` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         _readable(tmp)
@@ -64,6 +65,10 @@ def write_text_atomic(text: str, path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(text: str, path) -> None:
+    _write_atomic(path, lambda f: f.write(text), "w")
 
 
 def _read_json(path) -> Optional[dict]:
@@ -219,19 +224,7 @@ class FileDirOutput:
         if self.suffix == ".pkl":
             save_readable(feats, self.file(key))
             return
-        path = self.file(key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, feats.numpy())
-                f.flush()
-                os.fsync(f.fileno())
-            _readable(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        _write_atomic(self.file(key), lambda f: np.save(f, feats.numpy()))
 
     def flush(self) -> None:
         pass
