@@ -3,9 +3,10 @@ embedding, and the memory projection. Everything else is `llama/model.py`.
 
 `is_trainable(name)` is the one predicate that decides which parameters train *and* which are saved.
 
-Attention in an adapted layer (see docs/ for the exact rule): main logits `q k^T / sqrt(hd)` plus the
-per-head `gate2` where a text query after the video slot looks at a video key; softmax over the
-sequence; plus `tanh(gate1) * softmax(q ka^T / sqrt(hd)) va` over the adapter rows alone.
+Attention in an adapted layer: main logits `q k^T / sqrt(hd)` plus the per-head `gate2` where a text
+query after the video slot looks at a video key; softmax over the sequence; plus
+`tanh(gate1) * softmax(q ka^T / sqrt(hd)) va` over the adapter rows alone (ka, va = wk, wv of the
+layer's adapter prompt rows, no RoPE).
 
 How the fused ("sdpa") path takes the gate2 bias. The fused kernels accept a mask shared by all heads
 but no per-head learned bias that they can differentiate (a float [B, H, L, Lk] mask would have to be
@@ -21,14 +22,20 @@ mask at all, which lets flash kernels run). The gradient reaches g2 through q. q
 to a multiple of 8 channels (hd + 2 -> hd + 8 for hd = 128); v is padded too because flash kernels
 want one head dim, and the padded output channels are dropped.
 
-Precision: k_extra = 1 is exact in every dtype. q_extra must be stored in the compute dtype: one bf16
-channel would carry g2 with a relative error up to 2^-9 (0.007 on g2 = -3.5), so the value is split in
-two, hi = bf16(x) and lo = bf16(x - hi), which carries ~16 mantissa bits (error < 1e-4 on |g2| < 8) and
-is exact in fp32 (lo = 0). The kernels accumulate q.k in fp32. The split costs nothing: the padding
-to 8 channels is there anyway. Memory: two [B, H, L, 8]-sized pads per layer, against a float bias of
-[B, H, L, Lk] per layer.
+Precision: k_extra = 1 is exact in every dtype; q.k is accumulated in fp32 by the kernels. q_extra
+must be stored in the compute dtype, and x = g2 * sqrt(hd) (about 40 for g2 = -3.5, hd = 128) in one
+bf16 channel is off by up to 2^-8 relative (0.022 on g2 in [-8, 8], measured). So x is split in two,
+hi = bf16(x) and lo = bf16(x - hi), which carries ~16 significant bits: 4.4e-5 on g2 in [-8, 8] in
+bf16, 1e-6 in fp16, and in fp32 (lo = 0) only the fp32 rounding of g2 * sqrt(hd) / sqrt(hd), 5e-7.
+The split costs nothing, the channels are padded to a multiple of 8 anyway. Memory: q, k, v carry
+e instead of hd channels (+6% at hd = 128), against a float bias of [B, H, L, Lk] kept for backward
+in every layer.
 
 The eager path keeps the reference math: fp32 logits, `+ g2 * [text query, video key]`, fp32 softmax.
+
+With mask=None (plain causal, e.g. training rows, which are single right-padded sequences) the fused
+path calls the kernels with `is_causal`: padding queries then see real keys, which changes nothing
+that is scored (real tokens never see the padding after them).
 
 Incremental decoding (`TOPA.prefill`, `TOPA.decode`): rows are left-padded so that every row appends
 at the same cache index; positions start at 0 at each row's first real token; padding keys are

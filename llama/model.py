@@ -262,7 +262,7 @@ class Transformer(nn.Module):
         return TransformerBlock(self.args)
 
     def set_attn_impl(self, impl: str) -> "Transformer":
-        """"sdpa" (fused kernels, the default) or "eager" (the reference math) for every layer of this model."""
+        """Attention kernel of every layer of this model: "sdpa" (fused, the default) or "eager" (the reference)."""
         if impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, not {impl!r}")
         self.attn_impl = impl
