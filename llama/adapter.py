@@ -2,10 +2,51 @@
 the temporal embedding, and the memory projection. Everything else is `llama/model.py`.
 
 `is_trainable(name)` is the one predicate that decides which parameters train *and* which are saved.
+
+Attention in an adapted layer: main logits `q k^T / sqrt(hd)` plus the per-head `gate2` where a text
+query after the video slot looks at a video key; softmax over the sequence; plus
+`tanh(gate1) * softmax(q ka^T / sqrt(hd)) va` over the adapter rows alone (ka, va = wk, wv of the
+layer's adapter prompt rows, no RoPE).
+
+How the fused ("sdpa") path takes the gate2 bias. The fused kernels accept a mask shared by all heads
+but no per-head learned bias that they can differentiate (a float [B, H, L, Lk] mask would have to be
+built, kept for backward in every layer, and it rules out the flash kernels). The bias is rank one per
+head, `g2[h] * text[query] * video[key]`, so it rides on two extra channels of q and k:
+
+    k_extra = (1, 1) at video keys, (0, 0) elsewhere
+    q_extra = (hi, lo) with hi + lo = g2[h] / scale at text queries after the video, (0, 0) elsewhere
+
+and `scale = 1/sqrt(hd)` is passed explicitly, so q_extra . k_extra * scale = g2[h] where the bias
+applies and 0 elsewhere; the mask stays head-independent (packed-scoring masks, or `is_causal` with no
+mask at all, which lets flash kernels run). The gradient reaches g2 through q. q, k, v are zero-padded
+to a multiple of 8 channels (hd + 2 -> hd + 8 for hd = 128); v is padded too because flash kernels
+want one head dim, and the padded output channels are dropped.
+
+Precision: k_extra = 1 is exact in every dtype; q.k is accumulated in fp32 by the kernels. q_extra
+must be stored in the compute dtype, and x = g2 * sqrt(hd) (about 40 for g2 = -3.5, hd = 128) in one
+bf16 channel is off by up to 2^-8 relative (0.022 on g2 in [-8, 8], measured). So x is split in two,
+hi = bf16(x) and lo = bf16(x - hi), which carries ~16 significant bits: 4.4e-5 on g2 in [-8, 8] in
+bf16, 1e-6 in fp16, and in fp32 (lo = 0) only the fp32 rounding of g2 * sqrt(hd) / sqrt(hd), 5e-7.
+The split costs nothing, the channels are padded to a multiple of 8 anyway. Memory: q, k, v carry
+e instead of hd channels (+6% at hd = 128), against a float bias of [B, H, L, Lk] kept for backward
+in every layer.
+
+The eager path keeps the reference math: fp32 logits, `+ g2 * [text query, video key]`, fp32 softmax.
+
+With mask=None (plain causal, e.g. training rows, which are single right-padded sequences) the fused
+path calls the kernels with `is_causal`: padding queries then see real keys, which changes nothing
+that is scored (real tokens never see the padding after them).
+
+Incremental decoding (`TOPA.prefill`, `TOPA.decode`): rows are left-padded so that every row appends
+at the same cache index; positions start at 0 at each row's first real token; padding keys are
+masked out (a padding query sees itself only, so every value stays finite). Every layer caches its
+K/V as attended (with the sdpa path, including the bias channels), and its adapter prompt's K/V once.
+Decoded tokens are text after the video: they get the gate2 bias towards the cached video keys.
 """
+import math
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +54,7 @@ from torch import nn
 
 from util.errors import CheckpointError
 
-from .model import Attention, ModelArgs, Transformer, TransformerBlock
+from .model import Attention, LayerCache, ModelArgs, Transformer, TransformerBlock, repeat_kv
 
 
 @dataclass
@@ -44,6 +85,20 @@ def is_trainable(name: str) -> bool:
     return TRAINABLE.match(name) is not None
 
 
+def bias_channels(q, k, v, gate2, text, video, head_dim: int):
+    """The gate2 bias as extra channels (module docstring). q [B, H, L, hd], k, v [B, Hkv, L, hd];
+    gate2 [1, H, 1, 1] fp32; text [B, L] (queries that get the bias), video [B, L] (keys that give it)
+    -> q, k, v with e = hd + 2 rounded up to a multiple of 8 channels."""
+    pad = -(-(head_dim + 2) // 8) * 8 - head_dim - 2
+    x = gate2 * math.sqrt(head_dim) * text[:, None, :, None]                       # [B, H, L, 1] fp32
+    hi = x.to(q.dtype)
+    lo = (x - hi.float()).to(q.dtype)
+    q = F.pad(torch.cat([q, hi, lo], -1), (0, pad))                                # [B, H, L, e]
+    kx = video[:, None, :, None].to(k.dtype).expand(-1, k.shape[1], -1, 2)         # [B, Hkv, L, 2]
+    k = F.pad(torch.cat([k, kx], -1), (0, pad))                                    # [B, Hkv, L, e]
+    return q, k, F.pad(v, (0, pad + 2))                                            # v [B, Hkv, L, e]
+
+
 class AdapterAttention(Attention):
     """Attention with a gated adapter prompt (gate1) and a learned bias from text to video (gate2)."""
 
@@ -52,30 +107,71 @@ class AdapterAttention(Attention):
         self.gate1 = nn.Parameter(torch.zeros(1, args.n_heads, 1, 1))
         self.gate2 = nn.Parameter(torch.full((1, args.n_heads, 1, 1), -float(args.bias)))
 
-    def forward(self, x, cos, sin, mask, prompt=None, text_to_video=None):
-        """prompt [A, D] (fp32 adapter rows, no RoPE); text_to_video bool [B, 1, L, Lk]: where gate2 is added."""
-        q, k, v = self.qkv(x, cos, sin)
-        s = self.scores(q, k, mask)  # [B, H, L, Lk] fp32
-        if text_to_video is not None:
-            s = s + self.gate2 * text_to_video
-        out = F.softmax(s, dim=-1).type_as(v) @ v  # [B, H, L, hd]
+    def forward(self, x, cos, sin, mask, prompt=None, video=None, cache: Optional[LayerCache] = None):
+        """prompt [A, D] (fp32 adapter rows, no RoPE); video = (text [B, L], video [B, Lk]) bool: gate2 is
+        added where a `text` query meets a `video` key (Lk covers every key attended, cached ones too;
+        this call's own keys are the last L)."""
+        q, k, v = self.project(x, cos, sin)
+        q0, hd, bias = q, self.head_dim, None
+        if video is not None:
+            text, vid = video
+            if self.impl == "eager":
+                bias = self.gate2 * (text[:, None, :, None] & vid[:, None, None, :])  # [B, H, L, Lk] fp32
+            else:
+                q, k, v = bias_channels(q, k, v, self.gate2, text, vid[:, -k.shape[2]:], hd)
+        if cache is not None:
+            k, v = cache.update(k, v, mask)
+        out = self.attend(q, k, v, mask, bias)[..., :hd]  # [B, H, L, hd]
         if prompt is not None:
-            A, rep = prompt.shape[0], self.n_heads // self.n_kv_heads
-            p = prompt.to(x.dtype)
-            ka = self.wk(p).view(1, A, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, A, hd]
-            va = self.wv(p).view(1, A, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, A, hd]
-            ka, va = ka.repeat_interleave(rep, 1), va.repeat_interleave(rep, 1)        # [1, H, A, hd]
+            out = out + self.prompt_attention(q0, prompt, cache)
+        return self.merge_heads(out)
+
+    def prompt_kv(self, prompt, dtype):
+        """Adapter rows [A, D] -> ka, va [1, Hkv, A, hd] (no RoPE)."""
+        A, p = prompt.shape[0], prompt.to(dtype)
+        ka = self.wk(p).view(1, A, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, A, hd]
+        va = self.wv(p).view(1, A, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, A, hd]
+        return ka, va
+
+    def prompt_attention(self, q, prompt, cache=None):
+        """tanh(gate1) * softmax(q ka^T / sqrt(hd)) va over the adapter rows only: q [B, H, L, hd] -> same."""
+        kv = cache.prompt_kv if cache is not None else None
+        if kv is None:
+            kv = self.prompt_kv(prompt, q.dtype)
+            if cache is not None:
+                cache.prompt_kv = kv
+        ka, va = kv
+        rep = self.n_heads // self.n_kv_heads
+        if self.impl == "eager":
+            ka, va = repeat_kv(ka, rep), repeat_kv(va, rep)                             # [1, H, A, hd]
             sa = (q @ ka.transpose(-1, -2)).float() / (self.head_dim ** 0.5)           # [B, H, L, A]
             pa = torch.tanh(self.gate1) * F.softmax(sa, dim=-1)
-            out = out + pa.type_as(va) @ va
-        return self.merge_heads(out)
+            return pa.type_as(va) @ va
+        B = q.shape[0]
+        oa = F.scaled_dot_product_attention(q, ka.expand(B, -1, -1, -1), va.expand(B, -1, -1, -1),
+                                            scale=1.0 / math.sqrt(self.head_dim), enable_gqa=rep > 1)
+        return (torch.tanh(self.gate1) * oa).type_as(oa)
+
+
+@dataclass
+class KVCache:
+    """Decoding state of a batch of left-padded rows (see the module docstring)."""
+    layers: List[LayerCache]
+    key_mask: torch.Tensor             # [B, capacity] bool: a real token (not padding)
+    key_video: Optional[torch.Tensor]  # [B, capacity] bool: a video key (None: no gate2 bias)
+    text_from: Optional[torch.Tensor]  # [B, 1]: positions from here on are text after the video
+    impl: str                          # the attention kernel that wrote it
+
+    @property
+    def n(self) -> int:
+        return self.layers[0].n
 
 
 class TOPA(Transformer):
     """Frozen Llama + adapters on the last `adapter_layer` layers + video input at a `V×T` slot."""
 
-    def __init__(self, args: TOPAArgs):
-        super().__init__(args)
+    def __init__(self, args: TOPAArgs, attn_impl: str = "sdpa"):
+        super().__init__(args, attn_impl)
         self.first_adapted = args.n_layers - args.adapter_layer
         self.adapter_query = nn.Embedding(args.adapter_len * args.adapter_layer, args.dim)
         self.visual_proj = nn.Linear(args.clip_dim, args.dim, bias=False)
@@ -111,30 +207,82 @@ class TOPA(Transformer):
             h = h.scatter(1, idx.expand(-1, -1, h.shape[-1]), x.to(h.dtype))
         return h
 
-    def hidden(self, tokens, positions, mask, video=None, video_start=None, gate2=True):
-        """Final normed hidden states [B, L, D].
+    @staticmethod
+    def video_flags(positions, video_start, T: int):
+        """Where gate2 acts, by position: (text [B, L] = queries after the slot, video [B, L] = slot keys).
+        video_start [B] is the slot's index in the row; its position is read from `positions`."""
+        s = positions.gather(1, video_start[:, None])  # [B, 1]
+        return positions >= s + T, (positions >= s) & (positions < s + T)
 
-        tokens, positions [B, L]; mask bool [B, 1, L, L] (True = may attend); video [B, T, clip_dim]
-        placed at positions video_start[b] .. +T-1 of row b; gate2=False for sequences with no text
-        after the video (qav)."""
-        T = self.args.max_feats
-        t2v = None
-        if video is not None and gate2:
-            s = video_start[:, None]                                    # [B, 1]
-            key_video = (positions >= s) & (positions < s + T)         # [B, Lk]
-            query_text = positions >= s + T                            # [B, L]
-            t2v = (query_text[:, None, :, None] & key_video[:, None, None, :]) & mask  # [B, 1, L, Lk]
+    def run_adapted(self, h, positions, mask, flags=None, cache: Optional[KVCache] = None):
+        """run_layers with each adapted layer's prompt rows, the gate2 flags and the cache."""
         prompts = self.adapter_query.weight.view(self.args.adapter_layer, self.args.adapter_len, -1)
 
         def layer_kwargs(i):
-            if i < self.first_adapted:
-                return {}
-            return {"prompt": prompts[i - self.first_adapted], "text_to_video": t2v}
+            kw = {} if cache is None else {"cache": cache.layers[i]}
+            if i >= self.first_adapted:
+                kw.update(prompt=prompts[i - self.first_adapted], video=flags)
+            return kw
 
-        return self.run_layers(self.embed(tokens, video, video_start), positions, mask, layer_kwargs)
+        return self.run_layers(h, positions, mask, layer_kwargs)
+
+    def hidden(self, tokens, positions, mask, video=None, video_start=None, gate2=True):
+        """Final normed hidden states [B, L, D].
+
+        tokens, positions [B, L]; mask bool [B, 1, L, L] (True = may attend) or None = causal in token
+        order; video [B, T, clip_dim] placed at indices video_start[b] .. +T-1 of row b; gate2=False for
+        sequences with no text after the video (qav)."""
+        flags = None
+        if video is not None and gate2:
+            flags = self.video_flags(positions, video_start, video.shape[1])
+        return self.run_adapted(self.embed(tokens, video, video_start), positions, mask, flags)
 
     def logits(self, h):
         return self.output(h).float()
+
+    # ---- incremental decoding ----
+
+    @torch.no_grad()
+    def prefill(self, tokens, positions, key_mask, video=None, video_start=None, gate2=True,
+                capacity: Optional[int] = None):
+        """Run left-padded prompts once, keeping every layer's keys/values for `decode`.
+
+        tokens, positions [B, L] (each row's prompt right-aligned, positions counting from 0 at its first
+        real token); key_mask [B, L] bool, True at real tokens; video [B, T, clip_dim] at indices
+        video_start[b] .. +T-1; capacity: positions the cache holds (prompt + tokens to decode; default L).
+        Returns (logits at index L-1 [B, vocab] fp32, cache)."""
+        B, L = tokens.shape
+        cap = capacity or L
+        ar = torch.arange(L, device=tokens.device)
+        mask = (ar[:, None] >= ar) & (key_mask[:, None, :] | (ar[:, None] == ar))  # [B, L, L]: padding sees itself
+        real = key_mask.new_zeros(B, cap)
+        real[:, :L] = key_mask
+        flags = key_video = text_from = None
+        if video is not None and gate2:
+            text, vid = self.video_flags(positions, video_start, video.shape[1])
+            flags = (text, vid & key_mask)
+            key_video = key_mask.new_zeros(B, cap)
+            key_video[:, :L] = flags[1]
+            text_from = positions.gather(1, video_start[:, None]) + video.shape[1]
+        cache = KVCache([LayerCache(cap) for _ in self.layers], real, key_video, text_from, self.attn_impl)
+        h = self.run_adapted(self.embed(tokens, video, video_start), positions, mask[:, None], flags, cache)
+        return self.logits(h[:, -1]), cache
+
+    @torch.no_grad()
+    def decode(self, tokens, positions, cache: KVCache):
+        """One more token per row: tokens, positions [B] -> logits [B, vocab] fp32 (appends to `cache`)."""
+        if cache.impl != self.attn_impl:
+            raise ValueError(f"cache was written by attn_impl={cache.impl!r}, the model now runs {self.attn_impl!r}")
+        n = cache.n
+        if n >= cache.key_mask.shape[1]:
+            raise ValueError(f"KV cache is full ({n} positions); pass a larger capacity to prefill")
+        cache.key_mask[:, n] = True
+        mask = cache.key_mask[:, None, None, :n + 1]  # [B, 1, 1, n+1]
+        flags = None
+        if cache.key_video is not None:  # a decoded token is text after the video, never a video key
+            flags = (positions[:, None] >= cache.text_from, cache.key_video[:, :n + 1])
+        h = self.run_adapted(self.tok_embeddings(tokens[:, None]), positions[:, None], mask, flags, cache)
+        return self.logits(h[:, 0])
 
 
 def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float = 100.0,
@@ -160,13 +308,13 @@ def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float 
 
 def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float32,
                 device="cpu", trainable: Optional[dict] = None, source: str = "backbone",
-                trainable_source: str = "TOPA checkpoint") -> TOPA:
+                trainable_source: str = "TOPA checkpoint", attn_impl: str = "sdpa") -> TOPA:
     """Build a TOPA model without ever allocating random backbone weights.
 
     backbone: Meta's state dict (merged); trainable: a TOPA checkpoint's `model` dict, or None for a fresh
-    init. Missing or extra keys and wrong shapes are errors naming the key."""
+    init (gate1 = 0, gate2 = -bias). Missing or extra keys and wrong shapes are errors naming the key."""
     with torch.device("meta"):
-        model = TOPA(args)
+        model = TOPA(args, attn_impl)
     expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
     check_state(backbone, expected, source)
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in backbone.items()},

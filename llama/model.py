@@ -2,8 +2,14 @@
 
 Knows nothing about video: TOPA's additions live in `llama/adapter.py`. Differences from Meta's
 inference code: positions are explicit per token (so packed sequences and per-row offsets work), the
-attention mask is explicit (bool, True = may attend), and nothing global is touched (no default
-tensor type, no `.cuda()`); build on the `meta` device and load weights with `assign=True`.
+attention mask is explicit (bool, True = may attend; None = causal in token order), and nothing global
+is touched (no default tensor type, no `.cuda()`); build on the `meta` device and load weights with
+`assign=True`.
+
+Attention runs `torch.nn.functional.scaled_dot_product_attention` ("sdpa", the default) or the
+explicit fp32-softmax math ("eager", the reference the fused path is tested against); the choice is
+an attribute of each model (`Transformer.set_attn_impl`), never global. GQA never repeats K/V in the
+fused path. A `LayerCache` per layer holds keys/values for incremental decoding.
 """
 import json
 import math
@@ -114,39 +120,105 @@ def causal_mask(positions: torch.Tensor) -> torch.Tensor:
     return m.expand(positions.shape[0], 1, L, L)
 
 
+# ---- attention kernels: `eager` (the reference math) and `sdpa` (fused) ----
+
+ATTN_IMPLS = ("sdpa", "eager")
+
+
+def sdpa(q, k, v, mask, scale: float) -> torch.Tensor:
+    """Fused attention. q [B, H, Lq, e]; k, v [B, Hkv, Lk, e] (GQA: not repeated); mask bool
+    [B|1, 1, Lq, Lk] (True = may attend) or None = causal in token order (Lq == Lk) -> [B, H, Lq, e].
+
+    Causal calls pass `is_causal` and `enable_gqa`, which the flash kernels take. Masked calls fold the
+    query heads of each kv head into the query length instead, so kernels that take a mask but not
+    GQA (CUDA memory-efficient attention) still run and K/V are never repeated."""
+    rep = q.shape[1] // k.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=rep > 1)
+    if rep == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    B, H, L, e = q.shape
+    qg = q.reshape(B, H // rep, rep * L, e)                                   # [B, Hkv, rep*L, e]
+    mg = mask[:, :, None].expand(-1, -1, rep, -1, -1).flatten(2, 3)            # [B|1, 1, rep*L, Lk]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg, scale=scale)  # [B, Hkv, rep*L, e]
+    return out.view(B, H, L, e)
+
+
+class LayerCache:
+    """One layer's keys and values for a batch whose rows all append at the same index; the buffers
+    ([B, Hkv, capacity, e], the compute dtype) are allocated at the first write. `prompt_kv` holds
+    whatever per-call constant K/V the layer wants to keep (TOPA: its adapter prompt's)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.n = capacity, 0
+        self.k = self.v = self.prompt_kv = None
+
+    def update(self, k, v, mask):
+        """Append k, v [B, Hkv, L, e]; return every key and value so far [B, Hkv, n, e]. `mask` is the
+        call's attention mask: None (causal in token order) only fits a call on an empty cache."""
+        L = k.shape[2]
+        if mask is None and self.n:
+            raise ValueError("a call that continues a KV cache needs an explicit mask")
+        if self.n + L > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} positions; {self.n} used, {L} more asked")
+        if self.k is None:
+            self.k = k.new_zeros(*k.shape[:2], self.capacity, k.shape[3])
+            self.v = v.new_zeros(*v.shape[:2], self.capacity, v.shape[3])
+        self.k[:, :, self.n:self.n + L] = k
+        self.v[:, :, self.n:self.n + L] = v
+        self.n += L
+        return self.k[:, :, :self.n], self.v[:, :, :self.n]
+
+
 class Attention(nn.Module):
+    """Self-attention. `impl` picks the kernel: "sdpa" (fused, the default) or "eager" (explicit fp32
+    softmax, the reference); set it with `Transformer.set_attn_impl`."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.impl = "sdpa"
         self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
 
-    def qkv(self, x, cos, sin):
-        """x [B, L, D] -> q, k, v each [B, H, L, hd] (k, v repeated for GQA), RoPE on q and k."""
+    def project(self, x, cos, sin):
+        """x [B, L, D] -> q [B, H, L, hd], k, v [B, Hkv, L, hd], RoPE on q and k."""
         B, L, _ = x.shape
         q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)     # [B, H, L, hd]
         k = self.wk(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, hd]
         v = self.wv(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, hd]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        rep = self.n_heads // self.n_kv_heads
-        return q, repeat_kv(k, rep), repeat_kv(v, rep)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def scores(self, q, k, mask):
-        """Masked attention logits in fp32: [B, H, L, Lk]."""
+        """Masked attention logits in fp32: [B, H, L, Lk] (k already repeated; mask None = causal)."""
         s = (q @ k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
+        if mask is None:
+            mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
         return s.masked_fill(~mask, float("-inf"))
+
+    def attend(self, q, k, v, mask, bias=None):
+        """softmax(q k^T / sqrt(hd) [+ bias]) v: q [B, H, L, e], k, v [B, Hkv, Lk, e] -> [B, H, L, e].
+        `bias` (fp32 [B, H, L, Lk], added to the logits) is for the eager kernel only."""
+        if self.impl == "eager":
+            rep = self.n_heads // self.n_kv_heads
+            s = self.scores(q, repeat_kv(k, rep), mask)
+            if bias is not None:
+                s = s + bias
+            return F.softmax(s, dim=-1).type_as(v) @ repeat_kv(v, rep)
+        return sdpa(q, k, v, mask, 1.0 / math.sqrt(self.head_dim))
 
     def merge_heads(self, out):
         """[B, H, L, hd] -> wo([B, L, H*hd])."""
         B, H, L, hd = out.shape
         return self.wo(out.transpose(1, 2).reshape(B, L, H * hd))
 
-    def forward(self, x, cos, sin, mask):
-        q, k, v = self.qkv(x, cos, sin)
-        probs = F.softmax(self.scores(q, k, mask), dim=-1).type_as(v)
-        return self.merge_heads(probs @ v)
+    def forward(self, x, cos, sin, mask, cache: Optional[LayerCache] = None):
+        q, k, v = self.project(x, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, mask)
+        return self.merge_heads(self.attend(q, k, v, mask))
 
 
 class FeedForward(nn.Module):
@@ -174,7 +246,7 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, attn_impl: str = "sdpa"):
         super().__init__()
         if args.vocab_size <= 0:
             raise ValueError("ModelArgs.vocab_size must be set (params.json's -1 is resolved from the tokenizer)")
@@ -183,23 +255,33 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(self.make_block(i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.set_attn_impl(attn_impl)
 
     def make_block(self, layer_id: int) -> TransformerBlock:
         return TransformerBlock(self.args)
 
+    def set_attn_impl(self, impl: str) -> "Transformer":
+        """Attention kernel of every layer of this model: "sdpa" (fused, the default) or "eager" (the reference)."""
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, not {impl!r}")
+        self.attn_impl = impl
+        for layer in self.layers:
+            layer.attention.impl = impl
+        return self
+
     def run_layers(self, h, positions, mask, layer_kwargs=None):
         """h [B, L, D] input embeddings -> final normed hidden [B, L, D].
-        `layer_kwargs(i)` gives extra keyword arguments for layer i's attention."""
+        mask: bool [B, 1, L, Lk] (True = may attend) or None = causal in token order (the fused kernel
+        then runs its causal fast path; right padding may see real keys, which is harmless as long as
+        padding is never scored). `layer_kwargs(i)` gives extra keyword arguments for layer i's attention."""
         cos, sin = rope_angles(positions, self.args.head_dim, self.args.rope_theta)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, **(layer_kwargs(i) if layer_kwargs else {}))
         return self.norm(h)
 
     def forward(self, tokens, positions=None, mask=None):
-        """tokens [B, L] -> logits [B, L, vocab] (fp32)."""
+        """tokens [B, L] -> logits [B, L, vocab] (fp32). mask None = causal."""
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        if mask is None:
-            mask = causal_mask(positions)
         h = self.run_layers(self.tok_embeddings(tokens), positions, mask)
         return self.output(h).float()

@@ -1,0 +1,149 @@
+"""Greedy decoding with TOPA, as the generation-based benchmarks (MVBench, MSR-VTT, VATEX) do it.
+
+A prompt is a list of token ids with `VIDEO` at the T video positions (`[BOS] + enc(P1) + VIDEO×T +
+enc(P2)`: no separator after the video here). Every new token is the argmax of the next-token logits
+after the logits of `masked_ids` are set to -100, under the same attention as scoring (adapters, gate2
+bias from text to the video). Rows of a batch run together and finish independently: at EOS (which
+is not returned) or when `stop(ids)` says so (that token is returned).
+
+`use_cache=True` prefills the left-padded prompts once and then decodes one token at a time from a KV
+cache (`TOPA.prefill` / `TOPA.decode`); `use_cache=False` recomputes every unfinished row's whole
+sequence for each token through `TOPA.hidden` (right-padded, the scoring path): the reference.
+"""
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+
+from .adapter import TOPA
+from .prompts import VIDEO
+
+StopFn = Callable[[List[int]], bool]
+
+
+def video_slot(prompt: Sequence[int], T: Optional[int]) -> Optional[int]:
+    """Index of the prompt's VIDEO run (it must be exactly T contiguous ids), or None without a video."""
+    idx = [i for i, t in enumerate(prompt) if t == VIDEO]
+    if T is None:
+        if idx:
+            raise ValueError(f"prompt has {len(idx)} VIDEO ids but no video was given")
+        return None
+    if len(idx) != T or idx != list(range(idx[0], idx[0] + T)):
+        raise ValueError(f"prompt must hold exactly {T} contiguous VIDEO ids (the video has {T} frames); "
+                         f"it has {len(idx)} at {idx[:3]}{'...' if len(idx) > 3 else ''}")
+    return idx[0]
+
+
+@torch.no_grad()
+def greedy_generate(model: TOPA, prompts: Sequence[Sequence[int]], videos=None, *, max_new_tokens: int,
+                    eos_id: Union[int, Sequence[int], None] = None, masked_ids: Sequence[int] = (),
+                    stop: Union[StopFn, Sequence[Optional[StopFn]], None] = None, use_cache: bool = True,
+                    gate2: bool = True, return_logits: bool = False):
+    """Greedy continuation of every prompt; returns the generated ids per prompt (EOS left out).
+
+    videos: None, or one [T, clip_dim] feature tensor per prompt (a list or a [B, T, clip_dim] tensor),
+    already normalised / memory-projected. eos_id: one id or several. stop: a callable given a row's
+    generated ids after each new token (or a list of them, one per row); True ends that row.
+    return_logits: also return, per prompt, the [n, vocab] fp32 logits each generated id was picked
+    from (after masking)."""
+    B = len(prompts)
+    device = model.tok_embeddings.weight.device
+    video = None
+    if videos is not None:
+        video = (videos if torch.is_tensor(videos) else torch.stack(list(videos))).to(device)
+        if video.shape[0] != B:
+            raise ValueError(f"{B} prompts but {video.shape[0]} videos")
+    starts = [video_slot(p, None if video is None else video.shape[1]) for p in prompts]
+    eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    stops = list(stop) if isinstance(stop, (list, tuple)) else [stop] * B
+    if len(stops) != B:
+        raise ValueError(f"{B} prompts but {len(stops)} stop callbacks")
+    masked = torch.tensor(list(masked_ids), dtype=torch.long, device=device)
+    out: List[List[int]] = [[] for _ in range(B)]
+    picked: List[list] = [[] for _ in range(B)]
+    if max_new_tokens <= 0 or not B:
+        return (out, [torch.empty(0, model.args.vocab_size, device=device)] * B) if return_logits else out
+    done = [False] * B
+    run = (CachedRun if use_cache else FullRun)(model, prompts, video, starts, max_new_tokens, gate2)
+    logits = run.logits
+    for t in range(max_new_tokens):  # logits [B, vocab]; rows that are done are ignored
+        if len(masked):
+            logits[:, masked] = -100.0
+        ids = logits.argmax(-1).tolist()
+        for b in range(B):
+            if done[b]:
+                continue
+            if ids[b] in eos:
+                done[b] = True
+                continue
+            out[b].append(ids[b])
+            if return_logits:
+                picked[b].append(logits[b])
+            done[b] = bool(stops[b] and stops[b](list(out[b])))
+        if all(done) or t == max_new_tokens - 1:
+            break
+        logits = run.step(ids, done)
+    if return_logits:
+        vocab = model.args.vocab_size
+        return out, [torch.stack(p) if p else torch.empty(0, vocab, device=device) for p in picked]
+    return out
+
+
+class CachedRun:
+    """Prefill the left-padded prompts once (`logits`: next-token logits [B, vocab]), then `step(ids)`
+    decodes one token per row from the KV cache."""
+
+    def __init__(self, model: TOPA, prompts, video, starts, max_new_tokens: int, gate2: bool):
+        B, lens = len(prompts), [len(p) for p in prompts]
+        L, device = max(lens), model.tok_embeddings.weight.device
+        tokens = torch.zeros(B, L, dtype=torch.long)
+        positions = torch.zeros(B, L, dtype=torch.long)
+        key_mask = torch.zeros(B, L, dtype=torch.bool)
+        for b, p in enumerate(prompts):  # every row's last prompt token at index L-1
+            tokens[b, L - len(p):] = torch.tensor([0 if t == VIDEO else t for t in p])
+            positions[b, L - len(p):] = torch.arange(len(p))
+            key_mask[b, L - len(p):] = True
+        vstart = None if video is None else torch.tensor([L - n + s for n, s in zip(lens, starts)], device=device)
+        self.model, self.device = model, device
+        self.logits, self.cache = model.prefill(tokens.to(device), positions.to(device), key_mask.to(device),
+                                                video, vstart, gate2, capacity=L + max(max_new_tokens - 1, 0))
+        self.pos = torch.tensor(lens, device=device)  # position of the next token of each row
+
+    def step(self, ids: List[int], done: List[bool]) -> torch.Tensor:
+        """Feed every row its last id (finished rows too: they are ignored) -> logits [B, vocab]."""
+        logits = self.model.decode(torch.tensor(ids, device=self.device), self.pos, self.cache)
+        self.pos = self.pos + 1
+        return logits
+
+
+class FullRun:
+    """The reference: each step recomputes every unfinished row's whole sequence (prompt + ids so far),
+    right-padded, through `TOPA.hidden`."""
+
+    def __init__(self, model: TOPA, prompts, video, starts, max_new_tokens: int, gate2: bool):
+        self.model, self.video, self.starts, self.gate2 = model, video, starts, gate2
+        self.device = model.tok_embeddings.weight.device
+        self.seqs = [[0 if t == VIDEO else t for t in p] for p in prompts]
+        self.logits = self.run(list(range(len(prompts))))
+
+    def run(self, rows: List[int]) -> torch.Tensor:
+        lens = [len(self.seqs[b]) for b in rows]
+        L, dev = max(lens), self.device
+        tokens = torch.zeros(len(rows), L, dtype=torch.long)
+        for i, b in enumerate(rows):  # right padding: positions are indices; padding is never read
+            tokens[i, :lens[i]] = torch.tensor(self.seqs[b])
+        tokens = tokens.to(dev)
+        positions = torch.arange(L, device=dev).expand_as(tokens)
+        v = vs = None
+        if self.video is not None:
+            v, vs = self.video[rows], torch.tensor([self.starts[b] for b in rows], device=dev)
+        h = self.model.hidden(tokens, positions, None, v, vs, self.gate2)                 # [R, L, D]
+        last = h[torch.arange(len(rows), device=dev), torch.tensor(lens, device=dev) - 1]  # [R, D]
+        logits = torch.zeros(len(self.seqs), self.model.args.vocab_size, device=dev)
+        logits[torch.tensor(rows, device=dev)] = self.model.logits(last)
+        return logits
+
+    def step(self, ids: List[int], done: List[bool]) -> torch.Tensor:
+        rows = [b for b in range(len(self.seqs)) if not done[b]]
+        for b in rows:
+            self.seqs[b].append(ids[b])
+        return self.run(rows)
