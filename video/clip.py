@@ -92,6 +92,10 @@ class ClipEncoder:
 
     @property
     def tokenizer(self):
+        return self.load_tokenizer()
+
+    def load_tokenizer(self):
+        """CLIP's tokenizer from the model folder (loaded once)."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
             try:

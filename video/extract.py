@@ -38,8 +38,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 # ---- processes (torchrun) ----
 
 class Procs:
-    """This process's rank among `world` (torchrun sets RANK/WORLD_SIZE); coordination goes over gloo,
-    with a long timeout since fast processes wait at the end for slow ones."""
+    """This process's rank among `world` (torchrun sets RANK/WORLD_SIZE) and its device. `join()` starts
+    the coordination (gloo, with a long timeout since fast processes wait at the end for slow ones)."""
 
     def __init__(self, device: str = "auto"):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -51,6 +51,10 @@ class Procs:
             torch.cuda.set_device(local)
             device = f"cuda:{local}"
         self.device = torch.device(device)
+
+    def join(self):
+        """Call after loading CLIP: a process that joined gloo before loading transformers' model aborts
+        at exit now and then (std::terminate from a leftover thread; seen with torch 2.13, gloo on CPU)."""
         if self.world > 1:
             import torch.distributed as dist
             self._dist = dist
@@ -82,9 +86,9 @@ class Procs:
 @dataclass
 class Task:
     name: str                      # dataset name, used in messages and the failures file name
-    units: list                    # sources.Job, or text units; each has .name, .keys
+    units: list                    # sources.Job, or text.TextUnit; each has .keys
     output: object                 # DictOutput or FileDirOutput
-    process: Callable              # (units, output, procs, args, bar) -> (failures, n_frames)
+    process: Callable              # (units, output, encoder, args, bar) -> (failures, n encoded)
     unit_word: str = "videos"
     item_word: str = "frames"               # what a unit is made of (what gets encoded)
     note: str = ""
@@ -106,7 +110,7 @@ def _pending(unit, done: set):
     return unit if keys else None
 
 
-def run_task(task: Task, args, procs: Procs) -> int:
+def run_task(task: Task, args, procs: Procs, encoder: ClipEncoder) -> int:
     """Steps 1-4 of the module docstring; returns the exit status (the same in every process)."""
     fresh = bool(args.overwrite)
     task.output.check(fresh)
@@ -135,7 +139,7 @@ def run_task(task: Task, args, procs: Procs) -> int:
     t0 = time.perf_counter()
     bar = _progress(len(mine), task.unit_word, disable=not procs.main or args.quiet)
     try:
-        failures, n_frames = task.process(mine, task.output, procs, args, bar)
+        failures, n_frames = task.process(mine, task.output, encoder, args, bar)
     finally:
         task.output.flush()
         bar.close()
@@ -249,17 +253,18 @@ class Batcher:
         return list(zip(keys, torch.split(feats, sizes)))
 
 
-def make_encoder(args, procs: Procs) -> ClipEncoder:
-    precision = args.precision or ("fp16" if procs.device.type == "cuda" else "fp32")
-    return ClipEncoder(args.clip_model, procs.device, PRECISIONS[precision])
+def make_encoder(args, procs: Procs, text: bool = False) -> ClipEncoder:
+    encoder = ClipEncoder(args.clip_model, procs.device, PRECISIONS[_precision(args, procs)])
+    if text:
+        encoder.load_tokenizer()  # now, before Procs.join
+    return encoder
 
 
-def process_videos(jobs: List[sources.Job], output, procs: Procs, args, bar):
+def process_videos(jobs: List[sources.Job], output, encoder: ClipEncoder, args, bar):
     """Decode (workers) -> encode (batches) -> output.add; returns (failures, frames encoded)."""
-    encoder = make_encoder(args, procs)
     batcher = Batcher(encoder.images, args.batch_size)
     loader = DataLoader(_Decoded(jobs), batch_size=None, shuffle=False, num_workers=args.num_workers,
-                        collate_fn=_identity, pin_memory=procs.device.type == "cuda",
+                        collate_fn=_identity, pin_memory=encoder.device.type == "cuda",
                         prefetch_factor=4 if args.num_workers else None)
     failures, n_frames, t0 = [], 0, time.perf_counter()
     for i, outcomes in loader:
@@ -287,6 +292,7 @@ def _settings(args, dataset: str, rule: str, precision: str) -> dict:
 
 
 def _precision(args, procs: Procs) -> str:
+    """--precision, or fp16 on a GPU (as the published features were made) and fp32 on a CPU."""
     return args.precision or ("fp16" if procs.device.type == "cuda" else "fp32")
 
 
@@ -348,17 +354,21 @@ def plan(args, procs: Procs) -> Task:
     else:
         raise ConfigError(f"--dataset {ds}: extraction knows {', '.join(VIDEO_DATASETS + TEXT_DATASETS)}")
     out = _dict_or_dir(args.output or default, settings, args.save_every)
+    if isinstance(out, FileDirOutput) and any("/" in k for j in jobs for k in j.keys):
+        raise ConfigError(f"--output {out.folder}: {ds} keys hold '/', so they need a .pth output")
     return Task(ds, jobs, out, process_videos, note=note, key_order=key_order)
 
 
 def main(args) -> int:
     procs = Procs(args.device)
+    encoder = make_encoder(args, procs, text=args.dataset in TEXT_DATASETS)
+    procs.join()
     try:
         if args.dataset in TEXT_DATASETS:
             from . import text
             task = text.plan(args, procs, _settings(args, args.dataset, "text", _precision(args, procs)))
         else:
             task = plan(args, procs)
-        return run_task(task, args, procs)
+        return run_task(task, args, procs, encoder)
     finally:
         procs.close()

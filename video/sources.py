@@ -28,7 +28,6 @@ FOLDER_FPS = 3  # TVQA's (and MVBench Episodic Reasoning's) frame folders
 @dataclass
 class Job:
     """One video to decode once, for one or more feature keys."""
-    name: str                             # shown in messages: the key, or the video path
     path: Optional[str]                   # a video file or a frame folder; None when not found
     wants: List[Tuple[str, Rule]]         # (feature key, sampling rule)
     problem: Optional[str] = None         # why the video cannot be read at all (missing, ambiguous, ...)
@@ -143,7 +142,7 @@ def jobs_for_keys(keys: Sequence[str], resolver: Resolver, rule: Rule, folder_fp
             continue
         seen.add(k)
         path, problem = resolver.find(k)
-        jobs.append(Job(k, path, [(k, rule)], problem, Fraction(folder_fps)))
+        jobs.append(Job(path, [(k, rule)], problem, Fraction(folder_fps)))
     return jobs
 
 
@@ -248,7 +247,7 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List
                 problem = None
                 if not (os.path.isdir(vpath) if is_frames else os.path.isfile(vpath)):
                     problem = f"missing: no {'frame folder' if is_frames else 'video file'} {vpath}"
-                job = jobs[vpath] = Job(vpath, vpath, [], problem)
+                job = jobs[vpath] = Job(vpath, [], problem)
                 order.append(job)
             rule = Segments(MVBENCH_FRAMES)
             if bounded:

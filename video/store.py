@@ -206,10 +206,14 @@ class FileDirOutput:
         _check(rec, self.settings, self.folder)
 
     def prepare(self, fresh: bool) -> None:
-        """One process: with `fresh`, delete the folder's earlier feature files; record the settings."""
-        if fresh and self.folder.is_dir():
-            for p in self.folder.glob(f"*{self.suffix}"):
+        """One process: with `fresh`, delete the folder's earlier feature files; drop temporary files a
+        killed run left; record the settings."""
+        if self.folder.is_dir():
+            for p in self.folder.glob(f".*{self.suffix}.*.tmp"):
                 p.unlink()
+            if fresh:
+                for p in self.folder.glob(f"*{self.suffix}"):
+                    p.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(json.dumps({"settings": self.settings}, indent=1), self.record)
 

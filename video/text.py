@@ -27,7 +27,6 @@ CHUNK = 4096
 
 @dataclass
 class TextUnit:
-    name: str
     keys: List[str]            # one key: the tideo idx, or the memory chunk
     texts: List[str]
     problem: Optional[str] = None
@@ -59,7 +58,7 @@ def read_tideos(path: str) -> List[TextUnit]:
                     problem = f"frame {k}: entry '{bad[0]}' is not text"
                     break
                 texts += list(fr.values())
-        units.append(TextUnit(idx, [idx], texts if problem is None else [], problem))
+        units.append(TextUnit([idx], texts if problem is None else [], problem))
     return units
 
 
@@ -79,7 +78,7 @@ def memory_units(sentences: List[str]) -> List[TextUnit]:
     units = []
     for a in range(0, len(sentences), CHUNK):
         key = f"rows {a}-{min(a + CHUNK, len(sentences)) - 1}"
-        units.append(TextUnit(key, [key], sentences[a:a + CHUNK]))
+        units.append(TextUnit([key], sentences[a:a + CHUNK]))
     return units
 
 
@@ -106,10 +105,9 @@ class TensorOutput(DictOutput):
         return len(keys)
 
 
-def process_texts(units: List[TextUnit], output, procs, args, bar):
+def process_texts(units: List[TextUnit], output, encoder, args, bar):
     """Encode each unit's texts (batched across units) -> output.add; returns (failures, rows)."""
-    from .extract import Batcher, make_encoder
-    encoder = make_encoder(args, procs)
+    from .extract import Batcher
     batcher = Batcher(encoder.texts, args.batch_size, join=lambda parts: [s for p in parts for s in p])
     failures, rows = [], 0
     for u in units:
