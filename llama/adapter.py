@@ -317,8 +317,9 @@ def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
 
     backbone: a weight source (`llama.checkpoint.MetaShards`, `llama.hf.HFSafetensors`) or a Meta state
     dict. The model is built on the `meta` device; then each backbone tensor in turn is allocated on
-    `device` in `dtype` and filled from the source, so the device's peak is the weights themselves and
-    the host holds at most one tensor in transit. The TOPA tensors are fp32 on `device`, fresh
+    `device` in `dtype` and filled from the source, so the device's peak is the weights themselves (plus
+    one slice when a copy needs a contiguous staging buffer) and the host holds at most one tensor in
+    transit. The TOPA tensors are fp32 on `device`, fresh
     (gate1 = 0, gate2 = -bias) or from `trainable` (a TOPA checkpoint's `model` dict). Missing or extra
     keys and wrong shapes are errors naming `source` and the key."""
     weights = StateDict(backbone) if isinstance(backbone, Mapping) else backbone

@@ -199,7 +199,8 @@ def load_pickled_tensor(path) -> torch.Tensor:
 def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor:
     """memory.pkl: [N, dim] unit-norm text features -> the first `max_rows` rows, stored in fp16
     (1M rows: 1.5 GB instead of 3.1 GB in fp32). `project_to_memory` does its math in fp32, chunk by
-    chunk; rounding unit-norm rows to fp16 moves each element by at most 2^-11 of its value."""
+    chunk; rounding unit-norm rows to fp16 moves each element by at most 2^-11 of its value (below
+    2^-14 in magnitude, fp16's normal range: by at most 2^-25)."""
     mem = load_pickled_tensor(path)
     if mem.ndim != 2 or mem.shape[1] != dim:
         raise CheckpointError(f"{path}: memory must be [N, {dim}] CLIP features, got {list(mem.shape)}")

@@ -93,13 +93,16 @@ def hf_params(folder) -> dict:
     if cfg.get("model_type") != "llama":
         raise CheckpointError(f"{path}: model_type is {cfg.get('model_type')!r}, not 'llama'")
 
-    def need(key):
-        if not isinstance(cfg.get(key), (int, float)) or isinstance(cfg.get(key), bool):
-            raise CheckpointError(f"{path}: '{key}' is missing or not a number")
-        return cfg[key]
+    def need(key, kind=int):
+        value = cfg.get(key)
+        if not isinstance(value, (int, kind)) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: '{key}' is missing or not {'an integer' if kind is int else 'a number'}")
+        return value
 
     rope = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or not isinstance(scaling, dict):
+        raise CheckpointError(f"{path}: rope_parameters / rope_scaling must be JSON objects")
     rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
     if rope_type not in (None, "default"):
         raise CheckpointError(f"{path}: rope scaling {rope_type!r} (e.g. Llama-3.1) is not supported")
@@ -111,12 +114,18 @@ def hf_params(folder) -> dict:
     dim, n_heads = need("hidden_size"), need("num_attention_heads")
     if cfg.get("head_dim") not in (None, dim // n_heads):
         raise CheckpointError(f"{path}: head_dim {cfg['head_dim']} is not hidden_size / num_attention_heads")
-    multiple_of, mult = ffn_args(dim, need("intermediate_size"))
-    params = {"dim": dim, "n_layers": need("num_hidden_layers"), "n_heads": n_heads,
-              "n_kv_heads": cfg.get("num_key_value_heads") or n_heads, "vocab_size": need("vocab_size"),
-              "multiple_of": multiple_of, "ffn_dim_multiplier": mult, "norm_eps": need("rms_norm_eps"),
-              "rope_theta": rope.get("rope_theta", cfg.get("rope_theta", 10000.0))}
-    return params
+    try:
+        multiple_of, mult = ffn_args(dim, need("intermediate_size"))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    n_kv_heads = need("num_key_value_heads") if cfg.get("num_key_value_heads") is not None else n_heads
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+        raise CheckpointError(f"{path}: rope_theta {theta!r} is not a number")
+    return {"dim": dim, "n_layers": need("num_hidden_layers"), "n_heads": n_heads, "n_kv_heads": n_kv_heads,
+            "vocab_size": need("vocab_size"), "multiple_of": multiple_of, "ffn_dim_multiplier": mult,
+            "norm_eps": need("rms_norm_eps", float),
+            "rope_theta": float(theta)}
 
 
 class HFSafetensors:
