@@ -9,7 +9,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["llama", "llama.*", "dataloader", "dataloader.*", "engine", "engine.*",
                                     "util", "util.*", "toyworld", "toyworld.*", "video", "video.*"]),
-    install_requires=["torch>=2.4", "sentencepiece", "tiktoken", "numpy", "tqdm", "srt"],
+    install_requires=["torch>=2.4", "sentencepiece", "tiktoken", "numpy", "tqdm", "srt",
+                      "safetensors>=0.4"],  # Hugging Face-format Llama folders (no dependencies of its own)
     extras_require={
         # extract_features.py: CLIP (transformers), decoding (PyAV wheels bundle FFmpeg; av 19 needs
         # Python >= 3.12, so the cap keeps a wheel for every supported Python), images (pillow)

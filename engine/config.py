@@ -192,9 +192,12 @@ def config_dict(cfg) -> dict:
 
 def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="7B", help="model folder under --llama_model_path (7B, 13B, 8B)")
+    g.add_argument("--model", default="7B",
+                   help="model folder under --llama_model_path (7B, 13B, 8B); not used when --llama_model_path "
+                        "holds the weights itself")
     g.add_argument("--llama_model_path", default="./pretrained/llama2/",
-                   help="folder holding <model>/ (shards + params.json) and tokenizer.model")
+                   help="folder holding <model>/ (Meta's shards + params.json, or a Hugging Face config.json + "
+                        "*.safetensors) and tokenizer.model; or a Hugging Face (or Meta) model folder itself")
     v = g.add_mutually_exclusive_group()
     v.add_argument("--llama2", action="store_true", help="Llama-2 (SentencePiece tokenizer; default)")
     v.add_argument("--llama3", action="store_true", help="Llama-3 (tiktoken tokenizer)")

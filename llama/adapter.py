@@ -45,6 +45,7 @@ Decoded tokens are text after the video: they get the gate2 bias towards the cac
 """
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -54,6 +55,7 @@ from torch import nn
 
 from util.errors import CheckpointError
 
+from .checkpoint import StateDict
 from .model import Attention, LayerCache, ModelArgs, Transformer, TransformerBlock, repeat_kv
 
 
@@ -286,9 +288,11 @@ class TOPA(Transformer):
 
 
 def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float = 100.0,
-                      chunk: int = 262144) -> torch.Tensor:
-    """The memory projection: v <- normalize(softmax(100 v M^T) M), row-wise, in fp32, over memory chunks
-    (an online softmax, so a 1M-row memory never needs a [rows, 1M] matrix at once)."""
+                      chunk: int = 65536) -> torch.Tensor:
+    """The memory projection: v <- normalize(softmax(100 v M^T) M), row-wise, in fp32 whatever the
+    memory's storage dtype (fp16 from `load_memory`): each chunk of M rows is upcast on its own, with an
+    online softmax over the chunks, so a 1M-row memory never needs a [rows, 1M] matrix or an fp32 copy
+    of itself (one chunk: 65536 x 768 fp32 = 200 MB)."""
     shape = v.shape
     v = v.reshape(-1, shape[-1]).float()
     m = torch.full((v.shape[0], 1), float("-inf"), device=v.device)
@@ -306,23 +310,30 @@ def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float 
     return F.normalize(acc / denom, dim=-1).reshape(shape)
 
 
-def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float32,
+def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
                 device="cpu", trainable: Optional[dict] = None, source: str = "backbone",
                 trainable_source: str = "TOPA checkpoint", attn_impl: str = "sdpa") -> TOPA:
-    """Build a TOPA model without ever allocating random backbone weights.
+    """Build a TOPA model without ever allocating random backbone weights or holding the model twice.
 
-    backbone: Meta's state dict (merged); trainable: a TOPA checkpoint's `model` dict, or None for a fresh
-    init (gate1 = 0, gate2 = -bias). Missing or extra keys and wrong shapes are errors naming the key."""
+    backbone: a weight source (`llama.checkpoint.MetaShards`, `llama.hf.HFSafetensors`) or a Meta state
+    dict. The model is built on the `meta` device; then each backbone tensor in turn is allocated on
+    `device` in `dtype` and filled from the source, so the device's peak is the weights themselves (plus
+    one slice when a copy needs a contiguous staging buffer) and the host holds at most one tensor in
+    transit. The TOPA tensors are fp32 on `device`, fresh
+    (gate1 = 0, gate2 = -bias) or from `trainable` (a TOPA checkpoint's `model` dict). Missing or extra
+    keys and wrong shapes are errors naming `source` and the key."""
+    weights = StateDict(backbone) if isinstance(backbone, Mapping) else backbone
     with torch.device("meta"):
         model = TOPA(args, attn_impl)
     expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
-    check_state(backbone, expected, source)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in backbone.items()},
-                          strict=False, assign=True)
-    for name, p in model.trainable_parameters():  # materialise the TOPA params in fp32 on `device`
-        mod_name, _, pname = name.rpartition(".")
-        mod = model.get_submodule(mod_name)
-        setattr(mod, pname, nn.Parameter(torch.empty(p.shape, device=device, dtype=torch.float32)))
+    check_shapes(weights.shapes, expected, source)
+    with torch.no_grad():
+        for name, shape in expected.items():
+            t = torch.empty(shape, device=device, dtype=dtype)
+            weights.read_into(name, t)
+            _set_parameter(model, name, t)
+        for name, p in model.trainable_parameters():  # the TOPA params: fp32 on `device`
+            _set_parameter(model, name, torch.empty(p.shape, device=device, dtype=torch.float32))
     model.reset_trainable()
     if trainable is not None:
         load_trainable(model, trainable, trainable_source)
@@ -331,15 +342,21 @@ def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float
     return model
 
 
-def check_state(state: dict, expected: dict, source: str):
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+def _set_parameter(model: nn.Module, name: str, value: torch.Tensor):
+    mod_name, _, pname = name.rpartition(".")
+    setattr(model.get_submodule(mod_name), pname, nn.Parameter(value, requires_grad=False))
+
+
+def check_shapes(shapes: dict, expected: dict, source: str):
+    """`shapes` (key -> shape) must have exactly the keys of `expected`, each with its shape."""
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
     if missing or extra:
         raise CheckpointError(f"{source}: keys do not match the model: missing {missing[:8]}"
                          f"{'...' if len(missing) > 8 else ''}, unexpected {extra[:8]}{'...' if len(extra) > 8 else ''}")
     for k, shape in expected.items():
-        if tuple(state[k].shape) != tuple(shape):
-            raise CheckpointError(f"{source}: tensor '{k}' has shape {tuple(state[k].shape)}, "
+        if tuple(shapes[k]) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor '{k}' has shape {tuple(shapes[k])}, "
                              f"the model needs {tuple(shape)}")
 
 
@@ -353,7 +370,7 @@ def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint"):
         raise CheckpointError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model needs "
                          f"{tuple(expected['adapter_query.weight'])} (adapter_len {a.adapter_len} x "
                          f"adapter_layer {a.adapter_layer}){hint}")
-    check_state(state, expected, source)
+    check_shapes({k: v.shape for k, v in state.items()}, expected, source)
     with torch.no_grad():
         for n, p in model.trainable_parameters():
             p.copy_(state[n].to(p.dtype))

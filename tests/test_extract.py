@@ -372,9 +372,9 @@ def test_textvid_features_and_memory(tmp_path, clip_dir, encoder):
                    "--overwrite") == 0
     mem = load_memory(data / "textvid" / "memory.pkl")
     kept = [s for s in lines if s]
-    assert mem.shape == (3, 768)
-    torch.testing.assert_close(mem, encoder.texts(kept), atol=2e-3, rtol=2e-3)
-    torch.testing.assert_close(mem.norm(dim=-1), torch.ones(3), atol=2e-3, rtol=0)
+    assert mem.shape == (3, 768) and mem.dtype == torch.float16  # the bank is kept in fp16
+    torch.testing.assert_close(mem.float(), encoder.texts(kept), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(mem.float().norm(dim=-1), torch.ones(3), atol=2e-3, rtol=0)
     # same sentences again: already done; other sentences: refused without --overwrite
     assert extract(clip_dir, "--dataset", "memory", "--sentences", tmp_path / "captions.txt", "--data_root", data) == 0
     (tmp_path / "other.txt").write_text("something else\n")

@@ -1,0 +1,191 @@
+"""Hugging Face-format Llama folders (`config.json` + `*.safetensors`, e.g. `meta-llama/Llama-2-7b-hf`,
+`meta-llama/Meta-Llama-3-8B`) as a weight source, read into the same model as Meta's folders.
+
+    config.json  -> ModelArgs: hidden_size -> dim, num_hidden_layers -> n_layers, num_attention_heads ->
+                    n_heads, num_key_value_heads -> n_kv_heads, vocab_size, rms_norm_eps -> norm_eps,
+                    rope_theta (v5 files: rope_parameters.rope_theta); intermediate_size is checked
+                    against the SwiGLU width rule of Meta's params.json (see `ffn_args`)
+    tensors      -> Meta keys: model.embed_tokens -> tok_embeddings, model.norm -> norm, lm_head -> output
+                    (absent: tied to the input embedding), and per layer i, model.layers.i.
+                    self_attn.{q,k,v,o}_proj -> layers.i.attention.{wq,wk,wv,wo},
+                    mlp.{gate,up,down}_proj -> layers.i.feed_forward.{w1,w3,w2},
+                    input_layernorm -> attention_norm, post_attention_layernorm -> ffn_norm
+
+Rotary layout. Meta's RoPE rotates adjacent channels (2k, 2k+1) of each head; Hugging Face's rotates
+channel k with channel k + hd/2 ("rotate half"). Meta-to-HF conversion therefore reorders the rows of
+wq and wk within each head: HF row `j*hd/2 + k` (j = 0, 1) is Meta row `2k + j`. Loading undoes it:
+viewed as [heads, 2, hd/2, dim], the rows are transposed back to [heads, hd/2, 2, dim] (wq with
+`num_attention_heads`, wk with `num_key_value_heads`). Nothing else differs.
+
+Tensors are read one at a time (`safetensors.safe_open`), converted to the model's dtype on copy.
+Llama-2 HF checkpoints are stored in fp16, Llama-3 in bf16; Meta's in bf16.
+"""
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from util.errors import CheckpointError, MissingFileError
+
+HF_LAYER_KEYS = {
+    "self_attn.q_proj.weight": "attention.wq.weight", "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight", "self_attn.o_proj.weight": "attention.wo.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight", "mlp.up_proj.weight": "feed_forward.w3.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight", "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+HF_TOP_KEYS = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+               "lm_head.weight": "output.weight"}
+HF_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a buffer some older files carry; recomputed here
+
+
+def meta_key(hf_key: str) -> Optional[str]:
+    """The Meta name of an HF Llama tensor (None: not a Llama tensor)."""
+    if hf_key in HF_TOP_KEYS:
+        return HF_TOP_KEYS[hf_key]
+    parts = hf_key.split(".", 3)  # model, layers, i, rest
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit() and parts[3] in HF_LAYER_KEYS:
+        return f"layers.{parts[2]}.{HF_LAYER_KEYS[parts[3]]}"
+    return None
+
+
+def read_config(folder) -> dict:
+    path = Path(folder) / "config.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise MissingFileError(f"no config.json in {folder}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a valid config.json ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return cfg
+
+
+def ffn_args(dim: int, intermediate_size: int) -> Tuple[int, Optional[float]]:
+    """(multiple_of, ffn_dim_multiplier) with which Meta's width rule gives `intermediate_size` for `dim`.
+
+    The rule: h = int(2*4*dim/3); h = int(multiplier*h) if a multiplier is set; round h up to a multiple
+    of `multiple_of`. config.json keeps only the result, so the published pairs are tried first
+    (Llama-2: 256 / none; Llama-3: 1024 or 4096 / 1.3), then `multiple_of = intermediate_size`, which
+    reproduces any width that is at least int(8*dim/3), then a multiplier for a smaller one."""
+    from .model import ModelArgs
+
+    h = int(2 * 4 * dim / 3)
+    candidates = [(256, None), (1024, 1.3), (4096, 1.3), (intermediate_size, None)]
+    if 0 < intermediate_size < h:
+        candidates.append((intermediate_size, intermediate_size / h))
+    for multiple_of, mult in candidates:
+        if ModelArgs(dim=dim, n_heads=1, multiple_of=multiple_of, ffn_dim_multiplier=mult).ffn_hidden == intermediate_size:
+            return multiple_of, mult
+    raise CheckpointError(f"intermediate_size {intermediate_size} cannot come from Meta's SwiGLU width rule "
+                          f"for hidden_size {dim}")
+
+
+def hf_params(folder) -> dict:
+    """config.json of a Llama folder -> the ModelArgs fields (Meta's names, as in params.json).
+    Anything that changes the math implemented here (another model type, rope scaling, biases, another
+    activation or head size) is an error naming the file."""
+    path = Path(folder) / "config.json"
+    cfg = read_config(folder)
+    if cfg.get("model_type") != "llama":
+        raise CheckpointError(f"{path}: model_type is {cfg.get('model_type')!r}, not 'llama'")
+
+    def need(key, kind=int):
+        value = cfg.get(key)
+        if not isinstance(value, (int, kind)) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: '{key}' is missing or not {'an integer' if kind is int else 'a number'}")
+        return value
+
+    rope = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or not isinstance(scaling, dict):
+        raise CheckpointError(f"{path}: rope_parameters / rope_scaling must be JSON objects")
+    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
+    if rope_type not in (None, "default"):
+        raise CheckpointError(f"{path}: rope scaling {rope_type!r} (e.g. Llama-3.1) is not supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{path}: hidden_act {cfg['hidden_act']!r} is not Llama's silu")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            raise CheckpointError(f"{path}: {key}=true is not Llama (no biases)")
+    dim, n_heads = need("hidden_size"), need("num_attention_heads")
+    if cfg.get("head_dim") not in (None, dim // n_heads):
+        raise CheckpointError(f"{path}: head_dim {cfg['head_dim']} is not hidden_size / num_attention_heads")
+    try:
+        multiple_of, mult = ffn_args(dim, need("intermediate_size"))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    n_kv_heads = need("num_key_value_heads") if cfg.get("num_key_value_heads") is not None else n_heads
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+        raise CheckpointError(f"{path}: rope_theta {theta!r} is not a number")
+    return {"dim": dim, "n_layers": need("num_hidden_layers"), "n_heads": n_heads, "n_kv_heads": n_kv_heads,
+            "vocab_size": need("vocab_size"), "multiple_of": multiple_of, "ffn_dim_multiplier": mult,
+            "norm_eps": need("rms_norm_eps", float),
+            "rope_theta": float(theta)}
+
+
+class HFSafetensors:
+    """The `*.safetensors` files of an HF Llama folder as a weight source (see `llama.checkpoint`):
+    `shapes` in Meta's names, `read_into` one tensor at a time with the rotary row order undone.
+    Without `lm_head.weight`, the output layer is the input embedding if config.json says
+    `tie_word_embeddings` (otherwise the missing tensor is an error, like any other)."""
+
+    def __init__(self, folder):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        params, cfg = hf_params(folder), read_config(folder)
+        self.heads = {"attention.wq.weight": params["n_heads"], "attention.wk.weight": params["n_kv_heads"]}
+        self.files = sorted(self.folder.glob("*.safetensors"))
+        if not self.files:
+            raise MissingFileError(f"no *.safetensors in {self.folder}")
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():  # a sharded download: every file it names must be here
+            try:
+                listed = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{index}: not a safetensors index ({e!r})") from None
+            missing = sorted(listed - {p.name for p in self.files})
+            if missing:
+                raise MissingFileError(f"{index} lists {', '.join(missing)}, not in {self.folder} "
+                                       f"(an incomplete download?)")
+        self.where: Dict[str, Tuple[int, str]] = {}  # Meta key -> (index in self.files, HF key)
+        self.shapes: Dict[str, tuple] = {}
+        self.handles = []
+        for i, path in enumerate(self.files):
+            try:
+                f = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as e:  # safetensors raises its own error types, none naming the file
+                raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+            self.handles.append(f)
+            for hf_key in f.keys():
+                if hf_key.endswith(HF_IGNORED_SUFFIXES):
+                    continue
+                key = meta_key(hf_key)
+                if key is None:
+                    raise CheckpointError(f"{path}: tensor '{hf_key}' is not part of a Llama model")
+                if key in self.where:
+                    raise CheckpointError(f"{self.folder}: tensor '{hf_key}' is in both "
+                                          f"{self.files[self.where[key][0]].name} and {path.name}")
+                self.where[key] = (i, hf_key)
+                self.shapes[key] = tuple(f.get_slice(hf_key).get_shape())
+        if "output.weight" not in self.where and "tok_embeddings.weight" in self.where \
+                and cfg.get("tie_word_embeddings"):
+            self.where["output.weight"] = self.where["tok_embeddings.weight"]
+            self.shapes["output.weight"] = self.shapes["tok_embeddings.weight"]
+
+    def read_into(self, key: str, out: torch.Tensor):
+        i, hf_key = self.where[key]
+        t = self.handles[i].get_tensor(hf_key)
+        n_heads = self.heads.get(key.split(".", 2)[-1]) if key.startswith("layers.") else None
+        if n_heads is None:
+            out.copy_(t)
+            return
+        rows, dim = t.shape
+        half = rows // n_heads // 2
+        # HF rows [heads, 2, hd/2] -> Meta rows [heads, hd/2, 2] (module docstring)
+        out.view(n_heads, half, 2, dim).copy_(t.view(n_heads, 2, half, dim).transpose(1, 2))
