@@ -307,6 +307,34 @@ def test_failures_resume_and_skip_bad(tmp_path, clip_dir, monkeypatch, capsys):
     assert extract(clip_dir, *argv) == 0
     assert decoded == ["v6", "v7"] and len(DictFeatures(out).feats) == 7
     assert not (data / "nextqa" / "failures_nextqa.jsonl").exists()
+    # and once more: nothing to do, nothing left behind
+    decoded.clear()
+    capsys.readouterr()
+    assert extract(clip_dir, *argv) == 0
+    assert decoded == [] and "nothing to do" in capsys.readouterr().out and not parts.exists()
+
+
+def test_ctrl_c_keeps_what_was_finished(tmp_path, clip_dir, monkeypatch):
+    data, vids = tmp_path / "data", tmp_path / "videos"
+    nextqa_csv(data / "nextqa" / "val.csv", ["a", "b", "c", "d"])
+    for v in "abcd":
+        write_video(vids / f"{v}.mp4", 30, 25, (64, 48))
+    real, decoded = video.extract.read_frames, []
+
+    def stop_at_c(p, *a, **k):
+        if Path(p).stem == "c":
+            raise KeyboardInterrupt
+        decoded.append(Path(p).stem)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(video.extract, "read_frames", stop_at_c)
+    argv = ["--dataset", "nextqa", "--data_root", data, "--video_dir", vids, "--batch_size", 1]
+    with pytest.raises(KeyboardInterrupt):
+        extract(clip_dir, *argv)      # save_every is 100: what a and b gave is saved on the way out
+    monkeypatch.setattr(video.extract, "read_frames", lambda p, *a, **k: decoded.append(Path(p).stem) or real(p, *a, **k))
+    assert extract(clip_dir, *argv) == 0
+    assert decoded == ["a", "b", "c", "d"]   # a, b once each
+    assert list(DictFeatures(data / "nextqa" / "clipvitl14.pth").feats) == ["a", "b", "c", "d"]
 
 
 def test_ambiguous_names_and_video_map(tmp_path, clip_dir):

@@ -118,14 +118,13 @@ class DictOutput:
             _check(rec, self.settings, self.path)
 
     def prepare(self, fresh: bool) -> None:
-        """One process: with `fresh`, delete earlier results (parts, final file); record the settings."""
+        """One process: with `fresh`, delete earlier results (parts, final file). The parts folder and
+        its settings record are made with the first part."""
         if fresh:
             shutil.rmtree(self.parts, ignore_errors=True)
             for p in (self.path, self.record):
                 if p.exists():
                     p.unlink()
-        self.parts.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json.dumps({"settings": self.settings}, indent=1), self.parts / "settings.json")
 
     def _part_files(self) -> List[Path]:
         return sorted(self.parts.glob("part-*.pth")) if self.parts.is_dir() else []
@@ -150,6 +149,8 @@ class DictOutput:
 
     def flush(self) -> None:
         if self._buffer:
+            if not (self.parts / "settings.json").exists():
+                write_text_atomic(json.dumps({"settings": self.settings}, indent=1), self.parts / "settings.json")
             name = f"part-{self._run_id}-{self._seq:06d}.pth"
             save_atomic(self._buffer, self.parts / name)
             self._seq += 1
