@@ -4,8 +4,10 @@
   clip.py     OpenAI's image preprocessing and the CLIP image/text encoder (Hugging Face transformers)
   sources.py  what to extract per benchmark: (video, [(feature key, rule)]) from the annotation files
   store.py    outputs written atomically, resumable parts, the failures list
-  extract.py  the run: sharding over torchrun processes, decoding workers, batched encoding
+  extract.py  what each --dataset means; decoding workers feeding batched encoding
+  run.py      the run: torchrun processes, resume, failures, the final file
   text.py     CLIP text features: TextVid per-tideo files, memory.pkl
+  synthetic.py  stand-ins for the tests and the bench: videos whose frame k shows k, random CLIPs
 
 Needs the optional install `pip install -e ".[video]"` (transformers, av, pillow).
 """

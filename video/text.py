@@ -20,6 +20,7 @@ from llama.checkpoint import safe_load
 from util.errors import ConfigError, DataError, MissingFileError
 
 from .clip import FEATURE_DIM
+from .run import Batcher, Task
 from .store import DictOutput, FileDirOutput, save_readable
 
 CHUNK = 4096
@@ -107,7 +108,6 @@ class TensorOutput(DictOutput):
 
 def process_texts(units: List[TextUnit], output, encoder, args, bar):
     """Encode each unit's texts (batched across units) -> output.add; returns (failures, rows)."""
-    from .extract import Batcher
     batcher = Batcher(encoder.texts, args.batch_size, join=lambda parts: [s for p in parts for s in p])
     failures, rows = [], 0
     for u in units:
@@ -123,8 +123,8 @@ def process_texts(units: List[TextUnit], output, encoder, args, bar):
     return failures, rows
 
 
-def plan(args, procs, settings: dict):
-    from .extract import Task
+def plan(args, settings: dict) -> Task:
+    """The Task for --dataset textvid or memory."""
     root = args.data_root
     if args.dataset == "textvid":
         path = args.annotations or os.path.join(root, "textvid", "textvid.json")
