@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -183,16 +184,22 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(self.make_block(i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.grad_checkpointing = False  # recompute each block in backward instead of keeping its activations
 
     def make_block(self, layer_id: int) -> TransformerBlock:
         return TransformerBlock(self.args)
 
     def run_layers(self, h, positions, mask, layer_kwargs=None):
         """h [B, L, D] input embeddings -> final normed hidden [B, L, D].
-        `layer_kwargs(i)` gives extra keyword arguments for layer i's attention."""
+        `layer_kwargs(i)` gives extra keyword arguments for layer i's attention. With `grad_checkpointing`
+        (and autograd on) each block keeps only its input for backward and runs again there."""
         cos, sin = rope_angles(positions, self.args.head_dim, self.args.rope_theta)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, **(layer_kwargs(i) if layer_kwargs else {}))
+            kwargs = layer_kwargs(i) if layer_kwargs else {}
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(layer, h, cos, sin, mask, use_reentrant=False, **kwargs)
+            else:
+                h = layer(h, cos, sin, mask, **kwargs)
         return self.norm(h)
 
     def forward(self, tokens, positions=None, mask=None):
