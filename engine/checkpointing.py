@@ -343,8 +343,10 @@ def check_output_dir(output_dir, resume: Optional[str], continuing: bool, overwr
     if continuing:
         raise ConfigError(f"{what}, but --resume {resume} continues the run in {Path(resume).parent}: write into "
                           "that folder, an empty one, or pass --overwrite to delete those files first")
-    raise ConfigError(f"{what}: continue that run with --resume {out / 'checkpoint_last.pth'}, start over with "
-                      "--overwrite (deletes those files only), or choose another folder")
+    how = (f"--finetune starts a new run: continue that one with --resume {out / 'checkpoint_last.pth'} and no "
+           "--finetune" if resume else f"continue that run with --resume {out / 'checkpoint_last.pth'}")
+    raise ConfigError(f"{what}: {how}, start over with --overwrite (deletes those files only), or choose another "
+                      "folder")
 
 
 def prepare_resume_dir(output_dir, resume: str, position: Tuple[int, float]):

@@ -721,7 +721,7 @@ def test_output_dir_of_another_run_is_refused_and_overwrite_deletes_only_its_fil
                                           r".*log\.jsonl, tensorboard/, eval/, \.checkpoint_1\.pth\.x1\.tmp.*\): "
                                           r"continue that run with --resume .*checkpoint_last\.pth.*--overwrite"):
         train.main(train.get_args(args + nowhere))
-    with pytest.raises(ConfigError, match="already holds"):               # finetuning is a new run as well
+    with pytest.raises(ConfigError, match="already holds.*--finetune starts a new run"):   # finetuning too
         train.main(train.get_args(args + nowhere + ["--finetune", "--resume", str(tmp_path / "x.pth")]))
     with pytest.raises(ConfigError, match=r"continues the run in .*elsewhere"):   # continuing another run here
         train.main(train.get_args(args + nowhere + ["--resume", str(tmp_path / "elsewhere" / "checkpoint_0.pth")]))
