@@ -352,7 +352,8 @@ def check_output_dir(output_dir, resume: Optional[str], continuing: bool, overwr
 def prepare_resume_dir(output_dir, resume: str, position: Tuple[int, float]):
     """A continued run in the folder of its checkpoint (at `position`): refuse when the folder holds
     newer checkpoints (they would mix with the continuation: resume from the newest, or move them
-    away); drop log lines written after the checkpoint; delete temporary files of a killed save."""
+    away); drop log lines and `eval/epoch_<e>` results written after the checkpoint; delete temporary
+    files of a killed save."""
     out = Path(output_dir)
     if Path(resume).resolve().parent != out.resolve():
         return
@@ -366,11 +367,12 @@ def prepare_resume_dir(output_dir, resume: str, position: Tuple[int, float]):
                           f"{out / 'checkpoint_last.pth'} to continue the newest, or move them away to continue "
                           f"from {Path(resume).name}")
     dropped = rewind_log(out, *position)
+    evals = [p for p in (out / "eval").glob("epoch_*") if p.name[6:].isdigit() and (int(p.name[6:]), math.inf) > position]
     stale = [p for p in run_files(out) if p.name.endswith(".tmp")]
-    _delete(stale)
-    if dropped or stale:
-        print(f"resume: dropped {dropped} log line(s) written after the checkpoint and {len(stale)} temporary "
-              f"file(s) of an interrupted save from {out}", flush=True)
+    _delete(evals + stale)
+    if dropped or evals or stale:
+        print(f"resume: dropped what was written after the checkpoint: {dropped} log line(s), {len(evals)} "
+              f"evaluation folder(s), {len(stale)} temporary file(s) of an interrupted save", flush=True)
 
 
 def on_main(fn, *args):

@@ -779,6 +779,9 @@ def test_mid_epoch_checkpoint_killed_and_resumed_equals_the_uninterrupted_run(wo
     assert (mid["epoch"], mid["iteration"], mid["sampler"]["batches_done"]) == (1, 4, 4)
     assert [(x["epoch"], x["iter"]) for x in log_lines(b, "iter")][-2:] == [(1, 4), (1, 5)]
     (b / ".checkpoint_1_iter8.pth.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    for e in (0, 1):   # evaluation results of an epoch before the checkpoint, and of one after it
+        (b / "eval" / f"epoch_{e}").mkdir(parents=True)
+        (b / "eval" / f"epoch_{e}" / "accuracy_nextqa_val.json").write_text("{}")
     shutil.copy(b / "checkpoint_1_iter4.pth", tmp_path / "mid.pth")
 
     train.main(train.get_args(args + ["--num_workers", "2", "--resume", str(b / "checkpoint_last.pth")]))
@@ -793,6 +796,7 @@ def test_mid_epoch_checkpoint_killed_and_resumed_equals_the_uninterrupted_run(wo
     assert sorted(x.name for x in b.glob("checkpoint_*.pth")) == ["checkpoint_0.pth", "checkpoint_1.pth",
                                                                   "checkpoint_last.pth"]
     assert not list(b.glob(".*.tmp"))
+    assert [x.name for x in (b / "eval").iterdir()] == ["epoch_0"]
     # a mid-epoch checkpoint continues only with the same data order
     with pytest.raises(ConfigError, match=r"mid-epoch checkpoint \(epoch 1, 4 batches done\).*--batch_size 2 "
                                           r"\(checkpoint: 4\).*checkpoint_0\.pth"):
