@@ -638,7 +638,7 @@ def test_eval_scripts_parse_with_dry_run(script, llama):
 
 # ---------------------------------------------------------------- (j) runs that lose nothing and never lie
 
-def test_fp16_total_divergence_stops_without_writing_a_checkpoint(world, tiny_model, tmp_path):
+def test_fp16_total_divergence_stops_without_writing_a_checkpoint(world, tiny_model, tmp_path, monkeypatch):
     """fp16 finetuning from weights whose video embedding overflows fp16: every forward is non-finite and
     the GradScaler skips every optimizer step. The run stops with an error naming the first bad items;
     no checkpoint is written, and the log stays valid JSON (null for the non-finite values)."""
@@ -657,6 +657,15 @@ def test_fp16_total_divergence_stops_without_writing_a_checkpoint(world, tiny_mo
     assert not list(out.glob("checkpoint_*.pth"))
     lines = log_lines(out)
     assert [x["type"] for x in lines] == ["iter"] * 3 and all(x["loss"] is None for x in lines)
+    # a long epoch stops after SKIP_LIMIT skipped steps in a row, without waiting for the epoch's end
+    monkeypatch.setattr(engine, "SKIP_LIMIT", 2)
+    fp16, tok, _ = load_topa(cfg.model, torch.device("cpu"), torch.float16, resume=tmp_path / "overflows.pth")
+    base = build_mcqa_dataset("nextqa", world / "data", "train", PromptBuilder(tok, 10), train=True)
+    loader = torch.utils.data.DataLoader(MCQATrainDataset(base), batch_sampler=TaskBatchSampler(len(base), 2),
+                                         collate_fn=TrainCollate())
+    opt = torch.optim.AdamW(param_groups(fp16.trainable_parameters(), 0.1), lr=1e-3)
+    with pytest.raises(FloatingPointError, match=r"skipped 2 optimizer steps in a row \(up to iteration 1\)"):
+        engine.train_one_epoch(engine.TrainStep(fp16), fp16, loader, opt, 0, cfg, "cpu", torch.amp.GradScaler("cpu"))
 
 
 RANK_NAN_DRIVER = """
