@@ -1,5 +1,6 @@
 """Training throughput and peak memory: batches padded to their longest sequence (what train.py does) vs
-padded to max_seq_len (what the original code did), measured in one run.
+padded to max_seq_len (what the original code did), measured in one run; with `--grad_checkpointing`
+also the first with the backbone's blocks recomputed in backward (train.py --grad_checkpointing).
 
 Each mode runs in its own child process (so peak memory is that mode's alone): a small random
 Llama-shaped TOPA, real NExT-QA val question text with a real tokenizer, the training sequences of
@@ -8,6 +9,7 @@ Llama-shaped TOPA, real NExT-QA val question text with a real tokenizer, the tra
 from just before the first training step (resource.getrusage).
 
   python bench/bench_train.py --fixtures $TOPA_FIXTURES [--device cuda --precision bf16] [--tasks vqa,vaq,qav]
+      [--grad_checkpointing]
 """
 import argparse
 import csv
@@ -73,6 +75,7 @@ def child(args):
     margs = TOPAArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
                       multiple_of=64, max_feats=10)
     model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device)
+    model.grad_checkpointing = args.mode == "checkpointed"
     tasks = args.tasks.split(",")
     items = make_items(PromptBuilder(tok, 10), args.fixtures, args.batch_size * (args.steps + 1), tasks)
     collate = TrainCollate(args.max_seq_len)
@@ -125,7 +128,9 @@ def main(argv=None):
     p.add_argument("--tasks", default="vqa", help="comma list of vqa, vaq, qav")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=list(DTYPES))
-    p.add_argument("--mode", choices=["dynamic", "fixed"], help=argparse.SUPPRESS)
+    p.add_argument("--grad_checkpointing", action="store_true", help="also measure batch-longest padding with "
+                   "activation checkpointing of the backbone's blocks")
+    p.add_argument("--mode", choices=["dynamic", "fixed", "checkpointed"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.fixtures:
         p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
@@ -133,7 +138,8 @@ def main(argv=None):
         return child(args)
     base = [sys.executable, os.path.abspath(__file__)] + [a for a in (argv or sys.argv[1:])]
     res = {}
-    for mode in ("dynamic", "fixed"):
+    modes = ("dynamic", "fixed") + (("checkpointed",) if args.grad_checkpointing else ())
+    for mode in modes:
         r = subprocess.run(base + ["--mode", mode], capture_output=True, text=True, cwd=REPO)
         if r.returncode:
             sys.exit(f"{mode} run failed:\n{r.stderr[-3000:]}")
@@ -142,12 +148,18 @@ def main(argv=None):
           f"batch {args.batch_size}, {args.steps} steps, tasks {args.tasks}, NExT-QA val text, "
           f"fixed length {args.max_seq_len} ({res['fixed']['too_long']} items longer: kept whole)")
     print(f"{'padding':<22} {'tokens/s':>9} {'pad %':>6} {'peak MiB':>9}")
-    for mode, label in (("dynamic", "batch longest (ours)"), ("fixed", f"max_seq_len={args.max_seq_len}")):
-        r = res[mode]
+    labels = {"dynamic": "batch longest (ours)", "fixed": f"max_seq_len={args.max_seq_len}",
+              "checkpointed": "ours + grad ckpt"}
+    for mode in modes:
+        r, label = res[mode], labels[mode]
         print(f"{label:<22} {r['tokens_per_s']:9.0f} {100 * r['pad_fraction']:6.1f} {r['peak_mib']:9.1f}")
     d, f = res["dynamic"], res["fixed"]
     print(f"ratio dynamic/fixed: {d['tokens_per_s'] / f['tokens_per_s']:.2f}x tokens/s, "
           f"{d['peak_mib'] / max(f['peak_mib'], 1e-9):.2f}x peak memory")
+    if args.grad_checkpointing:
+        c = res["checkpointed"]
+        print(f"ratio grad checkpointing/none: {c['tokens_per_s'] / d['tokens_per_s']:.2f}x tokens/s, "
+              f"{c['peak_mib'] / max(d['peak_mib'], 1e-9):.2f}x peak memory")
     return res
 
 

@@ -13,7 +13,7 @@ engine needs as tensors: the attention mask, the scored tokens (which flat posit
 deduplicated because options share their prefix positions), the scored sequence ("group") of each
 token and the batch item of each group. The engine reads nothing else.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence as Seq, Tuple
 
 import torch
@@ -92,6 +92,11 @@ class Batch:
             if isinstance(v, torch.Tensor):
                 setattr(self, k, v.to(device, non_blocking=True))
         return self
+
+    def pin_memory(self) -> "Batch":
+        """A copy whose tensors are in page-locked host memory (DataLoader(pin_memory=True) calls this;
+        it pins only tensors and plain containers by itself)."""
+        return replace(self, **{k: v.pin_memory() for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
 
 
 def collate_rows(rows: List[Row], videos: Optional[List[torch.Tensor]], row_item: Optional[List[int]] = None,

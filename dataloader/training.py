@@ -2,15 +2,16 @@
 
 - `TaskBatchSampler`: the epoch's shuffled, rank-sharded batches, each tagged with its kind ("vqa" or,
   with probability `caption_prob`, "caption"). Seeded by (seed, epoch): `--resume` replays the exact
-  order and kinds, and every rank sees the same kind at the same step.
+  order and kinds, and every rank sees the same kind at the same step. `set_epoch(e, start=k)` skips the
+  epoch's first k batches (resuming a mid-epoch checkpoint) without building their items.
 - `MCQATrainDataset`: a benchmark's `MCQADataset` as training items: the answer's mcqa sequence, plus
   the flipped sequences (vaq, qav) when asked for.
 - `TrainCollate`: `TrainItem`s -> `TrainBatch`, one padded `Batch` per task (vqa / caption / vaq / qav),
   padded to the batch's longest row. Sequences longer than `max_seq_len` are kept whole (never cut) and
-  counted.
+  counted. `TrainBatch.pin_memory()` is what DataLoader's `pin_memory=True` calls on it.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -28,7 +29,8 @@ class TaskBatchSampler(Sampler):
     start so that it splits evenly over the ranks (as DistributedSampler does), rank r taking every
     world-th item; batches of `batch_size` (the last one may be smaller unless `drop_last`). Batch j
     is a "caption" batch with probability `caption_prob`, drawn from a second (seed, epoch) generator,
-    so all ranks agree on the kind of step j."""
+    so all ranks agree on the kind of step j. `len()` is always the whole epoch's number of batches (the
+    lr schedule counts on it), also when `start` skips the first batches."""
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  caption_prob: float = 0.0, shuffle: bool = True, drop_last: bool = False):
@@ -38,10 +40,13 @@ class TaskBatchSampler(Sampler):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world_size
         self.seed, self.caption_prob, self.shuffle, self.drop_last = seed, caption_prob, shuffle, drop_last
-        self.epoch = 0
+        self.epoch = self.start = 0
 
-    def set_epoch(self, epoch: int):
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0):
+        """Iterate epoch `epoch` from its batch `start` (0: the whole epoch)."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start batch {start} outside the epoch's {len(self)} batches")
+        self.epoch, self.start = int(epoch), int(start)
 
     @property
     def per_rank(self) -> int:
@@ -61,7 +66,7 @@ class TaskBatchSampler(Sampler):
         mine = order[self.rank::self.world]
         n_batches = len(self)
         caption = self._rng(2).random(n_batches) < self.caption_prob
-        for j in range(n_batches):
+        for j in range(self.start, n_batches):
             kind = "caption" if caption[j] else "vqa"
             yield [(self.epoch, int(i), kind) for i in mine[j * self.batch_size:(j + 1) * self.batch_size]]
 
@@ -105,6 +110,12 @@ class TrainBatch:
         for b in self.parts.values():
             b.to(device)
         return self
+
+    def pin_memory(self) -> "TrainBatch":
+        """The same batch with every tensor in page-locked host memory (DataLoader(pin_memory=True)
+        calls this in its pinning thread; without it a custom batch type is passed through unpinned),
+        so that `.to(device)` copies asynchronously. Needs an accelerator, as `Tensor.pin_memory` does."""
+        return replace(self, parts={task: b.pin_memory() for task, b in self.parts.items()})
 
 
 class TrainCollate:

@@ -123,6 +123,9 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     log_every: int = 50
     tensorboard: bool = True
+    overwrite: bool = False           # a new run may delete the previous run's files in output_dir
+    save_every: int = 0               # mid-epoch checkpoint every N iterations (0: epoch checkpoints only)
+    grad_checkpointing: bool = False  # recompute the backbone blocks in backward (activation memory)
 
     def __post_init__(self):
         if self.data.dataset == "textvid":
@@ -138,6 +141,11 @@ class TrainConfig:
         self.eval_datasets = [benchmarks.get(n).name for n in self.eval_datasets]
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"--stop_after must be >= 1, got {self.stop_after}")
+        if self.log_every < 0:
+            raise ConfigError(f"--log_every must be >= 0, got {self.log_every}")
+        if self.save_every < 0 or self.save_every % self.optim.accum_iter:
+            raise ConfigError(f"--save_every ({self.save_every}) must be a multiple of --accum_iter "
+                              f"({self.optim.accum_iter}): checkpoints are written between optimizer steps")
 
     @property
     def caption_prob(self) -> float:
@@ -281,8 +289,17 @@ def train_parser(description: str = None) -> argparse.ArgumentParser:
     g.add_argument("--finetune", action="store_true",
                    help="with --resume: load the checkpoint's weights only (fresh optimizer, epoch 0)")
     g.add_argument("--resume", default=None,
-                   help="checkpoint to continue from (exactly: optimizer, schedule, epoch, RNG, data order), "
-                        "or with --finetune to start from")
+                   help="checkpoint to continue from (exactly: optimizer, schedule, epoch, RNG, data order, and "
+                        "the batch position of a mid-epoch checkpoint), or with --finetune to start from; a flag "
+                        "that differs from the checkpoint's is stated on one line")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output_dir that holds a previous run: delete its checkpoint_*.pth, "
+                        "log.jsonl, tensorboard/, eval/ and temporary files first (nothing else). Without it such a "
+                        "folder is refused unless --resume continues that run")
+    g.add_argument("--save_every", type=int, default=0,
+                   help="also write a mid-epoch checkpoint every N iterations (a multiple of --accum_iter), "
+                        "checkpoint_<epoch>_iter<N>.pth, pointed at by checkpoint_last.pth; only the newest is kept. "
+                        "--resume of it continues exactly where it was written (0: off)")
     g.add_argument("--start_epoch", type=int, default=0, help="first epoch (set by --resume)")
     g.add_argument("--stop_after", type=int, default=None,
                    help="leave after this many epochs of this run (e.g. a time-limited job); the lr schedule "
@@ -293,6 +310,11 @@ def train_parser(description: str = None) -> argparse.ArgumentParser:
                         "default: --dataset for finetuning, none for --textvid; 'none' disables")
     g.add_argument("--eval_split", default="val")
     g.add_argument("--eval_batch_size", type=int, default=None, help="default: --batch_size")
-    g.add_argument("--log_every", type=int, default=50, help="log.jsonl line every N iterations (0: off)")
+    g.add_argument("--log_every", type=int, default=50,
+                   help="log.jsonl line every N iterations (0: off). Loss values reach the host (a device sync) "
+                        "only every N iterations (50 when 0), at checkpoints and at the end of an epoch")
+    g.add_argument("--grad_checkpointing", action="store_true",
+                   help="recompute each backbone block in backward instead of storing its activations "
+                        "(less memory for long prompts, e.g. TVQA with --sub; about one more forward of time)")
     g.add_argument("--no_tensorboard", action="store_true")
     return p

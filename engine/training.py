@@ -3,6 +3,8 @@ the baseline). Only the TOPA parameters train (`llama.adapter.is_trainable`); th
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -25,7 +27,8 @@ from util.logging import RunLogger
 from util.schedule import lr_at, param_groups, set_lr
 
 from . import evaluation
-from .checkpointing import resume_training, save_checkpoint, training_state
+from .checkpointing import (Resumed, check_output_dir, checkpoint_name, on_main, prepare_resume_dir, resume_training,
+                            save_checkpoint, training_state)
 from .config import TrainConfig
 from .evaluation import token_nll
 
@@ -78,47 +81,220 @@ def _reduce_sums(values: List[float], device) -> List[float]:
 
 
 LOSS_PARTS = ("vqa", "caption", "vaq", "qav")
+SYNC_EVERY = 50   # iterations between host syncs of the loss values when --log_every is 0
+SKIP_LIMIT = 25   # fp16: optimizer steps skipped in a row (loss scale / 2**25) before the run stops
+
+
+@dataclass
+class EpochTotals:
+    """An epoch's running totals, on the host: sums of the synced loss values and counts. The loss sums,
+    item and token counts are this rank's (summed over ranks at the end of the epoch); the step counts
+    are the same on every rank (the GradScaler decides on all-reduced gradients). A mid-epoch checkpoint
+    stores them summed over ranks: on resume rank 0 starts from those, the other ranks from zero."""
+    sums: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(("loss",) + LOSS_PARTS, 0.0))
+    counts: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(("loss",) + LOSS_PARTS, 0))
+    items: int = 0
+    tokens: int = 0
+    too_long: int = 0
+    cut: int = 0
+    nonfinite: int = 0      # iterations whose loss was not finite (fp16: their step is skipped)
+    longest: int = 0        # longest item over max_seq_len (max over ranks)
+    steps: int = 0          # optimizer steps, and how many of them the GradScaler skipped
+    skipped: int = 0
+    skipped_in_row: int = 0
+    seconds: float = 0.0
+
+    PER_RANK = ("items", "tokens", "too_long", "cut", "nonfinite")
+
+    def summed(self, device) -> "EpochTotals":
+        """The totals over all ranks (a collective: every rank calls it at the same point)."""
+        keys = list(self.sums)
+        red = _reduce_sums([self.sums[k] for k in keys] + [self.counts[k] for k in keys]
+                           + [getattr(self, k) for k in self.PER_RANK], device)
+        n = len(keys)
+        return replace(self, sums=dict(zip(keys, red[:n])), counts={k: int(v) for k, v in zip(keys, red[n:2 * n])},
+                       longest=max(dist.gather_objects(self.longest)),
+                       **{k: int(v) for k, v in zip(self.PER_RANK, red[2 * n:])})
+
+    @classmethod
+    def resumed(cls, saved: Optional[dict], rank: int) -> "EpochTotals":
+        """This rank's share of totals saved summed over ranks."""
+        t = cls(**saved) if saved else cls()
+        if rank != 0:
+            t = replace(t, sums=dict.fromkeys(t.sums, 0.0), counts=dict.fromkeys(t.counts, 0), longest=0,
+                        **dict.fromkeys(cls.PER_RANK, 0))
+        return t
+
+
+@dataclass
+class IterLoss:
+    """One iteration's synced values: the total loss and its parts, the batch items, and for the
+    iteration that ends an accumulation cycle (without a GradScaler) the gradient norm of its optimizer
+    step and the items of the whole cycle."""
+    it: int
+    lr: float
+    ids: List[str]
+    loss: float
+    parts: Dict[str, float]
+    grad_norm: Optional[float] = None
+    cycle_ids: Optional[List[str]] = None
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and (self.grad_norm is None or math.isfinite(self.grad_norm))
+
+    def describe(self, epoch: int, rank: Optional[int] = None) -> str:
+        where = f"epoch {epoch} iteration {self.it}" + (f" (rank {rank})" if rank is not None else "")
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in self.parts.items())
+        if math.isfinite(self.loss):
+            return (f"{where}: gradient norm {self.grad_norm} of the optimizer step (loss {self.loss:.4g}: {parts}); "
+                    f"batch items of its accumulation cycle {', '.join(self.cycle_ids or self.ids)}")
+        return f"{where}: loss {self.loss} ({parts}); batch items {', '.join(self.ids)}"
+
+
+class LossWindow:
+    """The loss values of the iterations since the last host sync, kept on the device: `add` costs one
+    small stack, `sync` one device-to-host copy for all of them."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, it: int, lr: float, ids: List[str], total: torch.Tensor, losses: Dict[str, torch.Tensor],
+            grad_norm: Optional[torch.Tensor] = None, cycle_ids: Optional[List[str]] = None):
+        vals = [total, *losses.values()] + ([grad_norm] if grad_norm is not None else [])
+        self.rows.append((it, lr, ids, cycle_ids, list(losses), grad_norm is not None,
+                          torch.stack([v.detach().float().reshape(()) for v in vals])))
+
+    def sync(self) -> List[IterLoss]:
+        if not self.rows:
+            return []
+        flat = torch.cat([r[-1] for r in self.rows]).tolist()   # the host sync
+        out, i = [], 0
+        for it, lr, ids, cycle_ids, names, has_norm, _ in self.rows:
+            n = 1 + len(names)
+            out.append(IterLoss(it, lr, ids, flat[i], dict(zip(names, flat[i + 1:i + n])),
+                                flat[i + n] if has_norm else None, cycle_ids))
+            i += n + has_norm
+        self.rows = []
+        return out
+
+
+@torch.no_grad()
+def step_if_finite(optimizer: torch.optim.Optimizer, params: List[torch.Tensor], ok: torch.Tensor):
+    """`optimizer.step()`, undone on the device where `ok` (a 0-dim bool tensor, here: the gradient norm
+    is finite) is False: the parameters and their state tensors (AdamW's moments) keep their values, and
+    state that this step created (the first step's) is zeroed. No host sync: a non-finite update never
+    reaches the weights while the run goes on to its next sync, which then stops it (hence the step
+    counter is not rolled back). `ok` is the same on every rank: DDP has all-reduced the gradients."""
+    kept, fresh = [], []
+    for p in params:
+        state = optimizer.state.get(p)
+        if not state:
+            fresh.append(p)
+        kept += [(t, t.clone()) for t in [p] + [v for v in (state or {}).values()
+                                               if torch.is_tensor(v) and v.shape == p.shape]]
+    optimizer.step()
+    for t, before in kept:
+        t.copy_(torch.where(ok, t, before))
+    for p in fresh:
+        for v in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(v) and v.shape == p.shape:
+                v.copy_(torch.where(ok, v, 0.0))
 
 
 def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim.Optimizer, epoch: int,
-                    cfg: TrainConfig, device, scaler: Optional["torch.amp.GradScaler"] = None, logger=None) -> dict:
-    """One epoch of `loader` (TrainBatches). `step` is the TrainStep, DDP-wrapped under torchrun.
+                    cfg: TrainConfig, device, scaler: Optional["torch.amp.GradScaler"] = None, logger=None,
+                    start: int = 0, totals: Optional[EpochTotals] = None, save=None) -> dict:
+    """One epoch of `loader` (TrainBatches), from its batch `start` (resuming a mid-epoch checkpoint,
+    with that checkpoint's `totals`). `step` is the TrainStep, DDP-wrapped under torchrun.
 
     Per iteration: the lr is set at each accumulation boundary from e = it/len(loader) + epoch;
     loss / accum_iter is backpropagated (DDP gradients are synchronised only on the step that ends an
     accumulation cycle); the optimizer steps every accum_iter iterations. The last, possibly shorter,
     cycle of the epoch also steps, its gradient rescaled to the mean over the iterations it holds.
+    `save(iterations_done, totals summed over ranks)` is called every `--save_every` iterations (at an
+    accumulation boundary, after the step: no gradient is pending) except at the epoch's end.
+
+    Host syncs: the losses (and, without a GradScaler, each step's gradient norm) stay on the device
+    and reach the host every `--log_every` iterations (SYNC_EVERY when it is 0), before a mid-epoch
+    checkpoint and at the epoch's end. That is where non-finite values are caught:
+    - bf16 / fp32: a non-finite loss or gradient norm on any rank stops every rank (an all-reduced flag
+      at each sync) with one message naming the epoch, iteration, rank, loss parts and batch items.
+      Until that sync, an optimizer step whose gradient norm is not finite is undone on the device
+      (`step_if_finite`), and every checkpoint follows a sync that found the values finite.
+    - fp16: the GradScaler skips a step whose gradients are not finite (and reads that flag every step
+      itself). Skipped steps are counted; SKIP_LIMIT skipped in a row, or every step of an epoch
+      skipped, stops the run with an error before any checkpoint of that epoch is written.
     Returns the epoch's mean losses (averaged over ranks) and counts."""
     step.train()
     opt, max_seq_len = cfg.optim, cfg.data.max_seq_len
     accum = opt.accum_iter
     n_iter = len(loader)
+    sync_every = cfg.log_every or SYNC_EVERY
     trainable = [p for _, p in model.trainable_parameters()]
     optimizer.zero_grad(set_to_none=True)
-    sums = {k: 0.0 for k in ("loss",) + LOSS_PARTS}
-    counts = {k: 0 for k in sums}
-    n_items = n_too_long = longest_seen = n_tokens = n_nonfinite = n_cut = 0
+    totals = totals or EpochTotals()
+    window, first_nonfinite, cycle_ids = LossWindow(), [], []
     lr_max = opt.absolute_lr(cfg.data.batch_size, dist.world_size())
     lr = optimizer.param_groups[-1]["lr"]
-    t0 = time.time()
-    bar = tqdm(loader, total=n_iter, desc=f"epoch {epoch}", disable=not dist.is_main(), dynamic_ncols=True)
-    for it, tb in enumerate(bar):
+    scale = scaler.get_scale() if scaler is not None else None
+    t0, seconds0 = time.time(), totals.seconds
+    bar = tqdm(loader, total=n_iter, initial=start, desc=f"epoch {epoch}", disable=not dist.is_main(),
+               dynamic_ncols=True)
+
+    def sync():
+        """Bring the window's values to the host: totals, log lines, progress bar; stop on non-finite."""
+        bad, r = None, None
+        for r in window.sync():
+            if math.isfinite(r.loss):
+                totals.sums["loss"] += r.loss
+                totals.counts["loss"] += 1
+                for k, v in r.parts.items():
+                    totals.sums[k] += v
+                    totals.counts[k] += 1
+            else:
+                totals.nonfinite += 1
+            if not r.finite:
+                bad = bad or r
+                if not first_nonfinite:
+                    first_nonfinite.append(r)
+            if logger is not None and cfg.log_every and (r.it + 1) % cfg.log_every == 0:
+                logger.write("iter", {"epoch": epoch, "iter": r.it + 1, "lr": r.lr, "loss": r.loss, **r.parts,
+                                      **({"grad_norm": r.grad_norm} if r.grad_norm is not None else {})},
+                             step=epoch * n_iter + r.it + 1)
+        if r is not None:
+            bar.set_postfix(loss=f"{r.loss:.4f}", lr=f"{r.lr:.3e}", **{k: f"{v:.4f}" for k, v in r.parts.items()})
+        if scaler is None and (_reduce_sums([float(bad is not None)], device)[0] if dist.is_dist() else bad):
+            found = [(i, b) for i, b in enumerate(dist.gather_objects(bad)) if b is not None]
+            ranks = dist.world_size() > 1
+            raise FloatingPointError("non-finite training values at " + "; ".join(
+                b.describe(epoch, i if ranks else None) for i, b in found)
+                + ". Stopped on every rank; no checkpoint was written after it (try a lower --lr, or check "
+                  "these items' features)")
+
+    def diverged(what: str):
+        sync()
+        firsts = [f[0] for f in dist.gather_objects(first_nonfinite[:1]) if f]
+        first = f"; the first non-finite loss: {firsts[0].describe(epoch)}" if firsts else ""
+        raise FloatingPointError(f"fp16 training diverged at epoch {epoch}: the gradient scaler skipped {what} "
+                                 f"(loss scale now {scaler.get_scale():g}){first}. Stopped before writing a "
+                                 "checkpoint; try --precision bf16 or a lower --lr")
+
+    for it, tb in enumerate(bar, start):
         if it % accum == 0:
             lr = lr_at(it / n_iter + epoch, lr_max, opt.min_lr, opt.warmup_epochs, opt.epochs)
             set_lr(optimizer, lr)
         boundary = (it + 1) % accum == 0 or it + 1 == n_iter
-        sync = step.no_sync() if isinstance(step, nn.parallel.DistributedDataParallel) and not boundary \
+        sync_ctx = step.no_sync() if isinstance(step, nn.parallel.DistributedDataParallel) and not boundary \
             else nullcontext()
         tb.to(device)
-        with sync:
+        with sync_ctx:
             losses = step(tb)
             loss = total_loss(losses, opt.weight_captioning)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value) and scaler is None:
-                parts = {k: v.item() for k, v in losses.items()}
-                raise FloatingPointError(f"loss is {loss_value} ({parts}) at epoch {epoch} iteration {it}; stopping")
             scaled = loss / accum
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        cycle_ids += tb.ids
+        grad_norm = None
         if boundary:
             held = it % accum + 1
             if held < accum:  # a short last cycle: make it a mean over the iterations it holds
@@ -131,58 +307,64 @@ def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim
                     torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad)
                 scaler.step(optimizer)
                 scaler.update()
+                # GradScaler.step has just read its found-inf flag on the host: this read adds no wait
+                new_scale = scaler.get_scale()
+                skipped = new_scale < scale    # the scale only shrinks on a skipped step
+                scale = new_scale
+                totals.skipped += skipped
+                totals.skipped_in_row = totals.skipped_in_row + 1 if skipped else 0
             else:
-                if opt.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad)
-                optimizer.step()
+                grads = [p.grad for p in trainable if p.grad is not None]
+                grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad) if opt.clip_grad
+                             else torch.nn.utils.get_total_norm(grads))
+                step_if_finite(optimizer, trainable, torch.isfinite(grad_norm))
+            totals.steps += 1
             optimizer.zero_grad(set_to_none=True)
+        window.add(it, lr, tb.ids, loss, losses, grad_norm, cycle_ids if grad_norm is not None else None)
+        if boundary:
+            cycle_ids = []
 
-        # bookkeeping (a non-finite fp16 loss, whose step the GradScaler skips, is counted apart)
-        if math.isfinite(loss_value):
-            sums["loss"] += loss_value
-            counts["loss"] += 1
-            for k, v in losses.items():
-                sums[k] += v.item()
-                counts[k] += 1
-        else:
-            n_nonfinite += 1
-        n_items += tb.n_items
-        n_tokens += tb.n_tokens
-        n_cut += tb.n_cut
+        # host-side bookkeeping (no device values)
+        totals.items += tb.n_items
+        totals.tokens += tb.n_tokens
+        totals.cut += tb.n_cut
         if tb.too_long:
-            if n_too_long == 0 and dist.is_main():
+            if totals.too_long == 0 and dist.is_main():
                 idx, n = tb.too_long[0]
                 tqdm.write(f"note: training item {idx} has {n} tokens > max_seq_len={max_seq_len}; such "
                            "items are kept whole (never cut) and counted (reported at the end of the epoch)")
-            n_too_long += len(tb.too_long)
-            longest_seen = max(longest_seen, max(n for _, n in tb.too_long))
-        shown = {k: f"{v.item():.4f}" for k, v in losses.items()}
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3e}", **shown)
-        if logger is not None and cfg.log_every and (it + 1) % cfg.log_every == 0:
-            logger.write("iter", {"epoch": epoch, "iter": it + 1, "lr": lr, "loss": loss_value,
-                                  **{k: v.item() for k, v in losses.items()}},
-                         step=epoch * n_iter + it + 1)
+            totals.too_long += len(tb.too_long)
+            totals.longest = max(totals.longest, max(n for _, n in tb.too_long))
+        if (it + 1) % sync_every == 0:
+            sync()
+        if scaler is not None and totals.skipped_in_row >= SKIP_LIMIT:
+            diverged(f"{totals.skipped_in_row} optimizer steps in a row (up to iteration {it})")
+        if save is not None and cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < n_iter:
+            sync()
+            totals.seconds = seconds0 + time.time() - t0
+            save(it + 1, totals.summed(device))
 
-    keys = list(sums)
-    red = _reduce_sums([sums[k] for k in keys] + [counts[k] for k in keys]
-                       + [n_items, n_too_long, n_tokens, n_nonfinite, n_cut], device)
-    S, C = red[:len(keys)], red[len(keys):2 * len(keys)]
-    n_items, n_too_long, n_tokens, n_nonfinite, n_cut = (int(x) for x in red[2 * len(keys):])
-    longest_seen = max(dist.gather_objects(longest_seen))
-    elapsed = time.time() - t0
-    stats = {k: S[i] / C[i] for i, k in enumerate(keys) if C[i]}
-    stats.update({"lr": lr, "iters": n_iter, "items": n_items, "too_long": n_too_long, "dialogue_cut": n_cut,
-                  "nonfinite": n_nonfinite,
-                  "tokens_per_s": n_tokens / max(elapsed, 1e-9), "seconds": elapsed})
+    sync()
+    if scaler is not None and totals.steps and totals.skipped == totals.steps:
+        diverged(f"all {totals.steps} optimizer steps of the epoch")
+    totals.seconds = seconds0 + time.time() - t0
+    tot = totals.summed(device)
+    stats = {k: tot.sums[k] / tot.counts[k] for k in tot.sums if tot.counts[k]}
+    stats.update({"lr": lr, "iters": n_iter, "items": tot.items, "too_long": tot.too_long, "dialogue_cut": tot.cut,
+                  "nonfinite": tot.nonfinite, "steps": tot.steps, "skipped_steps": tot.skipped,
+                  "tokens_per_s": tot.tokens / max(tot.seconds, 1e-9), "seconds": tot.seconds})
     if dist.is_main():
         msg = f"epoch {epoch}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in ("loss",) + LOSS_PARTS if k in stats)
         print(msg, flush=True)
-        if n_cut:
-            print(f"epoch {epoch}: {n_cut} of {n_items} training items had their dialogue cut to fit max_seq_len="
+        if tot.skipped:
+            print(f"epoch {epoch}: the fp16 gradient scaler skipped {tot.skipped} of {tot.steps} optimizer steps "
+                  "(non-finite gradients)", flush=True)
+        if tot.cut:
+            print(f"epoch {epoch}: {tot.cut} of {tot.items} training items had their dialogue cut to fit max_seq_len="
                   f"{max_seq_len} (--truncate_dialogue)", flush=True)
-        if n_too_long:
-            print(f"epoch {epoch}: {n_too_long} of {n_items} training items were longer than max_seq_len="
-                  f"{max_seq_len} (longest {longest_seen} tokens); they were kept whole, not cut "
+        if tot.too_long:
+            print(f"epoch {epoch}: {tot.too_long} of {tot.items} training items were longer than max_seq_len="
+                  f"{max_seq_len} (longest {tot.longest} tokens); they were kept whole, not cut "
                   "(batches are padded to their longest item)", flush=True)
     return stats
 
@@ -214,8 +396,11 @@ def build_train_data(cfg: TrainConfig, builder: PromptBuilder, rank: int, world:
         ds = MCQATrainDataset(base, vaq=cfg.vaq, qav=cfg.qav)
     sampler = TaskBatchSampler(len(ds), cfg.data.batch_size, rank, world, seed=cfg.run.seed,
                                caption_prob=cfg.caption_prob)
+    # its own generator (seeded per epoch in `run`) draws the workers' seeds, so that starting an
+    # epoch's iterator does not advance the global RNG that checkpoints save and restore
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollate(cfg.data.max_seq_len),
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())
     return loader, sampler
 
 
@@ -253,13 +438,18 @@ def evaluate_epoch(cfg: TrainConfig, model, eval_sets, memory, device, epoch: in
 
 
 def run(cfg: TrainConfig) -> Optional[dict]:
-    """train.py: build, (resume,) train epoch by epoch, evaluate and checkpoint after each.
-    Returns the best evaluation record (rank 0; None without --eval_datasets)."""
+    """train.py: build, (resume,) train epoch by epoch, evaluate and checkpoint after each (and every
+    --save_every iterations). Returns the best evaluation record (rank 0; None without --eval_datasets).
+
+    The output folder belongs to one run: checked before the model loads (`check_output_dir`), and on
+    `--resume` cut back to the checkpoint (`prepare_resume_dir`)."""
     rank, world, device = dist.init_distributed(cfg.run.device)
+    out, main_rank = Path(cfg.run.output_dir), dist.is_main()
+    continuing = cfg.resume is not None and not cfg.finetune
+    on_main(check_output_dir, out, cfg.resume, continuing, cfg.overwrite)
     seed_everything(cfg.run.seed)  # same on every rank: fresh TOPA parameters start equal (DDP checks it)
     dtype = resolve_dtype(cfg.model.precision, device)
     lr = cfg.optim.absolute_lr(cfg.data.batch_size, world)
-    out, main_rank = Path(cfg.run.output_dir), dist.is_main()
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{'finetune' if cfg.finetune else 'resume' if cfg.resume else 'train'}: world size {world}, "
@@ -267,6 +457,7 @@ def run(cfg: TrainConfig) -> Optional[dict]:
               f"{cfg.data.batch_size * cfg.optim.accum_iter * world})", flush=True)
 
     model, tok, ckpt = load_topa(cfg.model, device, dtype, resume=cfg.resume)
+    model.grad_checkpointing = cfg.grad_checkpointing
     builder = PromptBuilder(tok, model.args.max_feats)
     loader, sampler = build_train_data(cfg, builder, rank, world, device)
     eval_sets = build_eval_sets(cfg, builder)
@@ -279,13 +470,20 @@ def run(cfg: TrainConfig) -> Optional[dict]:
                                   betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
-    start_epoch, best = cfg.start_epoch, None
-    if ckpt is not None and not cfg.finetune:
-        start_epoch, best = resume_training(ckpt, cfg.resume, model, optimizer, scaler, sampler,
-                                            cfg.optim.weight_decay)
+    resumed = Resumed(cfg.start_epoch)
+    if ckpt is not None and continuing:
+        resumed = resume_training(ckpt, cfg.resume, model, optimizer, scaler, sampler, cfg, world, device)
+        on_main(prepare_resume_dir, out, cfg.resume, resumed.position)
     elif ckpt is not None and main_rank:
         print(f"finetuning from {cfg.resume} (weights only)", flush=True)
     del ckpt
+    start_epoch, best = resumed.epoch, resumed.best
+
+    def save_mid_epoch(epoch: int, done: int, totals: EpochTotals):
+        if main_rank:
+            state = training_state(model, optimizer, scaler, epoch, cfg, sampler.state_dict(), best,
+                                   iteration=done, epoch_totals=asdict(totals))
+            tqdm.write(f"saved {save_checkpoint(out, state, ('last',))}")
 
     logger = RunLogger(out, enabled=main_rank, tensorboard=cfg.tensorboard)
     epochs = cfg.optim.epochs
@@ -293,8 +491,12 @@ def run(cfg: TrainConfig) -> Optional[dict]:
         print(f"nothing to do: start epoch {start_epoch} >= --epochs {epochs}")
     end_epoch = epochs if cfg.stop_after is None else min(epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, end_epoch):
-        sampler.set_epoch(epoch)
-        stats = train_one_epoch(step, model, loader, optimizer, epoch, cfg, device, scaler, logger)
+        first = resumed.iteration if epoch == resumed.epoch else 0
+        sampler.set_epoch(epoch, first)
+        loader.generator.manual_seed(cfg.run.seed * 1_000_003 + epoch)
+        totals = EpochTotals.resumed(resumed.epoch_totals, rank) if first else None
+        stats = train_one_epoch(step, model, loader, optimizer, epoch, cfg, device, scaler, logger, start=first,
+                                totals=totals, save=partial(save_mid_epoch, epoch))
         evals = evaluate_epoch(cfg, model, eval_sets, memory, device, epoch, out, logger)
         step.train()
         if main_rank:
@@ -304,10 +506,12 @@ def run(cfg: TrainConfig) -> Optional[dict]:
                 if best is None or metric > best["acc"]:
                     best = {"epoch": epoch, "acc": metric, "datasets": dict(evals)}
                     also = ("last", "best")
-            path = save_checkpoint(out, training_state(model, optimizer, scaler, epoch, cfg, sampler.state_dict(),
-                                                       best), also)
+            # the epoch's line first: a kill between the two leaves a line that a resume drops
             logger.write("epoch", {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
-                                   **{f"val_{k}": v for k, v in evals.items()}, "checkpoint": str(path)}, step=epoch)
+                                   **{f"val_{k}": v for k, v in evals.items()},
+                                   "checkpoint": str(out / checkpoint_name(epoch))}, step=epoch)
+            save_checkpoint(out, training_state(model, optimizer, scaler, epoch, cfg, sampler.state_dict(), best),
+                            also)
         dist.barrier()
     logger.close()
     dist.barrier()

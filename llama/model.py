@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -256,6 +257,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.set_attn_impl(attn_impl)
+        self.grad_checkpointing = False  # recompute each block in backward instead of keeping its activations
 
     def make_block(self, layer_id: int) -> TransformerBlock:
         return TransformerBlock(self.args)
@@ -273,10 +275,16 @@ class Transformer(nn.Module):
         """h [B, L, D] input embeddings -> final normed hidden [B, L, D].
         mask: bool [B, 1, L, Lk] (True = may attend) or None = causal in token order (the fused kernel
         then runs its causal fast path; right padding may see real keys, which is harmless as long as
-        padding is never scored). `layer_kwargs(i)` gives extra keyword arguments for layer i's attention."""
+        padding is never scored). `layer_kwargs(i)` gives extra keyword arguments for layer i's attention.
+        With `grad_checkpointing` (and autograd on) each block keeps only its input for backward and runs
+        again there."""
         cos, sin = rope_angles(positions, self.args.head_dim, self.args.rope_theta)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, **(layer_kwargs(i) if layer_kwargs else {}))
+            kwargs = layer_kwargs(i) if layer_kwargs else {}
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(layer, h, cos, sin, mask, use_reentrant=False, **kwargs)
+            else:
+                h = layer(h, cos, sin, mask, **kwargs)
         return self.norm(h)
 
     def forward(self, tokens, positions=None, mask=None):

@@ -33,7 +33,7 @@ quiet python "$REPO/eval.py" "${COMMON[@]}" --dataset nextqa --batch_size 16 --o
 echo "== 3. text-only pre-alignment on TextVid ($EPOCHS epochs)"
 quiet python "$REPO/train.py" "${COMMON[@]}" --textvid --max_seq_len 150 --batch_size 16 --accum_iter 1 \
   --epochs "$EPOCHS" --warmup_epochs 1 --lr 2e-2 --weight_decay 0.0 --log_every 0 --no_tensorboard \
-  --output_dir "$OUT/checkpoints"
+  --output_dir "$OUT/checkpoints" --overwrite  # a re-run starts over (the world above is new too)
 python - "$OUT/checkpoints/log.jsonl" <<'PY'
 import json, sys
 ep = [json.loads(l) for l in open(sys.argv[1])]

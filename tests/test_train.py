@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from llama.prompts import PromptBuilder
 from llama.tokenizer import load_tokenizer
 from util.schedule import absolute_lr, lr_at, param_groups
 from engine.checkpointing import save_checkpoint
-from engine.config import TrainConfig
+from engine.config import TrainConfig, flat_args
 from util.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,9 +90,23 @@ def resume_runs(world, tmp_path_factory):
     train.main(train.get_args(base_args(world, a, *TEXTVID, "--epochs", 2)))
     train.main(train.get_args(base_args(world, b, *TEXTVID, "--epochs", 2, "--stop_after", 1)))
     assert not (b / "checkpoint_1.pth").exists()
+    # what a run killed during epoch 1 leaves behind: its log lines (the last one torn) and a temp file
+    with open(b / "log.jsonl", "a") as f:
+        f.write(json.dumps({"type": "iter", "epoch": 1, "iter": 1, "lr": 0.1, "loss": 9.0}) + "\n")
+        f.write('{"type": "iter", "epoch": 1, "it')
+    (b / ".checkpoint_1.pth.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     train.main(train.get_args(base_args(world, b, *TEXTVID, "--epochs", 2, "--num_workers", 2,
                                         "--resume", b / "checkpoint_0.pth")))
     return a, b
+
+
+def log_lines(folder, kind=None):
+    """log.jsonl as records without their wall-clock fields (strict JSON: NaN is refused)."""
+    def strict(x):
+        raise ValueError(f"{x} in log.jsonl")
+    lines = [json.loads(x, parse_constant=strict) for x in (Path(folder) / "log.jsonl").read_text().splitlines()]
+    drop = {"time", "train_seconds", "train_tokens_per_s", "checkpoint"}
+    return [{k: v for k, v in x.items() if k not in drop} for x in lines if kind is None or x["type"] == kind]
 
 
 def test_resume_continues_exactly(resume_runs):
@@ -105,10 +120,14 @@ def test_resume_continues_exactly(resume_runs):
     # the runs trained: the epoch-1 weights differ from epoch 0's
     assert max_diff(ca["model"], ckpt_model(a / "checkpoint_0.pth")) > 1e-4
     # per-epoch logs of both runs agree on the second epoch's loss parts
-    la = [json.loads(x) for x in (a / "log.jsonl").read_text().splitlines()]
-    lb = [json.loads(x) for x in (b / "log.jsonl").read_text().splitlines()]
+    la, lb = log_lines(a), log_lines(b)
     ea = [x for x in la if x["type"] == "epoch"][-1]
     eb = [x for x in lb if x["type"] == "epoch"][-1]
+    # one log line per iteration of the run that counted: the killed epoch's lines are gone, as is its
+    # temp file, and the iteration lines equal the uninterrupted run's
+    assert [x for x in lb if x["type"] == "iter"] == [x for x in la if x["type"] == "iter"]
+    assert [x["type"] for x in lb] == [x["type"] for x in la] == (["iter"] * 6 + ["epoch"]) * 2
+    assert not list(b.glob(".*.tmp"))
     for k in ("train_loss", "train_vqa", "train_vaq", "train_qav", "train_caption"):
         assert ea[k] == pytest.approx(eb[k], abs=1e-6), k
     # items longer than max_seq_len were counted (and kept whole)
@@ -498,11 +517,16 @@ def test_non_finite_loss_stops_training(world, tiny_model, tmp_path):
                                          collate_fn=TrainCollate())
     opt = torch.optim.AdamW(param_groups(model.trainable_parameters(), 0.1), lr=1e-3)
     saved = model.visual_proj.weight.detach().clone()
+    before = {n: p.detach().clone() for n, p in model.trainable_parameters()}
+    first = next(iter(loader)).ids
     try:
         with torch.no_grad():
             model.visual_proj.weight.fill_(float("nan"))
-        with pytest.raises(FloatingPointError, match="epoch 0 iteration 0"):
+        with pytest.raises(FloatingPointError, match="epoch 0 iteration 0: loss nan \\(vqa nan\\); batch items") as e:
             engine.train_one_epoch(engine.TrainStep(model), model, loader, opt, 0, TrainConfig.from_args(args), "cpu")
+        assert len(first) == 4 and all(i in str(e.value) for i in first)   # the batch's items are named
+        # no non-finite update reached the other parameters before the run stopped
+        assert all(torch.equal(p, before[n]) for n, p in model.trainable_parameters() if n != "visual_proj.weight")
     finally:
         with torch.no_grad():
             model.visual_proj.weight.copy_(saved)
@@ -615,3 +639,262 @@ def test_eval_scripts_parse_with_dry_run(script, llama):
     assert args["model"] == {"llama2_7b": "7B", "llama2_13b": "13B", "llama3_8b": "8B"}[llama]
     assert args["llama3"] == (llama == "llama3_8b") and args["rope_theta"] == (10000 if llama == "llama3_8b" else None)
     assert args["resume"] == f"vqa_checkpoint/topa_{llama}.pth"
+
+
+# ---------------------------------------------------------------- (j) runs that lose nothing and never lie
+
+def test_fp16_total_divergence_stops_without_writing_a_checkpoint(world, tiny_model, tmp_path, monkeypatch):
+    """fp16 finetuning from weights whose video embedding overflows fp16: every forward is non-finite and
+    the GradScaler skips every optimizer step. The run stops with an error naming the first bad items;
+    no checkpoint is written, and the log stays valid JSON (null for the non-finite values)."""
+    model, _ = tiny_model
+    cfg = TrainConfig.from_args(train.get_args(base_args(world, tmp_path / "unused")))
+    state = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    state["temporal_emb.weight"].fill_(1e5)                  # finite in fp32, inf once cast to fp16
+    torch.save({"model": state, "args": flat_args(cfg)}, tmp_path / "overflows.pth")
+    out = tmp_path / "fp16"
+    with pytest.raises(FloatingPointError, match=r"fp16 training diverged at epoch 0: the gradient scaler skipped "
+                                                 r"all 3 optimizer steps.*iteration 0: loss nan.*batch items \S+"):
+        train.main(train.get_args(base_args(world, out, "--dataset", "nextqa", "--finetune", "--resume",
+                                            tmp_path / "overflows.pth", "--batch_size", 4, "--epochs", 2, "--lr",
+                                            1e-3, "--log_every", 1, "--eval_datasets", "none")
+                                  + ["--precision", "fp16"]))
+    assert not list(out.glob("checkpoint_*.pth"))
+    lines = log_lines(out)
+    assert [x["type"] for x in lines] == ["iter"] * 3 and all(x["loss"] is None for x in lines)
+    # a long epoch stops after SKIP_LIMIT skipped steps in a row, without waiting for the epoch's end
+    monkeypatch.setattr(engine, "SKIP_LIMIT", 2)
+    fp16, tok, _ = load_topa(cfg.model, torch.device("cpu"), torch.float16, resume=tmp_path / "overflows.pth")
+    base = build_mcqa_dataset("nextqa", world / "data", "train", PromptBuilder(tok, 10), train=True)
+    loader = torch.utils.data.DataLoader(MCQATrainDataset(base), batch_sampler=TaskBatchSampler(len(base), 2),
+                                         collate_fn=TrainCollate())
+    opt = torch.optim.AdamW(param_groups(fp16.trainable_parameters(), 0.1), lr=1e-3)
+    with pytest.raises(FloatingPointError, match=r"skipped 2 optimizer steps in a row \(up to iteration 1\)"):
+        engine.train_one_epoch(engine.TrainStep(fp16), fp16, loader, opt, 0, cfg, "cpu", torch.amp.GradScaler("cpu"))
+
+
+RANK_NAN_DRIVER = """
+import os, sys
+import dataloader.training as dt
+import train
+rank, seen = int(os.environ["RANK"]), [0]
+real_to = dt.TrainBatch.to
+def to(self, device):  # rank 1's third batch carries a NaN (the other rank's data stays clean)
+    out = real_to(self, device)
+    seen[0] += 1
+    if rank == 1 and seen[0] == 3:
+        for b in out.parts.values():
+            b.video.fill_(float("nan"))
+        open(os.path.join(sys.argv[1], "poisoned.txt"), "w").write(" ".join(self.ids))
+    return out
+dt.TrainBatch.to = to
+args = train.get_args(sys.argv[2:])
+try:
+    train.main(args)
+except FloatingPointError as e:
+    open(os.path.join(sys.argv[1], f"error{rank}.txt"), "w").write(str(e))
+    raise
+"""
+
+
+def test_torchrun_nan_on_one_rank_stops_every_rank_with_the_message(world, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(RANK_NAN_DRIVER)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
+           str(tmp_path), *base_args(world, out, "--textvid", "--batch_size", 2, "--epochs", 1, "--lr", "1e-2",
+                                     "--warmup_epochs", 0, "--log_every", 2, "--eval_datasets", "none")]
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=150)
+    took = time.time() - t0
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert (tmp_path / "error0.txt").is_file() and (tmp_path / "error1.txt").is_file(), r.stderr[-3000:]
+    m0, m1 = (tmp_path / "error0.txt").read_text(), (tmp_path / "error1.txt").read_text()
+    assert m0 == m1                                              # the same message on both ranks
+    poisoned = (tmp_path / "poisoned.txt").read_text().split()
+    assert "epoch 0 iteration 2 (rank 1): loss nan" in m0 and all(i in m0 for i in poisoned), m0
+    assert not list(out.glob("checkpoint_*.pth"))
+    assert took < 120                                            # nobody waited for the 60-minute timeout
+
+
+def test_output_dir_of_another_run_is_refused_and_overwrite_deletes_only_its_files(world, tmp_path):
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "eval" / "epoch_0").mkdir(parents=True)
+    for name in ("checkpoint_0.pth", "checkpoint_last.pth", "checkpoint_3_iter40.pth", ".checkpoint_1.pth.x1.tmp",
+                 ".log.jsonl.x2.tmp", "tensorboard/events.out", "eval/epoch_0/accuracy_nextqa_val.json"):
+        (out / name).write_bytes(b"old run")
+    (out / "log.jsonl").write_text('{"type": "epoch", "epoch": 0, "train_loss": 1.0}\n' * 12)
+    mine = {"notes.txt": "keep me", "my_model.pth": "keep", "checkpoint_notes.txt": "keep"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    nowhere = ["--llama_model_path", str(tmp_path / "no_llama")]   # refused before any model is looked for
+    args = base_args(world, out, "--dataset", "nextqa", "--batch_size", 4, "--epochs", 1, "--lr", 1e-3,
+                     "--eval_datasets", "none", "--log_every", 1)
+    with pytest.raises(ConfigError, match=r"--output_dir .*run already holds a training run's files \(checkpoint_0\.pth, "
+                                          r".*log\.jsonl, tensorboard/, eval/, \.checkpoint_1\.pth\.x1\.tmp.*\): "
+                                          r"continue that run with --resume .*checkpoint_last\.pth.*--overwrite"):
+        train.main(train.get_args(args + nowhere))
+    with pytest.raises(ConfigError, match="already holds.*--finetune starts a new run"):   # finetuning too
+        train.main(train.get_args(args + nowhere + ["--finetune", "--resume", str(tmp_path / "x.pth")]))
+    with pytest.raises(ConfigError, match=r"continues the run in .*elsewhere"):   # continuing another run here
+        train.main(train.get_args(args + nowhere + ["--resume", str(tmp_path / "elsewhere" / "checkpoint_0.pth")]))
+    with pytest.raises(ConfigError, match=r"--overwrite would delete .*checkpoint_0\.pth"):
+        train.main(train.get_args(args + nowhere + ["--overwrite", "--resume", str(out / "checkpoint_0.pth")]))
+    assert (out / "log.jsonl").read_text().count("\n") == 12 and (out / ".log.jsonl.x2.tmp").exists()  # untouched
+
+    train.main(train.get_args(args + ["--overwrite"]))
+    assert {p.name for p in out.iterdir()} == set(mine) | {"log.jsonl", "checkpoint_0.pth", "checkpoint_last.pth"}
+    assert all((out / n).read_text() == t for n, t in mine.items())
+    assert [x["type"] for x in log_lines(out)] == ["iter"] * 3 + ["epoch"]   # the new run's lines only
+
+
+KILL_DRIVER = """
+import sys, time
+import train
+from util.logging import RunLogger
+real = RunLogger.write
+def write(self, kind, record, step=None):  # stands still after epoch 1's 5th iteration: the test kills it there
+    real(self, kind, record, step)
+    if kind == "iter" and (record["epoch"], record["iter"]) == (1, 5):
+        time.sleep(300)
+RunLogger.write = write
+train.main(train.get_args(sys.argv[1:]))
+"""
+
+
+def test_mid_epoch_checkpoint_killed_and_resumed_equals_the_uninterrupted_run(world, resume_runs, tmp_path):
+    """Run A: 2 epochs of 6 iterations straight (resume_runs). Run B: the same with --save_every 4,
+    SIGKILLed in epoch 1 one iteration after its mid-epoch checkpoint, then resumed from checkpoint_last.pth
+    with 2 data workers: the same log line per iteration and the same final parameters as A."""
+    a, _ = resume_runs
+    b = tmp_path / "B"
+    driver = tmp_path / "driver.py"
+    driver.write_text(KILL_DRIVER)
+    args = base_args(world, b, *TEXTVID, "--epochs", 2, "--save_every", 4)
+    p = subprocess.Popen([sys.executable, str(driver), *args], cwd=REPO, env=run_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and p.poll() is None and not (
+                (b / "log.jsonl").exists() and '"epoch": 1, "iter": 5' in (b / "log.jsonl").read_text()):
+            time.sleep(0.05)
+        assert p.poll() is None, p.stderr.read()[-3000:]
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    # killed: only the newest mid-epoch checkpoint is kept (epoch 0's went with checkpoint_0.pth) and
+    # checkpoint_last.pth is it; the log runs one iteration past it; a killed save left a temp file
+    assert sorted(x.name for x in b.glob("checkpoint_*.pth")) == ["checkpoint_0.pth", "checkpoint_1_iter4.pth",
+                                                                  "checkpoint_last.pth"]
+    mid = load_topa_checkpoint(b / "checkpoint_last.pth")
+    assert (mid["epoch"], mid["iteration"], mid["sampler"]["batches_done"]) == (1, 4, 4)
+    assert [(x["epoch"], x["iter"]) for x in log_lines(b, "iter")][-2:] == [(1, 4), (1, 5)]
+    (b / ".checkpoint_1_iter8.pth.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    for e in (0, 1):   # evaluation results of an epoch before the checkpoint, and of one after it
+        (b / "eval" / f"epoch_{e}").mkdir(parents=True)
+        (b / "eval" / f"epoch_{e}" / "accuracy_nextqa_val.json").write_text("{}")
+    shutil.copy(b / "checkpoint_1_iter4.pth", tmp_path / "mid.pth")
+
+    train.main(train.get_args(args + ["--num_workers", "2", "--resume", str(b / "checkpoint_last.pth")]))
+    assert log_lines(b, "iter") == log_lines(a, "iter")              # one line per iteration, A's values
+    ea, eb = log_lines(a, "epoch")[-1], log_lines(b, "epoch")[-1]
+    for k in ("train_loss", "train_vqa", "train_vaq", "train_qav", "train_caption", "train_items", "train_steps"):
+        assert eb[k] == pytest.approx(ea[k], abs=1e-6), k
+    ca, cb = load_topa_checkpoint(a / "checkpoint_1.pth"), load_topa_checkpoint(b / "checkpoint_1.pth")
+    assert max_diff(ca["model"], cb["model"]) <= 1e-6
+    assert max(max_diff({"m": ca["optimizer"]["state"][k]["exp_avg_sq"]}, {"m": cb["optimizer"]["state"][k]["exp_avg_sq"]})
+               for k in ca["optimizer"]["state"]) <= 1e-6
+    assert sorted(x.name for x in b.glob("checkpoint_*.pth")) == ["checkpoint_0.pth", "checkpoint_1.pth",
+                                                                  "checkpoint_last.pth"]
+    assert not list(b.glob(".*.tmp"))
+    assert [x.name for x in (b / "eval").iterdir()] == ["epoch_0"]
+    # a mid-epoch checkpoint continues only with the same data order
+    with pytest.raises(ConfigError, match=r"mid-epoch checkpoint \(epoch 1, 4 batches done\).*--batch_size 2 "
+                                          r"\(checkpoint: 4\).*checkpoint_0\.pth"):
+        train.main(train.get_args(base_args(world, tmp_path / "C", *TEXTVID, "--epochs", 2, "--batch_size", 2,
+                                            "--resume", tmp_path / "mid.pth")))
+
+
+def test_resume_states_every_changed_flag(resume_runs, tmp_path, capsys):
+    a, _ = resume_runs
+    capsys.readouterr()
+    extra = ["--lr", "5e-3", "--accum_iter", 2, "--epochs", 1, "--warmup_epochs", 0, "--weight_decay", 0.05,
+             "--seed", 1, "--min_lr", 1e-4, "--clip_grad", 1.0]
+    args = base_args(world_root(a), tmp_path / "C", *TEXTVID, *extra, "--resume", a / "checkpoint_0.pth")
+    args.remove("--vaq")
+    train.main(train.get_args(args))
+    said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("resume: --")]
+    assert said == [
+        "resume: --lr 0.005 (checkpoint: 0.01): the lr schedule continues with the new value",
+        "resume: --min_lr 0.0001 (checkpoint: 0): the lr schedule continues with the new value",
+        "resume: --warmup_epochs 0 (checkpoint: 0.5): the lr schedule continues with the new value",
+        "resume: --epochs 1 (checkpoint: 2): the lr schedule continues with the new value",
+        "resume: --accum_iter 2 (checkpoint: 4): the effective batch (and an lr from --blr) changes from here on",
+        "resume: --weight_decay 0.05 (checkpoint: 0.1): the new weight decay applies from here on",
+        "resume: --clip_grad 1 (checkpoint: unset): the new gradient clipping applies from here on",
+        "resume: --vaq off (checkpoint: on): the training losses change from here on",
+        "resume: --seed 1 (checkpoint: 0): the data order changes from here on",
+    ]
+
+
+def world_root(run_dir):
+    """The synthetic world a run in `run_dir` trained on (its checkpoint's --data_root's parent)."""
+    return Path(load_topa_checkpoint(Path(run_dir) / "checkpoint_0.pth")["args"].data_root).parent
+
+
+def test_grad_checkpointing_recomputes_blocks_with_equal_losses_and_grads(world, tiny_model):
+    model, builder = tiny_model
+    tb = flipped_batch(world, builder, True, True)
+    step = engine.TrainStep(model, tau=100.0)
+    saved = {n: p.detach().clone() for n, p in model.trainable_parameters()}
+    calls = []
+    hooks = [layer.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in model.layers]
+    try:
+        with torch.no_grad():
+            for n, p in model.trainable_parameters():
+                if "gate" in n:
+                    p.normal_()                        # let the adapters and gate2 carry gradient
+        runs = []
+        for on in (False, True):
+            model.grad_checkpointing = on
+            calls.clear()
+            model.zero_grad(set_to_none=True)
+            losses = step(tb)
+            engine.total_loss(losses).backward()
+            runs.append(({k: v.item() for k, v in losses.items()},
+                         {n: p.grad.clone() for n, p in model.trainable_parameters()}, len(calls)))
+    finally:
+        model.grad_checkpointing = False
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for n, p in model.trainable_parameters():
+                p.copy_(saved[n])
+        model.zero_grad(set_to_none=True)
+    (l0, g0, c0), (l1, g1, c1) = runs
+    assert c1 == 2 * c0                                   # every block started again in backward
+    assert l0.keys() == l1.keys() and all(abs(l0[k] - l1[k]) <= 1e-6 for k in l0), (l0, l1)
+    assert max_diff(g0, g1) <= 1e-6 and all(g.abs().max() > 0 for g in g0.values())
+    assert TrainConfig.from_args(train.get_args(base_args(world, "x", "--grad_checkpointing"))).grad_checkpointing
+
+
+def test_batches_pin_through_the_dataloader(world, tiny_model, monkeypatch):
+    """DataLoader(pin_memory=True) pins a TrainBatch through its pin_memory(). Pinning needs an
+    accelerator; on a CPU-only machine Tensor.pin_memory is replaced by a copy to see every tensor go through."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+    _, builder = tiny_model
+    tb = flipped_batch(world, builder, True, True)
+    accelerator = torch.accelerator.is_available()
+    if not accelerator:
+        monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self.clone())
+    pinned = pin_memory(tb)
+    assert type(pinned) is type(tb) and pinned.ids == tb.ids and pinned.parts.keys() == tb.parts.keys()
+    for task, b in tb.parts.items():
+        for name, t in vars(b).items():
+            if isinstance(t, torch.Tensor):
+                got = getattr(pinned.parts[task], name)
+                assert got is not t and torch.equal(got, t), (task, name)
+                assert got.is_pinned() or not accelerator
