@@ -160,11 +160,12 @@ def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float 
 
 def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float32,
                 device="cpu", trainable: Optional[dict] = None, source: str = "backbone",
-                trainable_source: str = "TOPA checkpoint") -> TOPA:
+                trainable_source: str = "TOPA checkpoint", trained_with: Optional[dict] = None) -> TOPA:
     """Build a TOPA model without ever allocating random backbone weights.
 
     backbone: Meta's state dict (merged); trainable: a TOPA checkpoint's `model` dict, or None for a fresh
-    init. Missing or extra keys and wrong shapes are errors naming the key."""
+    init; trained_with: the flags that checkpoint records (for the hints of `load_trainable`). Missing or
+    extra keys and wrong shapes are errors naming the key."""
     with torch.device("meta"):
         model = TOPA(args)
     expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
@@ -177,7 +178,7 @@ def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float
         setattr(mod, pname, nn.Parameter(torch.empty(p.shape, device=device, dtype=torch.float32)))
     model.reset_trainable()
     if trainable is not None:
-        load_trainable(model, trainable, trainable_source)
+        load_trainable(model, trainable, trainable_source, trained_with)
     for n, p in model.named_parameters():
         p.requires_grad_(is_trainable(n))
     return model
@@ -195,16 +196,34 @@ def check_state(state: dict, expected: dict, source: str):
                              f"the model needs {tuple(shape)}")
 
 
-def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint"):
+def adapter_hint(rows: int, args: TOPAArgs, trained_with: Optional[dict] = None) -> str:
+    """What to pass for an `adapter_query.weight` of `rows` rows (= adapter_len x adapter_layer): the
+    checkpoint's recorded flags when it has them, otherwise every split of `rows` that fits this model."""
+    rec = trained_with or {}
+    if rec.get("adapter_len") is not None and "adapter_layer" in rec:
+        layers = rec["adapter_layer"]
+        layers = f"--adapter_layer {layers}" if layers is not None else "every layer adapted (no --adapter_layer)"
+        return f"; it was trained with --adapter_len {rec['adapter_len']} and {layers}"
+    splits = []
+    if rows % args.adapter_layer == 0:
+        splits.append(f"--adapter_len {rows // args.adapter_layer} with --adapter_layer {args.adapter_layer}")
+    if rows % args.adapter_len == 0 and rows // args.adapter_len <= args.n_layers \
+            and rows // args.adapter_len != args.adapter_layer:
+        splits.append(f"--adapter_layer {rows // args.adapter_len} with --adapter_len {args.adapter_len}")
+    if not splits:
+        return f"; it does not record its --adapter_len and --adapter_layer (their product is {rows})"
+    return (f"; it does not record its --adapter_len and --adapter_layer (their product is {rows}): "
+            + " or ".join(splits))
+
+
+def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint", trained_with: Optional[dict] = None):
     expected = {n: p.shape for n, p in model.trainable_parameters()}
     aq = state.get("adapter_query.weight")
     if aq is not None and tuple(aq.shape) != tuple(expected["adapter_query.weight"]):
-        rows, a = aq.shape[0], model.args
-        hint = (f"; it was trained with --adapter_len {rows // a.adapter_layer}"
-                if rows % a.adapter_layer == 0 else "")
+        a = model.args
         raise CheckpointError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model needs "
                          f"{tuple(expected['adapter_query.weight'])} (adapter_len {a.adapter_len} x "
-                         f"adapter_layer {a.adapter_layer}){hint}")
+                         f"adapter_layer {a.adapter_layer}){adapter_hint(aq.shape[0], a, trained_with)}")
     check_state(state, expected, source)
     with torch.no_grad():
         for n, p in model.trainable_parameters():
