@@ -253,6 +253,9 @@ def run(cfg: EvalConfig) -> Optional[dict]:
         print("warning: no --resume checkpoint: evaluating freshly initialised TOPA parameters")
     memory = memory.to(device) if memory is not None else None
     names = output_names(bench.name, cfg.split)
+    if dist.is_main():  # a previous run's results must not sit beside this run's streamed predictions
+        for kind in ("accuracy", "skipped", "submission"):
+            (out / names[kind]).unlink(missing_ok=True)
     res = evaluate(model, ds, batch_size=cfg.data.batch_size, device=device, memory=memory, scoring=cfg.scoring,
                    max_seq_len=cfg.data.max_seq_len, num_workers=cfg.data.num_workers,
                    desc=f"{bench.name}/{cfg.split}", stream=out / names["predictions"])

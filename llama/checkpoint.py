@@ -222,6 +222,8 @@ def load_pickled_tensor(path) -> torch.Tensor:
 def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor:
     """memory.pkl: [N, dim] unit-norm text features -> first `max_rows` rows in fp32. A NaN or Inf
     anywhere in those rows is an error naming the row."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"memory file not found: {path} (--memory_path; default <data_root>/textvid/memory.pkl)")
     mem = load_pickled_tensor(path)
     if mem.ndim != 2 or mem.shape[1] != dim or mem.shape[0] == 0:
         raise CheckpointError(f"{path}: memory must be [N, {dim}] CLIP features (N >= 1), got {list(mem.shape)}")
