@@ -141,7 +141,7 @@ def evaluate(model: TOPA, dataset, *, batch_size: int, device, memory=None, scor
             errors = [e for _, e in step if e is not None]
             if errors:
                 cls, msg = errors[0]
-                kept = f" ({len(preds)} questions scored before it are in {stream})" if stream is not None else ""
+                kept = f" ({len(preds)} questions scored before it are in {stream})" if stream and preds else ""
                 raise cls(msg + kept)
     finally:
         if out is not None:
