@@ -160,12 +160,11 @@ def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float 
 
 def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float32,
                 device="cpu", trainable: Optional[dict] = None, source: str = "backbone",
-                trainable_source: str = "TOPA checkpoint", trained_with: Optional[dict] = None) -> TOPA:
+                trainable_source: str = "TOPA checkpoint") -> TOPA:
     """Build a TOPA model without ever allocating random backbone weights.
 
     backbone: Meta's state dict (merged); trainable: a TOPA checkpoint's `model` dict, or None for a fresh
-    init; trained_with: the flags that checkpoint records (for the hints of `load_trainable`). Missing or
-    extra keys and wrong shapes are errors naming the key."""
+    init. Missing or extra keys and wrong shapes are errors naming the key."""
     with torch.device("meta"):
         model = TOPA(args)
     expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
@@ -178,7 +177,7 @@ def build_model(args: TOPAArgs, backbone: dict, dtype: torch.dtype = torch.float
         setattr(mod, pname, nn.Parameter(torch.empty(p.shape, device=device, dtype=torch.float32)))
     model.reset_trainable()
     if trainable is not None:
-        load_trainable(model, trainable, trainable_source, trained_with)
+        load_trainable(model, trainable, trainable_source)
     for n, p in model.named_parameters():
         p.requires_grad_(is_trainable(n))
     return model
@@ -217,6 +216,8 @@ def adapter_hint(rows: int, args: TOPAArgs, trained_with: Optional[dict] = None)
 
 
 def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint", trained_with: Optional[dict] = None):
+    """Copy a TOPA checkpoint's tensors into the model; `trained_with` (the flags the checkpoint records)
+    makes the hint of a wrong adapter_query shape name the checkpoint's adapter_len and adapter_layer."""
     expected = {n: p.shape for n, p in model.trainable_parameters()}
     aq = state.get("adapter_query.weight")
     if aq is not None and tuple(aq.shape) != tuple(expected["adapter_query.weight"]):

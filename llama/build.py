@@ -11,7 +11,7 @@ import torch
 from util import dist
 from util.errors import CheckpointError, ConfigError, MissingFileError
 
-from .adapter import TOPA, TOPAArgs, build_model
+from .adapter import TOPA, TOPAArgs, build_model, load_trainable
 from .checkpoint import load_meta_checkpoint, load_topa_checkpoint, recorded_flags
 from .model import ModelArgs
 from .tokenizer import Tokenizer, load_tokenizer
@@ -186,10 +186,10 @@ def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokeni
         ckpt = load_topa_checkpoint(resume)
         check_recorded_settings(ckpt, cfg, str(resume), args)
     backbone = load_meta_checkpoint(cfg.model_dir)
-    model = build_model(args, backbone, dtype=dtype, device=device,
-                        trainable=ckpt["model"] if ckpt else None, source=str(cfg.model_dir),
-                        trainable_source=str(resume), trained_with=recorded_flags(ckpt) if ckpt else None)
+    model = build_model(args, backbone, dtype=dtype, device=device, source=str(cfg.model_dir))
     del backbone
+    if ckpt is not None:
+        load_trainable(model, ckpt["model"], str(resume), trained_with=recorded_flags(ckpt))
     return model, tok, ckpt
 
 
