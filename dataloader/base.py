@@ -5,6 +5,7 @@ their errors.
 Benchmark modules (nextqa.py, star.py, ...) only read their layout into `QARecord`s; `dataloader/mcqa.py`
 turns records into items, `dataloader/packing.py` items into batches.
 """
+import io
 import json
 import math
 import os
@@ -15,11 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llama.checkpoint import nonfinite
 from llama.prompts import Sequence
 from util.errors import DataError, MissingFileError
 
 __all__ = ["DataError", "QARecord", "EvalItem", "TrainItem", "fit_frames", "fuse_text_frames", "normalize",
-           "DictFeatures", "NpyDirFeatures", "FEATURE_DIM", "read_csv_rows", "load_json", "json_objects", "jsonl_objects", "require", "parse_answer"]
+           "DictFeatures", "NpyDirFeatures", "FEATURE_DIM", "read_csv_rows", "read_text", "load_json", "json_objects",
+           "jsonl_objects", "require", "parse_answer", "check_finite_rows"]
 
 
 # ---- features (docs/formats.md: video features -> LLM input) ----
@@ -103,6 +106,13 @@ def check_feature_shape(shape, vid: str, where: str) -> int:
     return int(shape[0])
 
 
+def check_finite_rows(feats: torch.Tensor, what: str, where: str):
+    """A NaN or Inf in frame features is a DataError naming the file, the video (`what`) and the row."""
+    bad = nonfinite(feats)
+    if bad is not None:
+        raise DataError(f"{where}: features of {what} hold a non-finite value ({bad[1]}) in row {bad[0][0]}")
+
+
 class DictFeatures:
     """Feature source over one file holding a dict vid -> [n, 768] tensor (NExT-QA, STAR, TVQA).
     Keys are compared as strings."""
@@ -124,10 +134,13 @@ class DictFeatures:
         return vid in self.feats
 
     def n_rows(self, vid: str) -> int:
+        """Checks the tensor's shape and that every value is finite (the tensors are in memory)."""
         t = self.feats[vid]
         if not isinstance(t, torch.Tensor):
             raise DataError(f"{self.path}: features of video '{vid}' are a {type(t).__name__}, not a tensor")
-        return check_feature_shape(t.shape, vid, self.path)
+        n = check_feature_shape(t.shape, vid, self.path)
+        check_finite_rows(t, f"video '{vid}'", self.path)
+        return n
 
     def __call__(self, vid: str) -> torch.Tensor:
         if vid not in self.feats:
@@ -157,39 +170,56 @@ class NpyDirFeatures:
         p = self.path(vid)
         try:
             shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
-        except (OSError, ValueError) as e:
-            raise DataError(f"{p}: not a readable .npy file for video '{vid}': {e}") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{p}: not a readable .npy file for video '{vid}' (truncated or empty?): {e}") from None
         return check_feature_shape(shape, vid, p)
 
     def __call__(self, vid: str) -> torch.Tensor:
+        """The video's rows, read now; a NaN or Inf is a DataError naming the file and row."""
         p = self.path(vid)
         try:
             arr = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{p}: cannot load features of video '{vid}': {e}") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{p}: cannot load features of video '{vid}' (truncated or empty?): {e}") from None
         check_feature_shape(arr.shape, vid, p)
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        feats = torch.from_numpy(np.ascontiguousarray(arr))
+        check_finite_rows(feats, f"video '{vid}'", p)
+        return feats
 
 
 # ---- reading helpers ----
 
-def load_json(path):
-    """A JSON file, or a DataError naming it."""
+def read_text(path) -> str:
+    """A UTF-8 text file (a BOM is dropped); DataError naming the file and line of a byte that is not UTF-8."""
     path = str(path)
     if not os.path.isfile(path):
         raise MissingFileError(f"file not found: {path}")
-    with open(path, encoding="utf-8-sig") as f:
-        try:
-            return json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not valid JSON: {e}") from None
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8 "
+                        "(e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def load_json(path):
+    """A JSON file, or a DataError naming it."""
+    path = str(path)
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: {e}") from None
 
 
 def json_objects(path):
-    """Yields (where "file[i]", object) for a JSON file holding a list of objects; DataError otherwise."""
+    """Yields (where "file[i]", object) for a JSON file holding a non-empty list of objects; DataError otherwise."""
     items = load_json(path)
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of questions, got {type(items).__name__}")
+    if not items:
+        raise DataError(f"no questions in {path} (an empty list)")
     for i, item in enumerate(items):
         where = f"{path}[{i}]"
         if not isinstance(item, dict):
@@ -198,21 +228,23 @@ def json_objects(path):
 
 
 def jsonl_objects(path):
-    """Yields (where "file:line", object) for a JSON-lines file (blank lines skipped); DataError otherwise."""
-    if not os.path.isfile(path):
-        raise MissingFileError(f"file not found: {path}")
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON: {e}") from None
-            if not isinstance(item, dict):
-                raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
-            yield where, item
+    """Yields (where "file:line", object) for a JSON-lines file (blank lines skipped); DataError otherwise,
+    and for a file without a single object."""
+    n = 0
+    for line_no, line in enumerate(io.StringIO(read_text(path)), 1):  # lines end at "\n" only
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON: {e}") from None
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
+        n += 1
+        yield where, item
+    if n == 0:
+        raise DataError(f"no questions in {path} (the file is empty)")
 
 
 def require(row: dict, key: str, where: str, rid) -> object:
@@ -243,21 +275,25 @@ def parse_answer(value, n_options: int, where: str, rid, allow_none: bool) -> Op
 
 
 def read_csv_rows(path, required: Seq[str], id_key: str):
-    """Yields (source "file:line", row dict) of a csv file; DataError for a missing column (naming the
-    file and header line) or a short/long row (naming file:line and the row's id)."""
+    """Yields (source "file:line", row dict) of a UTF-8 csv file (a BOM is dropped); DataError for a
+    byte that is not UTF-8 (naming the line), a missing column (naming the file and header line), a
+    short/long row (naming file:line and the row's id), or a file without a single row."""
     import csv
     path = str(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        absent = [k for k in required if k not in header]
-        if absent:
-            raise DataError(f"{path}:1: missing column(s) {', '.join(absent)} (header: {', '.join(header)})")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row:
-                raise DataError(f"{where}: question {row.get(id_key)}: more fields than the header has")
-            short = [k for k in required if row.get(k) is None]
-            if short:
-                raise DataError(f"{where}: question {row.get(id_key)}: missing '{short[0]}' (row too short)")
-            yield where, row
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    header = reader.fieldnames or []
+    absent = [k for k in required if k not in header]
+    if absent:
+        raise DataError(f"{path}:1: missing column(s) {', '.join(absent)} (header: {', '.join(header)})")
+    n = 0
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if None in row:
+            raise DataError(f"{where}: question {row.get(id_key)}: more fields than the header has")
+        short = [k for k in required if row.get(k) is None]
+        if short:
+            raise DataError(f"{where}: question {row.get(id_key)}: missing '{short[0]}' (row too short)")
+        n += 1
+        yield where, row
+    if n == 0:
+        raise DataError(f"no questions in {path} (a header and no rows)")

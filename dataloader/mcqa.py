@@ -64,15 +64,21 @@ def _id_list(ids, k: int = 5) -> str:
 def make_mcqa_dataset(records: List[QARecord], features, builder: PromptBuilder, style: PromptStyle,
                       train: bool = False, skip_missing: bool = False, what: str = "",
                       dialogue_max_len: Optional[int] = None) -> MCQADataset:
-    """Checks every record against its feature source before anything runs: ids unique, the video
-    has features of width 768, its clip overlaps the feature rows, and (training) an answer exists.
-    Questions without usable features are a DataError naming them, or with `skip_missing` dropped
-    with a one-line warning; the dataset's `skipped` lists their ids."""
+    """Checks every record against its feature source before anything runs: ids unique, question and
+    option texts not empty, the video has features of width 768 (all finite where they are in memory),
+    its clip overlaps the feature rows, and (training) an answer exists. Questions without usable
+    features are a DataError naming them, or with `skip_missing` dropped with a one-line warning; the
+    dataset's `skipped` lists their ids (dropping every question is an error)."""
     seen, dups = set(), []
     for r in records:
         if r.qid in seen:
             dups.append(r.qid)
         seen.add(r.qid)
+        if not str(r.question).strip():
+            raise DataError(f"{r.source}: question {r.qid}: the question text is empty")
+        for k, o in enumerate(r.options):
+            if not str(o).strip():
+                raise DataError(f"{r.source}: question {r.qid}: option {k} is empty")
     if dups:
         raise DataError(f"{what}: duplicate question ids: {_id_list(dups)}")
     if train:
@@ -104,6 +110,8 @@ def make_mcqa_dataset(records: List[QARecord], features, builder: PromptBuilder,
         msg = f"{what}: of {len(records)} questions, " + "; ".join(parts)
         if not skip_missing:
             raise DataError(msg + " (skip_missing=True drops them)")
+        if not kept:
+            raise DataError(msg + ": no question left to use")
         print(f"warning: {msg}; skipped {len(bad)} questions", flush=True)
     ds = MCQADataset(kept, features, builder, style, dialogue_max_len=dialogue_max_len, what=what)
     ds.skipped = [r.qid for r in bad]

@@ -25,9 +25,9 @@ from torch.utils.data import Dataset
 
 from llama.checkpoint import load_pickled_tensor
 from llama.prompts import LETTERS, PromptBuilder
-from util.errors import MissingFileError
+from util.errors import InputError, MissingFileError
 
-from .base import FEATURE_DIM, DataError, TrainItem, fit_frames, fuse_text_frames, load_json
+from .base import FEATURE_DIM, DataError, TrainItem, check_finite_rows, fit_frames, fuse_text_frames, load_json
 
 BALANCE_KEEP = ("both", "all", "none", "and")  # options naming others keep their place (--answer_balance)
 OPEN_SKIP = ("both", "all")                    # answers that make no sense as free text (--openvqa)
@@ -86,6 +86,9 @@ def parse_tideo(t, where: str, pos: int, need_caption: bool) -> Tideo:
         if not isinstance(opts, list) or not 2 <= len(opts) <= len(LETTERS) \
                 or not all(isinstance(o, str) for o in opts):
             raise DataError(f"{tag}: QA {k}: 'options' must be a list of 2..{len(LETTERS)} strings")
+        empty = [i for i, o in enumerate(opts) if not o.strip()]
+        if empty:
+            raise DataError(f"{tag}: QA {k}: option {empty[0]} is empty")
         a = qa["answer"]
         valid = LETTERS[:len(opts)]
         if not isinstance(a, str) or len(a.strip()) != 1 or a.strip() not in valid:
@@ -123,6 +126,8 @@ class TextVidDataset(Dataset):
         raw = load_json(self.json_path)
         if not isinstance(raw, list):
             raise DataError(f"{self.json_path}: expected a list of tideos")
+        if not raw:
+            raise DataError(f"no tideos in {self.json_path} (an empty list)")
         self.tideos: List[Tideo] = [parse_tideo(t, self.json_path, i, video_caption) for i, t in enumerate(raw)]
         del raw
         seen, dups = set(), []
@@ -153,12 +158,13 @@ class TextVidDataset(Dataset):
             raise DataError(f"{path}: features file of tideo {t.idx} is missing")
         try:
             rows = load_pickled_tensor(path)
-        except Exception as e:
-            raise DataError(f"{path}: cannot read the features of tideo {t.idx}: {e}") from None
+        except InputError as e:  # its message names the file: add the tideo
+            raise type(e)(f"{e} (features of tideo {t.idx})") from None
         want = sum(t.counts)
         if rows.ndim != 2 or rows.shape[1] != FEATURE_DIM or rows.shape[0] != want:
             raise DataError(f"{path}: features of tideo {t.idx} have shape {list(rows.shape)}, but its "
                             f"{len(t.counts)} frames have {want} entries in all: expected [{want}, {FEATURE_DIM}]")
+        check_finite_rows(rows, f"tideo {t.idx}", path)
         gen = None
         if self.variance > 0:
             gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))

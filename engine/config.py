@@ -23,7 +23,7 @@ from util.schedule import absolute_lr
 
 @dataclass
 class DataConfig:
-    dataset: str = "nextqa"
+    dataset: Optional[str] = None     # None: nextqa (train.py --textvid: textvid)
     data_root: str = "./data"
     sub: bool = False                 # TVQA: subtitles as a "Dialogue:" segment
     truncate_dialogue: bool = False   # TVQA: cut dialogue tokens to fit max_seq_len (the published code's cut)
@@ -65,7 +65,7 @@ class EvalConfig:
     scoring: str = "packed"           # packed: shared prefix once per question; full: every option whole
 
     def __post_init__(self):
-        self.data.dataset = benchmarks.get(self.data.dataset).name
+        self.data.dataset = benchmarks.get(self.data.dataset or "nextqa").name
         if self.scoring not in ("packed", "full"):
             raise ConfigError(f"--scoring must be packed or full, not {self.scoring!r}")
         if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
@@ -128,12 +128,15 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute the backbone blocks in backward (activation memory)
 
     def __post_init__(self):
-        if self.data.dataset == "textvid":
+        if self.textvid and str(self.data.dataset or "textvid").lower() != "textvid":
+            raise ConfigError(f"--textvid pre-aligns on TextVid, but --dataset says {self.data.dataset}: drop one "
+                              f"of them (--dataset {self.data.dataset} without --textvid trains on {self.data.dataset})")
+        if str(self.data.dataset).lower() == "textvid":
             self.textvid = True
         if self.textvid:
             self.data.dataset = "textvid"
         else:
-            self.data.dataset = benchmarks.get(self.data.dataset).name
+            self.data.dataset = benchmarks.get(self.data.dataset or "nextqa").name
             if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
                 raise ConfigError(f"--sub is for TVQA, not {self.data.dataset}")
         if self.finetune and not self.resume:
@@ -156,7 +159,7 @@ class TrainConfig:
     def from_args(cls, a: argparse.Namespace) -> "TrainConfig":
         evals = a.eval_datasets
         if evals is None:
-            evals = "" if (a.textvid or a.dataset == "textvid") else a.dataset
+            evals = "" if (a.textvid or a.dataset == "textvid") else (a.dataset or "nextqa")
         evals = [] if evals.lower() == "none" else [s.strip() for s in evals.split(",") if s.strip()]
         own = {f.name for f in fields(cls)} - {"model", "data", "run", "optim", "eval_datasets", "tensorboard"}
         return cls(model=_model_config(a), data=_build(DataConfig, a), run=_build(RunConfig, a),
@@ -228,8 +231,9 @@ def add_model_args(p: argparse.ArgumentParser):
 
 def add_data_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="nextqa",
-                   help=f"{', '.join(benchmarks.BENCHMARKS)} (eval/finetune); textvid (train)")
+    g.add_argument("--dataset", default=None,
+                   help=f"{', '.join(benchmarks.BENCHMARKS)} (eval/finetune; default nextqa); textvid (train; "
+                        "what --textvid means)")
     g.add_argument("--data_root", default="./data", help="root holding nextqa/, star/, tvqa/, egos/, textvid/")
     g.add_argument("--memory", action="store_true", help="project eval video features onto the text memory")
     g.add_argument("--memory_path", default=None, help="memory.pkl (default <data_root>/textvid/memory.pkl)")

@@ -360,16 +360,36 @@ def check_shapes(shapes: dict, expected: dict, source: str):
                              f"the model needs {tuple(shape)}")
 
 
-def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint"):
+def adapter_hint(rows: int, args: TOPAArgs, trained_with: Optional[dict] = None) -> str:
+    """What to pass for an `adapter_query.weight` of `rows` rows (= adapter_len x adapter_layer): the
+    checkpoint's recorded flags when it has them, otherwise every split of `rows` that fits this model."""
+    rec = trained_with or {}
+    if rec.get("adapter_len") is not None and "adapter_layer" in rec:
+        layers = rec["adapter_layer"]
+        layers = f"--adapter_layer {layers}" if layers is not None else "every layer adapted (no --adapter_layer)"
+        return f"; it was trained with --adapter_len {rec['adapter_len']} and {layers}"
+    splits = []
+    if rows % args.adapter_layer == 0:
+        splits.append(f"--adapter_len {rows // args.adapter_layer} with --adapter_layer {args.adapter_layer}")
+    if rows % args.adapter_len == 0 and rows // args.adapter_len <= args.n_layers \
+            and rows // args.adapter_len != args.adapter_layer:
+        splits.append(f"--adapter_layer {rows // args.adapter_len} with --adapter_len {args.adapter_len}")
+    if not splits:
+        return f"; it does not record its --adapter_len and --adapter_layer (their product is {rows})"
+    return (f"; it does not record its --adapter_len and --adapter_layer (their product is {rows}): "
+            + " or ".join(splits))
+
+
+def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint", trained_with: Optional[dict] = None):
+    """Copy a TOPA checkpoint's tensors into the model; `trained_with` (the flags the checkpoint records)
+    makes the hint of a wrong adapter_query shape name the checkpoint's adapter_len and adapter_layer."""
     expected = {n: p.shape for n, p in model.trainable_parameters()}
     aq = state.get("adapter_query.weight")
     if aq is not None and tuple(aq.shape) != tuple(expected["adapter_query.weight"]):
-        rows, a = aq.shape[0], model.args
-        hint = (f"; it was trained with --adapter_len {rows // a.adapter_layer}"
-                if rows % a.adapter_layer == 0 else "")
+        a = model.args
         raise CheckpointError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model needs "
                          f"{tuple(expected['adapter_query.weight'])} (adapter_len {a.adapter_len} x "
-                         f"adapter_layer {a.adapter_layer}){hint}")
+                         f"adapter_layer {a.adapter_layer}){adapter_hint(aq.shape[0], a, trained_with)}")
     check_shapes({k: v.shape for k, v in state.items()}, expected, source)
     with torch.no_grad():
         for n, p in model.trainable_parameters():

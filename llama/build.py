@@ -15,17 +15,23 @@ when `P` is the model folder that is the file inside it). Hugging Face folders u
 `<folder>/tokenizer.model` (Llama-2 repositories ship the SentencePiece model),
 `<folder>/original/tokenizer.model` (Llama-3 repositories ship Meta's tiktoken file there) and
 `P/tokenizer.model`. `tokenizer.json` is not read.
+
+A TOPA checkpoint given with `resume` is read, and the settings it records are compared with the run's
+(`check_recorded_settings`), before any backbone weight is read.
 """
+import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
+from util import dist
 from util.errors import CheckpointError, ConfigError, MissingFileError
 
-from .adapter import TOPA, TOPAArgs, build_model
-from .checkpoint import MetaShards, load_topa_checkpoint
+from .adapter import TOPA, TOPAArgs, build_model, load_trainable
+from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
 from .hf import HFSafetensors, hf_params
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -183,19 +189,116 @@ def open_weights(backbone: Backbone):
     return MetaShards(backbone.folder) if backbone.kind == "meta" else HFSafetensors(backbone.folder)
 
 
+ORIGINAL_ROPE_THETA = 10000.0  # the original code ran every backbone, Llama-3 included, with theta 10000
+
+
+def _size(name) -> Optional[str]:
+    """'7B' -> '7', 'llama-2-13b' -> '13'; None when the name holds no size."""
+    m = re.search(r"(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", str(name))
+    return m.group(1) if m else None
+
+
+def check_recorded_settings(ckpt: dict, cfg: ModelConfig, source: str, args: TOPAArgs,
+                            native_theta: Optional[float] = None) -> List[str]:
+    """Compare the model settings that TOPA checkpoint `ckpt` records (its `args`: the original code's
+    or ours) with this run's, before any backbone is loaded.
+
+    Settings that change the math, and that tensor shapes cannot reveal (a 7B Llama-2 and an 8B Llama-3
+    have the same TOPA shapes), are an error naming the flag to pass: backbone family, model size,
+    RoPE theta, adapter_len, adapter_layer, max_feats. A checkpoint without a rope_theta record was
+    written by the original code, which used theta 10000 for every backbone. Harmless differences
+    (`--bias` only initialises fresh gates; the checkpoint's gates are loaded) and missing records are
+    returned as notes and printed once (rank 0). `args` are the run's resolved model args; `native_theta` is
+    the backbone's own RoPE theta (what a recorded "no override" meant; default: args.rope_theta)."""
+    rec = recorded_flags(ckpt)
+    if not rec:
+        notes = [f"{source} records no training settings: backbone family, model size, RoPE theta and "
+                 "adapter settings were not compared with this run's"]
+        _print_notes(notes)
+        return notes
+    wrong, notes, unrecorded = [], [], []
+
+    def recorded(key):
+        if key not in rec:
+            unrecorded.append(key)
+        return rec.get(key)
+
+    # backbone family: only the records tell (same shapes)
+    if "llama2" in rec or "llama3" in rec:
+        family = "llama3" if rec.get("llama3") else "llama2" if rec.get("llama2") else None
+        if family is None:
+            notes.append(f"{source} records neither --llama2 nor --llama3 (the original code then used "
+                         f"LLaMA-1): make sure {cfg.llama_model_path} holds the weights it was trained on")
+        elif family != cfg.family:
+            wrong.append(f"it was trained on a {'Llama-3' if family == 'llama3' else 'Llama-2'} backbone, this "
+                         f"run loads --{cfg.family} (pass --{family} and that backbone's --llama_model_path)")
+    else:
+        unrecorded.append("llama2/llama3")
+    # model size
+    model = recorded("model")
+    if model is not None and str(model) != str(cfg.model):
+        a, b = _size(model), _size(cfg.model)
+        if a is not None and b is not None and a != b:
+            wrong.append(f"it was trained on --model {model}, this run loads --model {cfg.model}")
+        else:
+            notes.append(f"{source} was trained with --model {model}, this run uses --model {cfg.model}")
+    # RoPE theta: ours record it (None = params.json's); the original code's checkpoints used 10000
+    if "rope_theta" in rec:
+        theta = rec["rope_theta"] if rec["rope_theta"] is not None else (
+            args.rope_theta if native_theta is None else native_theta)
+    elif "llama2" in rec or "llama3" in rec:
+        theta = ORIGINAL_ROPE_THETA
+    else:
+        theta = None
+        unrecorded.append("rope_theta")
+    if theta is not None and float(theta) != float(args.rope_theta):
+        wrong.append(f"it was trained with RoPE theta {float(theta):g}, this run uses {float(args.rope_theta):g} "
+                     f"(pass --rope_theta {float(theta):g})")
+    # adapter prompt, frames
+    for key, now in (("adapter_len", args.adapter_len), ("adapter_layer", args.adapter_layer),
+                     ("max_feats", args.max_feats)):
+        value = recorded(key)
+        if key == "adapter_layer" and value is None and key in rec:
+            value = args.n_layers  # ours: None = every layer
+        if value is not None and int(value) != int(now):
+            wrong.append(f"it was trained with --{key} {int(value)}, this run uses {int(now)} (pass --{key} {int(value)})")
+    bias = rec.get("bias")
+    if bias is not None and float(bias) != float(cfg.bias):
+        notes.append(f"{source} was trained with --bias {float(bias):g}, this run says {float(cfg.bias):g} "
+                     "(harmless: --bias only initialises fresh gates, the checkpoint's are loaded)")
+    if wrong:
+        raise CheckpointError(f"{source} does not match this run: " + "; ".join(wrong))
+    if unrecorded:
+        notes.append(f"{source} does not record {', '.join(unrecorded)}: not compared with this run's")
+    _print_notes(notes)
+    return notes
+
+
+def _print_notes(notes: List[str]):
+    if dist.is_main():
+        for n in notes:
+            print(f"note: {n}", flush=True)
+
+
 def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokenizer: Optional[Tokenizer] = None,
               resume: Optional[str] = None):
-    """The model of `cfg` with fresh TOPA tensors, or those of the TOPA checkpoint `resume`.
+    """The model of `cfg` with fresh TOPA tensors, or those of the TOPA checkpoint `resume`, whose
+    recorded settings are checked (`check_recorded_settings`) before the backbone is read.
     Returns (model, tokenizer, checkpoint dict or None)."""
     backbone = locate_backbone(cfg)
     tok = tokenizer or load_tokenizer_for(cfg, backbone)
     args = model_args(cfg, backbone, tok)
-    ckpt = load_topa_checkpoint(resume) if resume else None
-    model = build_model(args, open_weights(backbone), dtype=dtype, device=device,
-                        trainable=ckpt["model"] if ckpt else None, source=str(backbone.folder),
-                        trainable_source=str(resume))
+    ckpt = None
+    if resume:
+        ckpt = load_topa_checkpoint(resume)
+        native = args.rope_theta if cfg.rope_theta is None else \
+            model_args(dataclasses.replace(cfg, rope_theta=None), backbone, tok).rope_theta
+        check_recorded_settings(ckpt, cfg, str(resume), args, native_theta=native)
+    model = build_model(args, open_weights(backbone), dtype=dtype, device=device, source=str(backbone.folder))
+    if ckpt is not None:
+        load_trainable(model, ckpt["model"], str(resume), trained_with=recorded_flags(ckpt))
     return model, tok, ckpt
 
 
 __all__ = ["TOPA", "ModelConfig", "Backbone", "locate_backbone", "load_topa", "load_tokenizer_for", "model_args",
-           "open_weights", "resolve_dtype", "DTYPES"]
+           "open_weights", "resolve_dtype", "DTYPES", "check_recorded_settings"]

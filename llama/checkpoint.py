@@ -12,13 +12,20 @@ import collections
 import io
 import os
 import pickle
+import struct
 import tempfile
+import zipfile
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
 import torch._utils
 
-from util.errors import CheckpointError, MissingFileError, UnsafePickleError
+from util.errors import CheckpointError, DataError, MissingFileError, UnsafePickleError
+
+# what torch.load / pickle raise for a truncated, empty or foreign file (never for a good one)
+UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, struct.error,
+              zipfile.BadZipFile, UnicodeDecodeError)
 
 # how Meta's model-parallel shards split each tensor; None = replicated in every shard
 SHARD_DIM = {"tok_embeddings.weight": 1, "output.weight": 0, "attention.wq.weight": 0,
@@ -39,16 +46,38 @@ def shard_dim(key: str):
 
 
 def safe_load(path, map_location="cpu", mmap=False):
-    """torch.load with weights_only=True; argparse.Namespace is the one extra global allowed."""
+    """torch.load with weights_only=True; argparse.Namespace is the one extra global allowed. A file
+    that torch cannot read (truncated, empty, not written by torch.save) is a CheckpointError naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsafePickleError(f"{path}: refused to unpickle (only tensors, containers and "
                                      f"argparse.Namespace are allowed): {e}") from None
+    except UNREADABLE as e:
+        raise CheckpointError(f"{path}: cannot be read as a torch file (truncated or corrupt?): "
+                              f"{type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def nonfinite(t: torch.Tensor) -> Optional[Tuple[Tuple[int, ...], float]]:
+    """(index, value) of the first NaN or Inf element of a floating-point tensor, or None."""
+    if not t.is_floating_point():
+        return None
+    bad = ~torch.isfinite(t)
+    if not bad.any():
+        return None
+    idx = tuple(int(i) for i in bad.nonzero()[0])
+    return idx, t[idx].item()
 
 
 class StateDict:
@@ -125,24 +154,69 @@ def load_meta_checkpoint(folder) -> dict:
 
 
 def load_topa_checkpoint(path) -> dict:
-    """A released or self-written TOPA checkpoint: dict with `model` (trainable tensors) and more."""
+    """A released or self-written TOPA checkpoint: dict with `model` (trainable tensors) and more.
+    Every `model` entry must be a tensor of finite values (a NaN or Inf is an error naming the key)."""
     ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a TOPA checkpoint (expected a dict with a 'model' entry)")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path}: not a TOPA checkpoint (expected a dict with a 'model' dict of tensors)")
+    for key, t in ckpt["model"].items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: 'model' entry '{key}' is a {type(t).__name__}, not a tensor")
+        bad = nonfinite(t)
+        if bad is not None:
+            raise CheckpointError(f"{path}: tensor '{key}' holds a non-finite value ({bad[1]} at index "
+                                  f"{list(bad[0])}); the checkpoint is broken (a diverged run?)")
     return ckpt
+
+
+def recorded_flags(ckpt: dict) -> Optional[dict]:
+    """The flags a TOPA checkpoint records, by flag name, or None when it records none: its `args`
+    (an argparse.Namespace; the original code's and ours, with `--llama2`/`--llama3` as booleans),
+    else the plain nested dicts of `config` flattened."""
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        return dict(vars(args))
+    if isinstance(args, dict):
+        return dict(args)
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        return None
+    flat = {}
+
+    def walk(d):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v)
+            elif k == "family":
+                flat["llama2"], flat["llama3"] = v == "llama2", v == "llama3"
+            else:
+                flat[k] = v
+    walk(config)
+    return flat
 
 
 def save_atomic(obj, path):
     """torch.save to a temporary file beside `path`, fsync, then rename: a crash never leaves a
     half-written file under the final name, and the previous file stays intact until the rename."""
+    _write_atomic(path, lambda f: torch.save(obj, f), "wb")
+
+
+def write_text_atomic(text: str, path):
+    """`save_atomic` for a text file (result files), readable by all (0644)."""
+    _write_atomic(path, lambda f: f.write(text), "w", readable=True)
+
+
+def _write_atomic(path, write, mode: str, readable: bool = False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        if readable:  # mkstemp creates 0600
+            os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -173,11 +247,12 @@ class _TensorUnpickler(pickle.Unpickler):
         try:
             return _PICKLE_ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed") from None
+            raise UnsafePickleError(f"global '{module}.{name}' is not allowed") from None
 
 
 def load_pickled_tensor(path) -> torch.Tensor:
-    """A tensor saved with torch.save or pickle.dump, loaded without running arbitrary pickle code."""
+    """A tensor saved with torch.save or pickle.dump, loaded without running arbitrary pickle code.
+    A truncated, empty or foreign file is a DataError naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError(f"tensor file not found: {path}")
@@ -189,8 +264,15 @@ def load_pickled_tensor(path) -> torch.Tensor:
         else:
             with open(path, "rb") as f:
                 obj = _TensorUnpickler(f).load()
-    except pickle.UnpicklingError as e:
+    except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: refused to unpickle: {e}") from None
+    except pickle.UnpicklingError as e:
+        if zip_magic:  # torch's weights-only unpickler refused a global
+            raise UnsafePickleError(f"{path}: refused to unpickle: {_first_line(e)}") from None
+        raise DataError(f"{path}: not a readable pickled tensor (truncated or corrupt?): {e}") from None
+    except UNREADABLE as e:
+        raise DataError(f"{path}: not a readable pickled tensor (truncated, empty or corrupt?): "
+                        f"{type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(obj, torch.Tensor):
         raise CheckpointError(f"{path}: expected a pickled tensor, got {type(obj).__name__}")
     return obj
@@ -200,13 +282,19 @@ def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor
     """memory.pkl: [N, dim] unit-norm text features -> the first `max_rows` rows, stored in fp16
     (1M rows: 1.5 GB instead of 3.1 GB in fp32). `project_to_memory` does its math in fp32, chunk by
     chunk; rounding unit-norm rows to fp16 moves each element by at most 2^-11 of its value (below
-    2^-14 in magnitude, fp16's normal range: by at most 2^-25)."""
+    2^-14 in magnitude, fp16's normal range: by at most 2^-25). A NaN or Inf in those rows is an error
+    naming the row."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"memory file not found: {path} (--memory_path; default <data_root>/textvid/memory.pkl)")
     mem = load_pickled_tensor(path)
-    if mem.ndim != 2 or mem.shape[1] != dim:
-        raise CheckpointError(f"{path}: memory must be [N, {dim}] CLIP features, got {list(mem.shape)}")
+    if mem.ndim != 2 or mem.shape[1] != dim or mem.shape[0] == 0:
+        raise CheckpointError(f"{path}: memory must be [N, {dim}] CLIP features (N >= 1), got {list(mem.shape)}")
     if not mem.is_floating_point():
         raise CheckpointError(f"{path}: memory must hold float features, got {mem.dtype}")
     out = mem[:max_rows].to(torch.float16)
+    bad = nonfinite(out)
+    if bad is not None:
+        raise DataError(f"{path}: memory row {bad[0][0]} holds a non-finite value ({bad[1]})")
     if out.untyped_storage().nbytes() > out.nbytes:  # an fp16 view of a longer file: keep only its rows
         out = out.clone()
     return out

@@ -60,7 +60,7 @@ class ModelArgs:
         try:
             with open(path, encoding="utf-8") as f:
                 params = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: not a valid params.json ({e})") from None
         if not isinstance(params, dict):
             raise CheckpointError(f"{path}: expected a JSON object of model hyper-parameters")
@@ -72,11 +72,29 @@ class ModelArgs:
         if unknown:
             raise CheckpointError(f"{path}: unknown params.json keys {sorted(unknown)}")
         params = {k: v for k, v in params.items() if k in known}
+        for k, v in params.items():
+            if not _valid_param(k, v):
+                raise CheckpointError(f"{path}: '{k}' = {v!r} is not a valid value")
         params.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**params)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: {e}") from None
+
+
+INT_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "vocab_size")
+
+
+def _valid_param(key: str, v) -> bool:
+    """params.json values: sizes are ints >= 1 (vocab_size -1: the tokenizer's), the rest positive numbers;
+    n_kv_heads and ffn_dim_multiplier may be null."""
+    if v is None:
+        return key in ("n_kv_heads", "ffn_dim_multiplier")
+    if isinstance(v, bool):
+        return False
+    if key in INT_PARAMS:
+        return isinstance(v, int) and (v >= 1 or (key == "vocab_size" and v == -1))
+    return isinstance(v, (int, float)) and v > 0
 
 
 class RMSNorm(nn.Module):

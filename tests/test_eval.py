@@ -1,10 +1,13 @@
 """eval.py end to end on tiny models in Meta's on-disk format with the real tokenizers and real
 NExT-QA / EgoSchema question text: outputs, 1 process == torchrun 2 processes, packed == full,
-and bad input named in one line."""
+bad input named in one line (checked before the backbone loads), predictions streamed to disk, and
+no silent wrong result (non-finite inputs or scores, checkpoint settings that do not match the run)."""
 import argparse
 import csv
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ from llama.adapter import TOPAArgs, build_model
 from llama.checkpoint import load_meta_checkpoint, save_atomic
 from llama.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
+from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")
@@ -163,11 +167,14 @@ def test_egoschema_llama3(world3):
 
 
 def one_line_error(p, *needles):
+    """The run failed with one line on stderr (progress bars aside), no traceback, naming `needles`."""
     err = p.stderr.strip()
     assert p.returncode != 0, p.stdout[-2000:]
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err[-3000:]
+    lines = [seg for line in err.splitlines() for seg in line.split("\r") if seg.strip() and "%|" not in seg]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("eval.py: error: "), err[-3000:]
     for n in needles:
-        assert n in err, err
+        assert n in lines[0], err
+    return lines[0]
 
 
 def test_bad_inputs_are_one_line_errors(world2, tmp_path):
@@ -236,3 +243,154 @@ def test_accuracy_per_type_hand_checked():
     acc = accuracy(nq, get("nextqa").type_groups)
     assert acc["C"]["acc"] == 100.0 and acc["T"]["acc"] == 50.0 and acc["TN"]["acc"] == 0.0
     assert acc["D"]["total"] == 1 and acc["total"]["correct"] == 2
+
+
+# ---------------------------------------------------------------- no silent wrong results (issue 12)
+
+eval_py = importlib.import_module("eval")
+
+
+def eval_main(cwd, args, monkeypatch):
+    """eval.py's main in this process (for errors raised before any scoring)."""
+    monkeypatch.chdir(cwd)
+    return eval_py.main(eval_py.get_args(args))
+
+
+def garbage_backbone(root: Path) -> str:
+    """A model folder whose tokenizer and params.json are fine and whose shard is not a checkpoint: a run
+    that names anything else in its error stopped before reading the backbone."""
+    g = root / "pretrained" / "garbage"
+    if not g.exists():
+        (g / "tiny").mkdir(parents=True)
+        shutil.copy(root / "pretrained" / "llama2" / "tokenizer.model", g / "tokenizer.model")
+        shutil.copy(root / "pretrained" / "llama2" / "tiny" / "params.json", g / "tiny" / "params.json")
+        (g / "tiny" / "consolidated.00.pth").write_bytes(b"not a checkpoint")
+    return "./pretrained/garbage/"
+
+
+def saved_checkpoint(world, tmp_path, name, edit=None, args=None):
+    ck = torch.load(world / "vqa_checkpoint/topa.pth", weights_only=False)
+    if edit is not None:
+        edit(ck["model"])
+    if args is not None:
+        ck["args"] = argparse.Namespace(**args)
+    torch.save(ck, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def strict_json_lines(path):
+    """Every line parses as JSON without NaN / Infinity."""
+    def no_constants(c):
+        raise ValueError(f"{path}: {c} in a predictions file")
+    return [json.loads(line, parse_constant=no_constants) for line in open(path)]
+
+
+def test_inputs_are_checked_before_the_backbone_loads(world2, tmp_path, monkeypatch):
+    """Outputs, annotations, features, memory and the checkpoint (tensors, recorded settings) are checked
+    first: with an unreadable backbone each error names its own culprit, not the backbone."""
+    base = eval_cmd("--output_dir", str(tmp_path / "out")) + ["--llama_model_path", garbage_backbone(world2)]
+    with pytest.raises(CheckpointError, match=r"consolidated\.00\.pth"):   # nothing else wrong: backbone reached
+        eval_main(world2, base, monkeypatch)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=r"--output_dir .*a_file/out: cannot write there"):
+        eval_main(world2, base + ["--output_dir", str(tmp_path / "a_file" / "out")], monkeypatch)
+    with pytest.raises(MissingFileError, match=r"memory file not found: .*nowhere\.pkl"):
+        eval_main(world2, base + ["--memory_path", str(tmp_path / "nowhere.pkl")], monkeypatch)
+    with pytest.raises(MissingFileError, match=r"nowhere/nextqa/val\.csv"):
+        eval_main(world2, base + ["--data_root", str(tmp_path / "nowhere")], monkeypatch)
+    # a NaN feature row
+    alt = tmp_path / "data"
+    (alt / "nextqa").mkdir(parents=True)
+    shutil.copy(world2 / "data/nextqa/val.csv", alt / "nextqa" / "val.csv")
+    feats = torch.load(world2 / "data/nextqa/clipvitl14.pth")
+    vid = sorted(feats)[3]
+    feats[vid][2, 100] = float("nan")
+    torch.save(feats, alt / "nextqa" / "clipvitl14.pth")
+    with pytest.raises(DataError, match=rf"clipvitl14\.pth: features of video '{vid}' .*nan.* row 2"):
+        eval_main(world2, base + ["--data_root", str(alt)], monkeypatch)
+    # checkpoint: an Inf tensor, a truncated file, settings that do not match the run
+    inf = saved_checkpoint(world2, tmp_path, "inf.pth", edit=lambda m: m["temporal_emb.weight"].__setitem__((4, 1), float("inf")))
+    with pytest.raises(CheckpointError, match=r"inf\.pth: tensor 'temporal_emb\.weight' .*inf"):
+        eval_main(world2, base + ["--resume", inf], monkeypatch)
+    raw = (world2 / "vqa_checkpoint/topa.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(CheckpointError, match=r"cut\.pth: cannot be read"):
+        eval_main(world2, base + ["--resume", str(tmp_path / "cut.pth")], monkeypatch)
+    recorded = dict(model="tiny", llama2=False, llama3=True, adapter_len=10, adapter_layer=2, max_feats=10, bias=3.0)
+    l3 = saved_checkpoint(world2, tmp_path, "llama3.pth", args=recorded)
+    with pytest.raises(CheckpointError, match=r"llama3\.pth does not match this run: .*Llama-3 backbone.*pass --llama3"):
+        eval_main(world2, base + ["--resume", l3], monkeypatch)
+    theta = saved_checkpoint(world2, tmp_path, "theta.pth", args=dict(recorded, llama2=True, llama3=False,
+                                                                       rope_theta=20000.0))
+    with pytest.raises(CheckpointError, match=r"pass --rope_theta 20000"):
+        eval_main(world2, base + ["--resume", theta], monkeypatch)
+    # nothing was written for any of these runs
+    assert not list((tmp_path / "out").glob("*_nextqa_val.*"))
+
+
+def test_llama2_checkpoint_on_llama3_and_released_rope_theta(world3, tmp_path):
+    """A released Llama-3 checkpoint (its args: --llama3, no rope_theta: the original code used 10000)
+    without --rope_theta 10000, and a Llama-2 checkpoint on Llama-3: one-line errors naming the flag."""
+    recorded = dict(model="tiny", llama2=False, llama3=True, adapter_len=10, adapter_layer=2, max_feats=10, bias=3.5)
+    released = saved_checkpoint(world3, tmp_path, "released_llama3.pth", args=recorded)
+    args = [a for a in eval_cmd("--output_dir", "results/theta", dataset="egos", llama3=True) if a not in ("--rope_theta", "10000")]
+    p = run_eval(world3, args + ["--resume", released])
+    one_line_error(p, "released_llama3.pth", "RoPE theta 10000, this run uses 500000", "pass --rope_theta 10000")
+    l2 = saved_checkpoint(world3, tmp_path, "llama2.pth", args=dict(recorded, llama2=True, llama3=False))
+    p = run_eval(world3, eval_cmd("--output_dir", "results/theta", dataset="egos", llama3=True) + ["--resume", l2])
+    one_line_error(p, "llama2.pth", "Llama-2 backbone", "pass --llama2")
+
+
+def test_non_finite_score_is_an_error_naming_the_question(world2, tmp_path):
+    """A checkpoint whose temporal embedding overflows fp16: the scores are NaN; the run stops naming the
+    first question instead of predicting option 0, and the predictions file stays strict JSON."""
+    huge = saved_checkpoint(world2, tmp_path, "huge.pth", edit=lambda m: m["temporal_emb.weight"].fill_(1e5))
+    args = [a for a in eval_cmd("--output_dir", "results/huge") if a != "fp32"]
+    args[args.index("--precision") + 1: args.index("--precision") + 1] = ["fp16"]
+    p = run_eval(world2, args + ["--resume", huge])
+    first = next(csv.DictReader(open(world2 / "data/nextqa/val.csv")))
+    one_line_error(p, "val.csv:2", f"question {first['video']}_{first['qid']}", "are not finite")
+    assert strict_json_lines(world2 / "results/huge/predictions_nextqa_val.jsonl") == []
+    assert not (world2 / "results/huge/accuracy_nextqa_val.json").exists()
+
+
+def test_predictions_stream_to_disk_before_a_late_failure(world2, tmp_path):
+    """EgoSchema features are read batch by batch: an Inf in the 5th question's file stops the run with
+    one line naming the file and row, and the 4 questions scored before it are on disk, strict JSON."""
+    data = tmp_path / "data"
+    shutil.copytree(world2 / "data" / "egos", data / "egos", ignore=shutil.ignore_patterns("questions.json", "subset_answers.json"))
+    uids = [r["uid"] for r in csv.DictReader(open(data / "egos" / "val.csv"))]
+    arr = np.load(data / "egos" / "features" / f"{uids[4]}.npy")
+    arr[33, 7] = np.inf
+    np.save(data / "egos" / "features" / f"{uids[4]}.npy", arr)
+    out = tmp_path / "out"
+    p = run_eval(world2, eval_cmd("--output_dir", str(out), "--data_root", str(data), "--batch_size", "2",
+                                  "--max_seq_len", "600", "--memory_path", "data/textvid/memory.pkl", dataset="egos"))
+    assert p.returncode == 1, p.stderr[-3000:]
+    one_line_error(p, f"{uids[4]}.npy: features of video '{uids[4]}' hold a non-finite value (inf) in row 33",
+                   "4 questions scored before it are in")
+    rows = strict_json_lines(out / "predictions_egos_val.jsonl")
+    assert [r["qid"] for r in rows] == uids[:4]
+    assert all(len(r["scores"]) == 5 and r["prediction"] == int(np.argmin(r["scores"])) for r in rows)
+
+
+def test_accuracy_file_records_skipped_questions_and_settings(world2, tmp_path, monkeypatch):
+    alt = tmp_path / "data"
+    (alt / "nextqa").mkdir(parents=True)
+    shutil.copy(world2 / "data/nextqa/val.csv", alt / "nextqa" / "val.csv")
+    rows = list(csv.DictReader(open(alt / "nextqa" / "val.csv")))
+    feats = torch.load(world2 / "data/nextqa/clipvitl14.pth")
+    gone = {rows[1]["video"], rows[5]["video"]}
+    torch.save({k: v for k, v in feats.items() if k not in gone}, alt / "nextqa" / "clipvitl14.pth")
+    skipped = [f"{r['video']}_{r['qid']}" for r in rows if r["video"] in gone]
+    out = tmp_path / "out"
+    eval_main(world2, eval_cmd("--output_dir", str(out), "--data_root", str(alt), "--skip_missing",
+                               "--memory_path", "data/textvid/memory.pkl"), monkeypatch)
+    rec = json.loads((out / "accuracy_nextqa_val.json").read_text())
+    assert rec["n_skipped"] == len(skipped) >= 2 and rec["n_questions"] == len(rows) - len(skipped)
+    assert (out / rec["skipped_ids"]).read_text().split() == skipped
+    s = rec["settings"]
+    assert s["checkpoint"] == str((world2 / "vqa_checkpoint/topa.pth").resolve()) and s["world_size"] == 1
+    assert s["config"]["model"]["adapter_len"] == 10 and s["config"]["data"]["skip_missing"] is True
+    assert s["config"]["data"]["data_root"] == str(alt) and s["config"]["run"]["output_dir"] == str(out)
+    assert len(strict_json_lines(out / "predictions_nextqa_val.jsonl")) == rec["n_questions"]

@@ -34,6 +34,19 @@ class ConfigError(InputError, ValueError):
     """Flags that contradict each other or the data."""
 
 
+def one_line(e: BaseException) -> str:
+    """The message of `e` on one line. An error raised in a DataLoader worker arrives with torch's
+    "Caught X in DataLoader worker process N. Original Traceback ..." text around it: the original
+    message (after the traceback's last "X: ") is what is kept."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        marker = f"{type(e).__name__}: "
+        at = text.rfind(marker)
+        if at >= 0:
+            text = text[at + len(marker):]
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
 def run_cli(main, args, prog: str):
     """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1."""
     try:
@@ -41,5 +54,5 @@ def run_cli(main, args, prog: str):
     except InputError as e:
         if os.environ.get("TOPA_TRACEBACK"):
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
