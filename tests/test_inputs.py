@@ -215,7 +215,7 @@ def run_settings(tmp_path, family="llama2", model="7B", rope_in_params=None, **k
 
 def check(ckpt, cfg_args):
     cfg, args = cfg_args
-    native = TOPAArgs.from_params_json(cfg.model_dir / "params.json").rope_theta  # the backbone's own theta
+    native = TOPAArgs.from_params_json(Path(cfg.llama_model_path) / cfg.model / "params.json").rope_theta  # own theta
     return check_recorded_settings(ckpt, cfg, "topa.pth", args, native_theta=native)
 
 
