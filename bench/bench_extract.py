@@ -70,7 +70,7 @@ def main():
     p.add_argument("--large_frames", type=int, default=None, help="frames for the ViT-L/14 timing")
     p.add_argument("--frames", type=int, default=300, help="frames of the synthetic video")
     p.add_argument("--size", default="640x360", help="frame size WxH")
-    p.add_argument("--videos", type=int, default=8, help="videos for the end-to-end run")
+    p.add_argument("--videos", type=int, default=24, help="videos for the end-to-end run")
     p.add_argument("--workers", default="0,2", help="DataLoader workers to try end to end")
     a = p.parse_args()
     device = torch.device(a.device)
