@@ -382,14 +382,20 @@ def adapter_hint(rows: int, args: TOPAArgs, trained_with: Optional[dict] = None)
 
 def load_trainable(model: TOPA, state: dict, source: str = "TOPA checkpoint", trained_with: Optional[dict] = None):
     """Copy a TOPA checkpoint's tensors into the model; `trained_with` (the flags the checkpoint records)
-    makes the hint of a wrong adapter_query shape name the checkpoint's adapter_len and adapter_layer."""
+    makes the hint of a wrong adapter_query shape name the checkpoint's adapter_len and adapter_layer.
+
+    The released format lists gate1/gate2 for every backbone layer; with `adapter_layer < n_layers` the
+    gates of the layers without adapters take no part in the math (the original code built and saved
+    them, never used them), so they are accepted here and ignored."""
     expected = {n: p.shape for n, p in model.trainable_parameters()}
+    unused = {f"layers.{i}.attention.gate{g}" for i in range(model.first_adapted) for g in (1, 2)}
+    state = {k: v for k, v in state.items() if k not in unused}
     aq = state.get("adapter_query.weight")
     if aq is not None and tuple(aq.shape) != tuple(expected["adapter_query.weight"]):
         a = model.args
-        raise CheckpointError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model needs "
-                         f"{tuple(expected['adapter_query.weight'])} (adapter_len {a.adapter_len} x "
-                         f"adapter_layer {a.adapter_layer}){adapter_hint(aq.shape[0], a, trained_with)}")
+        raise CheckpointError(f"{source}: tensor 'adapter_query.weight' has shape {tuple(aq.shape)}, the model "
+                              f"needs {tuple(expected['adapter_query.weight'])} (adapter_len {a.adapter_len} x "
+                              f"adapter_layer {a.adapter_layer}){adapter_hint(aq.shape[0], a, trained_with)}")
     check_shapes({k: v.shape for k, v in state.items()}, expected, source)
     with torch.no_grad():
         for n, p in model.trainable_parameters():

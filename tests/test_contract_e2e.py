@@ -214,11 +214,12 @@ def world(tmp_path_factory, fixtures_dir):
     params = json.loads((mdir / "params.json").read_text())
     meta = torch.load(mdir / "consolidated.00.pth", weights_only=True)
     D, H = params["dim"], params["n_heads"]
-    # SPEC §1.2 key names: the trainable tensors only; gates on the adapted layers
+    # SPEC §1.2 key names: the trainable tensors only, gates for every backbone layer (the layers without
+    # adapters carry gates too, as the original code saved them; they must take no part in the math)
     topa = {"adapter_query.weight": torch.randn(ADAPTER_LEN * ADAPTER_LAYER, D, generator=g),
             "visual_proj.weight": torch.randn(D, 768, generator=g) * 0.2,
             "temporal_emb.weight": torch.randn(T, D, generator=g) * 0.05}
-    for i in range(N_LAYERS - ADAPTER_LAYER, N_LAYERS):
+    for i in range(N_LAYERS):
         topa[f"layers.{i}.attention.gate1"] = torch.randn(1, H, 1, 1, generator=g) + 1.0
         topa[f"layers.{i}.attention.gate2"] = torch.randn(1, H, 1, 1, generator=g) * 2.0
     torch.save({"model": topa, "optimizer": {}, "epoch": 0, "scaler": None,
