@@ -197,16 +197,25 @@ def recorded_flags(ckpt: dict) -> Optional[dict]:
 
 def save_atomic(obj, path):
     """torch.save to a temporary file beside `path`, fsync, then rename: a crash never leaves a
-    half-written file under the final name, and the previous file stays intact until the rename."""
-    _write_atomic(path, lambda f: torch.save(obj, f), "wb")
+    half-written file under the final name, and the previous file stays intact until the rename. The
+    file gets the permissions a plain `open` would give it (0666 less the umask), so the rest of a
+    group on a shared cluster can read checkpoints and features."""
+    write_atomic(path, lambda f: torch.save(obj, f), "wb")
 
 
 def write_text_atomic(text: str, path):
-    """`save_atomic` for a text file (result files), readable by all (0644)."""
-    _write_atomic(path, lambda f: f.write(text), "w", readable=True)
+    """`save_atomic` for a text file (result files)."""
+    write_atomic(path, lambda f: f.write(text), "w")
 
 
-def _write_atomic(path, write, mode: str, readable: bool = False):
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path, write, mode: str = "wb"):
+    """`write(file)` into a temporary file beside `path`, fsync, then rename (see `save_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -215,8 +224,7 @@ def _write_atomic(path, write, mode: str, readable: bool = False):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if readable:  # mkstemp creates 0600
-            os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -194,6 +194,9 @@ def test_checkpoint_roundtrip_safe_and_exact(tmp_path):
                  "epoch": 0, "scaler": {}, "args": ns}, path)
     ck = load_topa_checkpoint(path)
     assert ck["args"].blr == 5e-3
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as a plain open() makes it, not mkstemp's 0600
     other = tiny_topa(args, seed=1)
     load_trainable(other, ck["model"])
     for k, v in model.trainable_state_dict().items():

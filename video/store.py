@@ -18,57 +18,21 @@ feature folder); results made with other settings are never mixed in: the run st
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
 
 from dataloader.base import load_json
-from llama.checkpoint import safe_load, save_atomic
+from llama.checkpoint import safe_load, save_atomic, write_atomic, write_text_atomic
 from util.errors import ConfigError
 
 
 class SettingsMismatch(ConfigError):
     """Existing results were made with other settings."""
-
-
-def _readable(path) -> None:
-    """Temporary files are created 0600; give the result the usual permissions (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def save_readable(obj, path) -> None:
-    """save_atomic, then the usual file permissions."""
-    save_atomic(obj, path)
-    _readable(path)
-
-
-def _write_atomic(path, write: Callable, mode: str = "wb") -> None:
-    """write(file) into a temporary file beside `path`, fsync, then rename: `path` is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(text: str, path) -> None:
-    _write_atomic(path, lambda f: f.write(text), "w")
 
 
 def _read_json(path) -> Optional[dict]:
@@ -166,7 +130,7 @@ class DictOutput:
         for p in self._part_files():
             have.update(safe_load(p, mmap=True))
         out = {k: have[k] for k in keys if k in have}
-        save_readable(out, self.path)
+        save_atomic(out, self.path)
         self._write_record(summary, n_keys=len(out))
         self._remove_parts()
         return len(out)
@@ -227,9 +191,9 @@ class FileDirOutput:
     def add(self, key: str, feats: torch.Tensor) -> None:
         feats = feats.to(torch.float16).contiguous().cpu()
         if self.suffix == ".pkl":
-            save_readable(feats, self.file(key))
+            save_atomic(feats, self.file(key))
             return
-        _write_atomic(self.file(key), lambda f: np.save(f, feats.numpy()))
+        write_atomic(self.file(key), lambda f: np.save(f, feats.numpy()))
 
     def flush(self) -> None:
         pass

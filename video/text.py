@@ -16,12 +16,12 @@ from typing import List, Optional
 import torch
 
 from dataloader.base import load_json
-from llama.checkpoint import safe_load
+from llama.checkpoint import safe_load, save_atomic
 from util.errors import ConfigError, DataError, MissingFileError
 
 from .clip import FEATURE_DIM
 from .run import Batcher, Task
-from .store import DictOutput, FileDirOutput, save_readable
+from .store import DictOutput, FileDirOutput
 
 CHUNK = 4096
 
@@ -100,7 +100,7 @@ class TensorOutput(DictOutput):
         if missing:
             raise DataError(f"{self.parts}: chunks {missing[:3]} are missing; rerun to compute them")
         mem = torch.cat([have[k] for k in keys]) if keys else torch.zeros(0, FEATURE_DIM, dtype=torch.float16)
-        save_readable(mem, self.path)
+        save_atomic(mem, self.path)
         self._write_record(summary, n_keys=int(mem.shape[0]))
         self._remove_parts()
         return len(keys)
