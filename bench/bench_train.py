@@ -46,8 +46,10 @@ def pad_batch(b: Batch, L: int) -> Batch:
     tokens = torch.cat([b.tokens, b.tokens.new_zeros(B, extra)], 1)
     last = b.positions[:, -1:]
     positions = torch.cat([b.positions, last + torch.arange(1, extra + 1)], 1)
-    mask = torch.eye(L, dtype=torch.bool).expand(B, 1, L, L).clone()
-    mask[:, :, :n, :n] = b.mask
+    mask = None  # whole rows: plain causal (padding at the end is never scored)
+    if b.mask is not None:
+        mask = torch.eye(L, dtype=torch.bool).expand(B, 1, L, L).clone()
+        mask[:, :, :n, :n] = b.mask
     t_pred = b.t_pred // n * L + b.t_pred % n  # flat index b * n + i -> b * L + i
     return dataclasses.replace(b, tokens=tokens, positions=positions, mask=mask, t_pred=t_pred)
 

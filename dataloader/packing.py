@@ -73,7 +73,7 @@ def pack_options(seqs: Seq[Sequence]) -> Row:
 class Batch:
     tokens: torch.Tensor                 # [B, L] (VIDEO and padding replaced by 0)
     positions: torch.Tensor              # [B, L]
-    mask: torch.Tensor                   # [B, 1, L, L] bool, True = may attend
+    mask: Optional[torch.Tensor]         # [B, 1, L, L] bool, True = may attend; None = plain causal
     video: Optional[torch.Tensor]        # [B, T, d] or None
     video_start: Optional[torch.Tensor]  # [B]
     t_pred: torch.Tensor                 # [U] distinct predicting positions, flat index b * L + i
@@ -102,8 +102,10 @@ class Batch:
 def collate_rows(rows: List[Row], videos: Optional[List[torch.Tensor]], row_item: Optional[List[int]] = None,
                  items: Optional[list] = None) -> Batch:
     """Pad to the longest row. Attention: causal in row order; a token in segment k > 0 sees segment 0
-    and segment k only; padding sees only itself and is never seen. `row_item[b]`: the batch item of
-    row b (default: row b is item b)."""
+    and segment k only; padding sees only itself and is never seen. When every row is one whole
+    sequence (training, `--scoring full`) the mask is None, plain causal, which the fused kernels run
+    without a mask tensor (flash): real tokens never see the padding after them, and what padding
+    sees is never scored. `row_item[b]`: the batch item of row b (default: row b is item b)."""
     B, L = len(rows), max(len(r) for r in rows)
     row_item = list(range(B)) if row_item is None else row_item
     tokens = torch.zeros(B, L, dtype=torch.long)
@@ -121,10 +123,13 @@ def collate_rows(rows: List[Row], videos: Optional[List[torch.Tensor]], row_item
             tgt += ids
             group += [len(g_item)] * len(pred)
             g_item.append(row_item[b])
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
-    sq, sk = segments[:, :, None], segments[:, None, :]   # [B, L, 1], [B, 1, L]
-    mask = causal & (sk >= 0) & ((sk == 0) | (sk == sq))   # [B, L, L]
-    mask |= torch.eye(L, dtype=torch.bool)                 # padding rows see themselves
+    mask = None
+    if any(k > 0 for r in rows for k in r.segments):
+        causal = torch.ones(L, L, dtype=torch.bool).tril()
+        sq, sk = segments[:, :, None], segments[:, None, :]   # [B, L, 1], [B, 1, L]
+        mask = causal & (sk >= 0) & ((sk == 0) | (sk == sq))   # [B, L, L]
+        mask |= torch.eye(L, dtype=torch.bool)                 # padding rows see themselves
+        mask = mask[:, None]                                   # [B, 1, L, L]
     has_video = [r.video_start is not None for r in rows]
     video = video_start = None
     if videos is not None and any(has_video):
@@ -134,7 +139,7 @@ def collate_rows(rows: List[Row], videos: Optional[List[torch.Tensor]], row_item
         video_start = torch.tensor([r.video_start for r in rows])
     # options of a packed question share their prefix positions: each position is projected once
     t_pred, t_inv = torch.unique(torch.tensor(flat, dtype=torch.long), return_inverse=True)
-    return Batch(tokens, positions, mask[:, None], video, video_start, t_pred, t_inv,
+    return Batch(tokens, positions, mask, video, video_start, t_pred, t_inv,
                  torch.tensor(tgt, dtype=torch.long), torch.tensor(group, dtype=torch.long),
                  torch.tensor(g_item, dtype=torch.long), items or [])
 

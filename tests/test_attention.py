@@ -63,16 +63,29 @@ def packed_batch(seed=0):
     return collate_rows([pack_options(s) for s in qs], videos(g, len(qs)))
 
 
+def with_padding_mask(b, lengths):
+    """`b` with the explicit mask of right-padded whole rows (collate_rows gives None = plain causal):
+    causal, padding keys never seen, a padding query sees itself only."""
+    B, L = b.tokens.shape
+    real = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]                  # [B, L]
+    mask = torch.ones(L, L, dtype=torch.bool).tril() & real[:, None, :]                 # [B, L, L]
+    mask |= torch.eye(L, dtype=torch.bool)
+    return dataclasses.replace(b, mask=mask[:, None])
+
+
 def training_batches(seed=0):
-    """A right-padded span batch (mcqa-like rows of different lengths) and a qav batch (video at the end)."""
+    """A right-padded span batch (mcqa-like rows of different lengths) and a qav batch (video at the end),
+    with explicit masks (the reference the plain-causal path is compared with)."""
     g = torch.Generator().manual_seed(seed)
     rows = [single_row(s[0]) for s in mcqa_like(g, n_questions=4, n_options=1)]
     span = collate_rows(rows, videos(g, len(rows)))
+    assert span.mask is None  # whole rows: plain causal
     qav = []
     for n in (6, 9, 4):
         head = [1] + rand_ids(g, n)
         qav.append(single_row(Sequence(head + [VIDEO] * T + [2], len(head), len(head))))
-    return span, collate_rows(qav, videos(g, len(qav)))
+    qav_b = collate_rows(qav, videos(g, len(qav)))
+    return (with_padding_mask(span, [len(r) for r in rows]), with_padding_mask(qav_b, [len(r) for r in qav]))
 
 
 def max_diff(a, b):
