@@ -23,7 +23,7 @@ import extract_features  # noqa: E402
 from video.clip import ClipEncoder, preprocess  # noqa: E402
 from video.extract import PRECISIONS  # noqa: E402
 from video.frames import FixedRate, read_video  # noqa: E402
-from video.synthetic import save_random_clip, vit_l14_config  # noqa: E402
+from toyworld.videos import save_random_clip, vit_l14_config  # noqa: E402
 
 
 def write_moving_video(path, n, fps, size):
@@ -114,7 +114,7 @@ def main():
     rows.append(("encode, tiny random CLIP", f"batch {bs}, {prec}, {device}", bs / t))
     if a.large:
         from transformers import CLIPModel
-        from video.synthetic import byte_level_vocab
+        from toyworld.videos import byte_level_vocab
         vocab = byte_level_vocab()
         torch.manual_seed(0)
         big = ClipEncoder(str(tmp / "tiny"), device, dtype,

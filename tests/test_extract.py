@@ -22,7 +22,7 @@ from dataloader.base import DictFeatures, NpyDirFeatures
 from llama.checkpoint import load_memory, load_pickled_tensor, safe_load
 from video.clip import ClipEncoder, preprocess
 from video.frames import FixedRate, Segments
-from video.synthetic import save_random_clip, write_frame_folder, write_video
+from toyworld.videos import save_random_clip, write_frame_folder, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 NTSC = Fraction(30000, 1001)

@@ -13,7 +13,7 @@ from PIL import Image
 from video import frames as fr
 from video.clip import MEAN, STD, ClipEncoder, pixels, preprocess
 from video.frames import FixedRate, Segments, Strided, VideoError
-from video.synthetic import read_code, save_random_clip, write_frame_folder, write_video
+from toyworld.videos import read_code, save_random_clip, write_frame_folder, write_video
 
 NTSC = Fraction(30000, 1001)
 

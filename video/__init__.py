@@ -7,7 +7,6 @@
   extract.py  what each --dataset means; decoding workers feeding batched encoding
   run.py      the run: torchrun processes, resume, failures, the final file
   text.py     CLIP text features: TextVid per-tideo files, memory.pkl
-  synthetic.py  stand-ins for the tests and the bench: videos whose frame k shows k, random CLIPs
 
 Needs the optional install `pip install -e ".[video]"` (transformers, av, pillow).
 """
