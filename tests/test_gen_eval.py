@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from util.errors import ConfigError, DataError, MissingFileError
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")
 pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the COCO caption metrics need Java")
 
 # a handful of MVBench items in three tasks (the other 17 task files are empty lists)
 MVB = {
@@ -279,6 +281,7 @@ def test_missing_features_are_named_or_counted(world, tmp_path):
 
 # ---------------------------------------------------------------- captioning
 
+@needs_java
 def test_caption_metrics_hand_checked():
     from engine.caption_metrics import coco_caption_metrics
     refs = {"v1": ["a man is cooking food"], "v2": ["Dogs run on grass."]}
@@ -306,6 +309,7 @@ def test_caption_metrics_without_java_is_a_clear_error(world, tmp_path):
     assert not (world["root"] / "results" / "nojava").exists()  # refused before anything ran
 
 
+@needs_java
 def test_msrvtt_and_vatex_outputs(world, tmp_path):
     metrics = run_eval(args(world, "msrvtt", "msr"))
     out = world["root"] / "results" / "msr"
@@ -338,8 +342,8 @@ def test_msrvtt_and_vatex_outputs(world, tmp_path):
 
 # ---------------------------------------------------------------- scripts
 
-@pytest.mark.parametrize("dataset,memory", [("mvbench", True), ("msrvtt", True), ("vatex", False)])
-@pytest.mark.parametrize("llama", ["llama2_7b", "llama3_8b"])
+@pytest.mark.parametrize("dataset,memory,llama", [("mvbench", True, "llama2_7b"), ("msrvtt", True, "llama2_13b"),
+                                                  ("vatex", False, "llama3_8b")])
 def test_generation_scripts_parse_with_dry_run(dataset, memory, llama):
     env = dict(os.environ, TORCHRUN=sys.executable, LLAMA=llama, PYTHONPATH=str(REPO))
     script = REPO / "scripts" / "eval" / f"zeroshot_eval_{dataset}.sh"
@@ -349,4 +353,5 @@ def test_generation_scripts_parse_with_dry_run(dataset, memory, llama):
     a = eval(r.stdout.strip().splitlines()[-1], {"__builtins__": {}})
     assert a["dataset"] == dataset and a["memory"] is memory and not a["no_memory"] and a["max_feats"] == 10
     assert a["resume"] == f"vqa_checkpoint/topa_{llama}.pth" and a["adapter_len"] == 50
+    assert a["model"] == {"llama2_7b": "7B", "llama2_13b": "13B", "llama3_8b": "8B"}[llama]
     assert a["llama3"] == (llama == "llama3_8b") and a["rope_theta"] == (10000 if llama == "llama3_8b" else None)
