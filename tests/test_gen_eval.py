@@ -4,6 +4,7 @@ and their arithmetic, every answer equal to the full-recomputation oracle run it
 projection included), torchrun with 2 processes == 1 process, missing features named or counted, the
 COCO caption metrics (real pycocoevalcap with Java) on a hand-checked set, and a clear error without Java."""
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -84,13 +85,13 @@ def write_data(data: Path, g):
     torch.save(F.normalize(torch.randn(300, 768, generator=g), dim=-1).half(), data / "textvid" / "memory.pkl")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    g = torch.Generator().manual_seed(0)
-    mdir = make_tiny_llama(root / "pretrained" / "llama2", Path(FIX) / "llama2" / "tokenizer.model", dim=64,
-                           n_layers=2, n_heads=4, seed=1, std=0.1)
-    tok = load_tokenizer(root / "pretrained" / "llama2" / "tokenizer.model")
+def write_model(root: Path, kind: str, g):
+    """A tiny Llama (Meta's format, the real tokenizer) and a random TOPA checkpoint under root/<kind>."""
+    llama3 = kind == "llama3"
+    mdir = make_tiny_llama(root / kind, Path(FIX) / kind / "tokenizer.model", dim=64 if not llama3 else 32,
+                           n_layers=2, n_heads=4, n_kv_heads=2 if llama3 else None,
+                           rope_theta=500000.0 if llama3 else None, llama2_style=not llama3, seed=1, std=0.1)
+    tok = load_tokenizer(root / kind / "tokenizer.model")
     margs = TOPAArgs.from_params_json(mdir / "params.json", adapter_len=10, max_feats=10, bias=3.0,
                                        vocab_size=tok.n_words)
     model = build_model(margs, load_meta_checkpoint(mdir))
@@ -98,16 +99,24 @@ def world(tmp_path_factory):
         for n, p in model.trainable_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (1.0 if "gate" in n else 0.1))
     save_atomic({"model": model.trainable_state_dict(), "optimizer": {}, "epoch": 0, "scaler": None,
-                 "args": argparse.Namespace(model="tiny")}, root / "vqa_checkpoint" / "topa.pth")
+                 "args": argparse.Namespace(model="tiny")}, root / kind / "topa.pth")
+    return {"root": root, "kind": kind, "model": model.eval(), "tok": tok}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    g = torch.Generator().manual_seed(0)
+    w = write_model(root, "llama2", g)
     write_data(root / "data", g)
-    return {"root": root, "model": model.eval(), "tok": tok}
+    return w
 
 
 def args(world, dataset, out, *extra, data=None):
-    r = world["root"]
-    return ["--model", "tiny", "--llama2", "--llama_model_path", str(r / "pretrained" / "llama2"), "--max_feats", "10",
+    r, kind = world["root"], world["kind"]
+    return ["--model", "tiny", f"--{kind}", "--llama_model_path", str(r / kind), "--max_feats", "10",
             "--adapter_len", "10", "--dataset", dataset, "--data_root", str(data or r / "data"), "--resume",
-            str(r / "vqa_checkpoint" / "topa.pth"), "--precision", "fp32", "--device", "cpu", "--batch_size", "3",
+            str(r / kind / "topa.pth"), "--precision", "fp32", "--device", "cpu", "--batch_size", "3",
             "--output_dir", str(r / "results" / out), *extra]
 
 
@@ -221,12 +230,8 @@ def test_mvbench_outputs_equal_the_oracle(world, capsys):
     assert "Avg" in table and "Scene Transition" in table and "no valid letter" in table
 
     # every answer is what the model gives each item alone, recomputing every token, memory projected
-    feats = torch.load(world["root"] / "data" / "mvbench" / "clipvitl14.pth")
-    prompts = [P.prompt_ids(world["tok"], P.MVBENCH.p1, P.MVBENCH.p2_text(**r.prompt_fields()), 10) for r in recs]
     memory = load_memory(world["root"] / "data" / "textvid" / "memory.pkl")
-    ref = oracle(world, prompts, [feats[r.key] for r in recs], P.MVBENCH, memory)
-    assert [p["text"] for p in preds] == [P.generated_text(world["tok"], q, ids, P.MVBENCH.marker)[0]
-                                          for q, ids in zip(prompts, ref)]
+    feats, prompts, ref = check_oracle(world, preds, recs, memory)
     # the letter-constrained answer: argmax over the item's letters of the first step's logits
     letters = P.letter_ids(world["tok"], 4)
     for p, r, q in zip(preds, recs, prompts):
@@ -237,13 +242,34 @@ def test_mvbench_outputs_equal_the_oracle(world, capsys):
             logits = world["model"].logits(h[0, -1])
         assert p["prediction_constrained"] == "ABCD"[int(logits[letters[:len(r.candidates)]].argmax())]
     # without the memory projection the answers are others (the flag reaches the model)
-    without = oracle(world, prompts, [feats[r.key] for r in recs], P.MVBENCH, None)
-    assert without != ref
+    assert oracle(world, prompts, [feats[r.key] for r in recs], P.MVBENCH, None) != ref
 
     # the reference path through eval.py gives the same file
     run_eval(args(world, "mvbench", "mvb_full", "--letter_constrained", "--no_kv_cache"))
     assert (world["root"] / "results" / "mvb_full" / "predictions_mvbench_test.jsonl").read_text() == \
         (out / "predictions_mvbench_test.jsonl").read_text()
+
+
+def check_oracle(world, preds, recs, memory):
+    feats = torch.load(world["root"] / "data" / "mvbench" / "clipvitl14.pth")
+    prompts = [P.prompt_ids(world["tok"], P.MVBENCH.p1, P.MVBENCH.p2_text(**r.prompt_fields()), 10) for r in recs]
+    ref = oracle(world, prompts, [feats[r.key] for r in recs], P.MVBENCH, memory)
+    assert [p["text"] for p in preds] == [P.generated_text(world["tok"], q, ids, P.MVBENCH.marker)[0]
+                                          for q, ids in zip(prompts, ref)]
+    return feats, prompts, ref
+
+
+def test_mvbench_llama3_without_memory_equals_the_oracle(world, tmp_path):
+    w3 = write_model(world["root"], "llama3", torch.Generator().manual_seed(1))
+    run_eval(args(w3, "mvbench", "mvb3", "--no_memory", "--rope_theta", "10000"))
+    preds = jsonl(world["root"] / "results" / "mvb3" / "predictions_mvbench_test.jsonl")
+    res = json.loads((world["root"] / "results" / "mvb3" / "accuracy_mvbench_test.json").read_text())
+    assert res["settings"]["memory"] is False and res["settings"]["masked_ids"] == [1268, 2650]
+    with torch.no_grad():  # the oracle model with eval's RoPE theta
+        w3["model"] = build_model(dataclasses.replace(w3["model"].args, rope_theta=10000.0),
+                                  load_meta_checkpoint(world["root"] / "llama3" / "tiny"),
+                                  trainable=w3["model"].trainable_state_dict()).eval()
+    check_oracle(w3, preds, mvbench.read_records(world["root"] / "data"), None)
 
 
 def test_mvbench_torchrun_two_processes_equal_one(world):
