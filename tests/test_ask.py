@@ -26,7 +26,7 @@ from toyworld.tiny import make_tiny_llama
 from util.errors import ConfigError, DataError, MissingFileError
 from video.clip import ClipEncoder, preprocess
 from video.frames import Segments, Strided
-from video.synthetic import save_random_clip, write_video
+from toyworld.videos import save_random_clip, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")

@@ -25,14 +25,14 @@ from llama.checkpoint import load_memory, load_meta_checkpoint, save_atomic
 from llama.generation import greedy_generate
 from llama.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
-from util.errors import ConfigError, DataError, MissingFileError
+from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")
 pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the COCO caption metrics need Java")
 
-# a handful of MVBench items in three tasks (the other 17 task files are empty lists)
+# a handful of MVBench items in three tasks, and one in each of the other 17
 MVB = {
     "action_sequence": [
         {"video": "3MSZA.mp4", "question": "What happened after the person took the food?",
@@ -54,7 +54,8 @@ MVB = {
         {"video": f"c{i}.mp4", "question": "How many times did the person launch objects on the table?",
          "candidates": ["3", "5", "2"], "answer": ["3", "5", "2"][i % 3]} for i in range(5)],
 }
-N_MVB = sum(map(len, MVB.values()))
+OTHER = [{"video": "x.mp4", "question": "Is it there?", "candidates": ["yes", "no"], "answer": "no"}]
+N_MVB = sum(map(len, MVB.values())) + 17
 MSRVTT = {"info": {}, "videos": [{"video_id": f"video{7010 + i}", "split": "test", "id": i} for i in range(4)],
           "sentences": [{"video_id": f"video{7010 + i}", "caption": c, "sen_id": 10 * i + j}
                         for i in range(4) for j, c in enumerate(["a man is cooking in a kitchen",
@@ -70,7 +71,7 @@ def write_data(data: Path, g):
     feats = {}
     for name in mvbench.TASKS:
         stem = mvbench.MVBENCH_TASKS[name][0]
-        items = MVB.get(stem, [])
+        items = MVB.get(stem, OTHER)
         (jd / f"{stem}.json").write_text(json.dumps(items))
         feats.update({f"{stem}/{i}": torch.randn(10, 768, generator=g).half() for i in range(len(items))})
     torch.save(feats, data / "mvbench" / "clipvitl14.pth")
@@ -144,7 +145,7 @@ def test_mvbench_reader_official_layout(world, tmp_path):
     jd = data / "mvbench" / "json"
     jd.mkdir(parents=True)
     for name in mvbench.TASKS:
-        (jd / f"{mvbench.MVBENCH_TASKS[name][0]}.json").write_text("[]")
+        (jd / f"{mvbench.MVBENCH_TASKS[name][0]}.json").write_text(json.dumps(OTHER))
     bad = dict(MVB["action_sequence"][1], answer="Took a towel.")
     (jd / "action_sequence.json").write_text(json.dumps([MVB["action_sequence"][0], bad]))
     with pytest.raises(DataError, match=r"action_sequence.json\[1\].*action_sequence/1.*not one of the candidates"):
@@ -220,7 +221,7 @@ def test_mvbench_outputs_equal_the_oracle(world, capsys):
         assert p["correct_constrained"] == (p["prediction_constrained"] == r.gold)
     res = json.loads((out / "accuracy_mvbench_test.json").read_text())
     assert res["accuracy"] == json.loads(json.dumps(acc))
-    assert list(res["accuracy"]) == ["Action Sequence", "Scene Transition", "Action Count", "Avg"]
+    assert list(res["accuracy"]) == mvbench.TASKS + ["Avg"]
     avg = res["accuracy"]["Avg"]
     assert avg["total"] == N_MVB and avg["correct"] == sum(p["correct"] for p in preds)
     assert avg["acc"] == pytest.approx(100 * avg["correct"] / N_MVB)   # all correct / all questions
@@ -295,14 +296,38 @@ def test_missing_features_are_named_or_counted(world, tmp_path):
     feats = torch.load(world["root"] / "data" / "mvbench" / "clipvitl14.pth")
     del feats["scene_transition/1"]
     torch.save(feats, data / "mvbench" / "clipvitl14.pth")
-    with pytest.raises(DataError, match=r"1 of 10 items have no features in .*clipvitl14.pth: scene_transition/1 "
+    with pytest.raises(DataError, match=rf"1 of {N_MVB} items have no features in .*clipvitl14.pth: scene_transition/1 "
                                         r"\(.*scene_transition.json\[1\]\)"):
         run_eval(args(world, "mvbench", "skip", "--no_memory", data=data))
     run_eval(args(world, "mvbench", "skip", "--no_memory", "--skip_missing", data=data))
     res = json.loads((world["root"] / "results" / "skip" / "accuracy_mvbench_test.json").read_text())
-    assert res["n_skipped"] == 1 and res["skipped"] == ["scene_transition/1"] and res["accuracy"]["Avg"]["total"] == 9
+    assert res["n_skipped"] == 1 and res["skipped"] == ["scene_transition/1"]
+    assert res["accuracy"]["Avg"]["total"] == N_MVB - 1
     preds = jsonl(world["root"] / "results" / "skip" / "predictions_mvbench_test.jsonl")
-    assert ("Scene Transition", 1) not in [(p["task"], p["index"]) for p in preds] and len(preds) == 9
+    assert ("Scene Transition", 1) not in [(p["task"], p["index"]) for p in preds] and len(preds) == N_MVB - 1
+
+
+def test_non_finite_scores_are_an_error_naming_the_item(world, tmp_path):
+    """fp16 with one huge visual_proj column: the one item whose features use that column overflows. It
+    gets no answer: the run stops naming it, and the answers of the steps before it stay in the file."""
+    data = tmp_path / "data"
+    (data / "mvbench").mkdir(parents=True)
+    os.symlink(world["root"] / "data" / "mvbench" / "json", data / "mvbench" / "json")
+    feats = torch.load(world["root"] / "data" / "mvbench" / "clipvitl14.pth")
+    for k, v in feats.items():
+        v[:, 5] = 20.0 if k == "action_count/2" else 0.0
+    torch.save(feats, data / "mvbench" / "clipvitl14.pth")
+    ck = torch.load(world["root"] / "llama2" / "topa.pth", weights_only=False)
+    ck["model"]["visual_proj.weight"][:, 5] = 1e6
+    torch.save(ck, tmp_path / "huge.pth")
+    argv = args(world, "mvbench", "nonfinite", "--no_memory", "--batch_size", "2", data=data)
+    argv[argv.index("fp32")] = "fp16"
+    with pytest.raises(CheckpointError, match=r"action_count.json\[2\]: item action_count/2: .* not finite") as e:
+        run_eval(argv + ["--resume", str(tmp_path / "huge.pth")])
+    kept = jsonl(world["root"] / "results" / "nonfinite" / "predictions_mvbench_test.jsonl")
+    assert f"({len(kept)} items generated before it" in str(e.value) and len(kept) < N_MVB
+    assert ("Action Count", 2) not in [(p["task"], p["index"]) for p in kept]
+    assert not (world["root"] / "results" / "nonfinite" / "accuracy_mvbench_test.json").exists()
 
 
 # ---------------------------------------------------------------- captioning
