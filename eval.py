@@ -1,11 +1,14 @@
-"""Zero-shot multiple-choice evaluation (NExT-QA, STAR, TVQA, EgoSchema). Runs plainly on CPU/GPU or
-under torchrun with N processes; every question is scored exactly once.
+"""Zero-shot evaluation: multiple-choice scoring (NExT-QA, STAR, TVQA, EgoSchema) or generation (MVBench,
+MSR-VTT, VATEX). Runs plainly on CPU/GPU or under torchrun with N processes; every question is
+evaluated exactly once.
 
   python eval.py --model 7B --llama_model_path ./pretrained/llama2/ --dataset nextqa \\
       --resume vqa_checkpoint/topa.pth --memory --output_dir results/nextqa
+  python eval.py ... --dataset mvbench --resume vqa_checkpoint/topa.pth --output_dir results/mvbench
 """
+from dataloader import benchmarks
+from engine import evaluation, generation
 from engine.config import EvalConfig, eval_parser
-from engine.evaluation import run
 from util.errors import run_cli
 
 
@@ -17,7 +20,8 @@ def main(args):
     if args.dry_run:
         print(vars(args))
         return None
-    return run(EvalConfig.from_args(args))
+    cfg = EvalConfig.from_args(args)
+    return (generation if benchmarks.get(cfg.data.dataset).kind == "generate" else evaluation).run(cfg)
 
 
 if __name__ == "__main__":

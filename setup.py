@@ -1,6 +1,7 @@
 from setuptools import find_packages, setup
 
 VIDEO = ["transformers>=4.40", "av>=15,<19", "pillow>=9.1"]
+CAPTION = ["pycocoevalcap>=1.2"]  # the COCO caption metrics (MSR-VTT, VATEX); its tokenizer and METEOR need Java
 
 setup(
     name="topa",
@@ -15,7 +16,8 @@ setup(
         # extract_features.py: CLIP (transformers), decoding (PyAV wheels bundle FFmpeg; av 19 needs
         # Python >= 3.12, so the cap keeps a wheel for every supported Python), images (pillow)
         "video": VIDEO,
-        "test": ["pytest"] + VIDEO,
+        "caption": CAPTION,
+        "test": ["pytest"] + VIDEO + CAPTION,
         "tensorboard": ["tensorboard"],
     },
 )

@@ -1,15 +1,20 @@
 """The benchmarks, as data: one `Benchmark` per name says how many options its questions have, how its
 prompts are worded, how to read a split, where its features are and which accuracy buckets a question
 counts in. `eval.py`, `train.py` and the scripts go through this table; adding a dataset in one of the
-published layouts is one entry (a reader returning `QARecord`s and a feature source)."""
+published layouts is one entry (a reader returning `QARecord`s and a feature source).
+
+`kind` says how a benchmark is evaluated: "mcqa" scores every option (engine/evaluation.py);
+"generate" (MVBench, MSR-VTT, VATEX) generates the answer under its `protocol` (llama/protocols.py;
+engine/generation.py) from records that have a feature `key` and `prompt_fields()`."""
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from llama import prompts
+from llama import prompts, protocols
 from llama.prompts import PromptBuilder, PromptStyle
+from llama.protocols import GenProtocol
 from util.errors import ConfigError
 
-from . import egoschema, nextqa, star, tvqa
+from . import captioning, egoschema, mvbench, nextqa, star, tvqa
 from .base import QARecord
 from .mcqa import MCQADataset, make_mcqa_dataset
 
@@ -32,6 +37,9 @@ class Benchmark:
     features: Callable[[str], object]                 # root -> feature source (dataloader.base)
     type_groups: Callable[[str], List[str]] = _no_types  # qtype -> accuracy buckets besides "total"
     subtitles: bool = False                           # accepts --sub / --truncate_dialogue
+    kind: str = "mcqa"                                # "mcqa" (option scoring) or "generate"
+    protocol: Optional[GenProtocol] = None            # generate: prompts, tokens, masks, memory, cut, metric
+    default_split: str = "val"                        # the split evaluated without --split / --test
 
 
 BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
@@ -43,8 +51,18 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
               subtitles=True),
     Benchmark("egos", "EgoSchema", egoschema.N_OPTIONS, prompts.EGOSCHEMA,
               lambda root, split, sub: egoschema.read_records(root, split), egoschema.features),
+    Benchmark("mvbench", "MVBench", 0, prompts.DEFAULT, lambda root, split, sub: mvbench.read_records(root, split),
+              mvbench.features, kind="generate", protocol=protocols.MVBENCH, default_split="test"),
+    Benchmark("msrvtt", "MSR-VTT", 0, prompts.DEFAULT,
+              lambda root, split, sub: captioning.read_records(root, "msrvtt", split),
+              lambda root: captioning.features(root, "msrvtt"), kind="generate", protocol=protocols.MSRVTT,
+              default_split="test"),
+    Benchmark("vatex", "VATEX", 0, prompts.DEFAULT,
+              lambda root, split, sub: captioning.read_records(root, "vatex", split),
+              lambda root: captioning.features(root, "vatex"), kind="generate", protocol=protocols.VATEX,
+              default_split="test"),
 ]}
-ALIASES = {"egoschema": "egos", "next-qa": "nextqa", "next_qa": "nextqa"}
+ALIASES = {"egoschema": "egos", "next-qa": "nextqa", "next_qa": "nextqa", "msr-vtt": "msrvtt", "msr_vtt": "msrvtt"}
 
 
 def get(name: str) -> Benchmark:
@@ -60,6 +78,9 @@ def build_mcqa_dataset(name: str, root, split: str, builder: PromptBuilder, *, t
     """The multiple-choice dataset of benchmark `name` and `split` under `root`, checked against its
     features (see `make_mcqa_dataset`). `dialogue_max_len` (TVQA): cut dialogue tokens to fit."""
     b = get(name)
+    if b.kind != "mcqa":
+        raise ConfigError(f"{b.title} is a generation benchmark: eval.py --dataset {b.name} evaluates it "
+                          f"(it has no options to score or train on)")
     if (sub or dialogue_max_len is not None) and not b.subtitles:
         raise ConfigError(f"{b.title} has no subtitles (--sub and --truncate_dialogue are for TVQA)")
     records = b.read(root, split, sub)

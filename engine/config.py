@@ -56,25 +56,54 @@ class RunConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Generation benchmarks (MVBench, MSR-VTT, VATEX): switches beside their fixed protocols."""
+    no_memory: bool = False           # turn the protocol's memory projection off (--memory turns it on)
+    letter_constrained: bool = False  # MVBench: also answer by the argmax over the valid letters
+    spice: bool = False               # captioning: add SPICE to the COCO metrics
+    kv_cache: bool = True             # False: recompute the whole sequence per new token (the reference)
+
+
+@dataclass
 class EvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    split: str = "val"
+    split: Optional[str] = None       # None: the benchmark's default (val; generation benchmarks: test)
     resume: Optional[str] = None      # the TOPA checkpoint to evaluate
     scoring: str = "packed"           # packed: shared prefix once per question; full: every option whole
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self):
-        self.data.dataset = benchmarks.get(self.data.dataset or "nextqa").name
+        bench = benchmarks.get(self.data.dataset or "nextqa")
+        self.data.dataset = bench.name
+        self.split = self.split or bench.default_split
+        gen = self.generation
+        if gen.no_memory and self.data.memory:
+            raise ConfigError("--memory and --no_memory contradict each other")
+        if gen.letter_constrained and bench.name != "mvbench":
+            raise ConfigError(f"--letter_constrained is for MVBench, not {bench.name}")
+        if gen.spice and (bench.protocol is None or bench.protocol.metric != "caption"):
+            raise ConfigError(f"--spice is for the captioning benchmarks (msrvtt, vatex), not {bench.name}")
         if self.scoring not in ("packed", "full"):
             raise ConfigError(f"--scoring must be packed or full, not {self.scoring!r}")
         if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
             raise ConfigError(f"--sub is for TVQA, not {self.data.dataset}")
 
+    @property
+    def use_memory(self) -> bool:
+        """--memory, --no_memory, else the benchmark's protocol (multiple-choice benchmarks: off)."""
+        protocol = benchmarks.get(self.data.dataset).protocol
+        if self.data.memory or self.generation.no_memory:
+            return self.data.memory
+        return bool(protocol and protocol.memory)
+
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "EvalConfig":
         return cls(model=_model_config(a), data=_build(DataConfig, a), run=_build(RunConfig, a),
-                   split=a.split or ("test" if a.test else "val"), resume=a.resume, scoring=a.scoring)
+                   split=a.split or ("test" if a.test else None), resume=a.resume, scoring=a.scoring,
+                   generation=GenerationConfig(no_memory=a.no_memory, letter_constrained=a.letter_constrained,
+                                               spice=a.spice, kv_cache=not a.no_kv_cache))
 
 
 @dataclass
@@ -262,6 +291,17 @@ def eval_parser(description: str = None) -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, help="TOPA checkpoint to evaluate")
     g.add_argument("--scoring", choices=["packed", "full"], default="packed",
                    help="packed: run each question's shared prefix once (fast); full: each option whole")
+    g = p.add_argument_group("generation benchmarks (mvbench, msrvtt, vatex)")
+    g.add_argument("--no_memory", action="store_true",
+                   help="no memory projection (default: the protocol's: on for mvbench and msrvtt, off for "
+                        "vatex; --memory turns it on)")
+    g.add_argument("--letter_constrained", action="store_true",
+                   help="mvbench: also answer by the argmax over the item's valid letters, reported beside "
+                        "the published check")
+    g.add_argument("--spice", action="store_true",
+                   help="msrvtt/vatex: add SPICE (Java; downloads Stanford CoreNLP once)")
+    g.add_argument("--no_kv_cache", action="store_true",
+                   help="recompute the whole sequence for every new token (the reference; slow)")
     return p
 
 

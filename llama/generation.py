@@ -37,14 +37,17 @@ def video_slot(prompt: Sequence[int], T: Optional[int]) -> Optional[int]:
 def greedy_generate(model: TOPA, prompts: Sequence[Sequence[int]], videos=None, *, max_new_tokens: int,
                     eos_id: Union[int, Sequence[int], None] = None, masked_ids: Sequence[int] = (),
                     stop: Union[StopFn, Sequence[Optional[StopFn]], None] = None, use_cache: bool = True,
-                    gate2: bool = True, return_logits: bool = False):
+                    gate2: bool = True, return_logits: bool = False,
+                    observe: Optional[Callable[[int, torch.Tensor], None]] = None):
     """Greedy continuation of every prompt; returns the generated ids per prompt (EOS left out).
 
     videos: None, or one [T, clip_dim] feature tensor per prompt (a list or a [B, T, clip_dim] tensor),
     already normalised / memory-projected. eos_id: one id or several. stop: a callable given a row's
     generated ids after each new token (or a list of them, one per row); True ends that row.
     return_logits: also return, per prompt, the [n, vocab] fp32 logits each generated id was picked
-    from (after masking)."""
+    from (after masking). observe: called as observe(t, logits) with step t's next-token logits
+    [B, vocab] (after masking, before the argmax; rows already done included), e.g. to read the
+    first step's scores of some ids."""
     B = len(prompts)
     device = model.tok_embeddings.weight.device
     video = None
@@ -68,6 +71,8 @@ def greedy_generate(model: TOPA, prompts: Sequence[Sequence[int]], videos=None, 
     for t in range(max_new_tokens):  # logits [B, vocab]; rows that are done are ignored
         if len(masked):
             logits[:, masked] = -100.0
+        if observe is not None:
+            observe(t, logits)
         ids = logits.argmax(-1).tolist()
         for b in range(B):
             if done[b]:

@@ -458,14 +458,17 @@ def test_egoschema_official_missing_option(ego_root, builder):
 # ---- registry ----
 
 def test_benchmark_table(tmp_path, builder):
-    assert {n: b.n_options for n, b in benchmarks.BENCHMARKS.items()} == {"nextqa": 5, "star": 4, "tvqa": 5,
-                                                                         "egos": 5}
+    assert {n: b.n_options for n, b in benchmarks.BENCHMARKS.items() if b.kind == "mcqa"} == \
+        {"nextqa": 5, "star": 4, "tvqa": 5, "egos": 5}
+    assert [n for n, b in benchmarks.BENCHMARKS.items() if b.kind == "generate"] == ["mvbench", "msrvtt", "vatex"]
     assert benchmarks.get("EgoSchema").name == "egos" and benchmarks.get("next-qa").name == "nextqa"
     nq = benchmarks.get("nextqa").type_groups
     assert nq("TP") == ["T", "TP"] and nq("DO") == ["D", "DO"] and nq("CH") == ["C", "CH"]
     assert benchmarks.get("star").type_groups("Feasibility") == ["Feasibility"]
     assert benchmarks.get("tvqa").type_groups("") == [] and benchmarks.get("egos").type_groups("") == []
-    with pytest.raises(ValueError, match="unknown dataset 'msrvtt'.*nextqa"):
+    with pytest.raises(ValueError, match="unknown dataset 'activitynet'.*nextqa"):
+        build_mcqa_dataset("activitynet", tmp_path, "val", builder)
+    with pytest.raises(ValueError, match="MSR-VTT is a generation benchmark"):
         build_mcqa_dataset("msrvtt", tmp_path, "val", builder)
     with pytest.raises(ValueError, match="unknown dataset"):
         benchmarks.get("foo").type_groups("CW")

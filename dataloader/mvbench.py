@@ -1,0 +1,89 @@
+"""MVBench: the official `json/<task>.json` files of its 20 tasks, under `<root>/mvbench/json/`, and the
+features `<root>/mvbench/clipvitl14.pth` (a dict `"<json file stem>/<item index>"` -> [10, 768], as
+extract_features.py writes it; the index is 0-based).
+
+Each item is `{video, question, candidates, answer, start?, end?}`; `answer` is the text of one
+candidate, and the gold letter is that candidate's (the first one equal to it). The task table (json
+stem, video folder, frame folder or video, uses start/end) is the extractor's, `MVBENCH_TASKS`.
+MVBench has one split, `test`.
+"""
+import os
+from dataclasses import dataclass
+from typing import List
+
+from llama.protocols import LETTERS, choices_text
+from util.errors import ConfigError, DataError, MissingFileError
+from video.sources import MVBENCH_TASKS
+
+from .base import DictFeatures, json_objects
+
+SPLITS = ("test",)
+TASKS = list(MVBENCH_TASKS)  # the 20 task names, in the published table's order
+
+
+@dataclass
+class MVBenchRecord:
+    task: str               # task name, e.g. "Action Sequence"
+    stem: str               # its json file stem, e.g. "action_sequence"
+    index: int              # 0-based item index in that file
+    video: str              # the item's video (file or frame folder name under the task's folder)
+    question: str
+    candidates: list
+    gold: str               # the gold letter
+    source: str             # "file[i]" for messages
+
+    @property
+    def key(self) -> str:
+        """The feature key (and the item's id in messages)."""
+        return f"{self.stem}/{self.index}"
+
+    def prompt_fields(self) -> dict:
+        return {"question": self.question, "choices": choices_text(self.candidates)}
+
+
+def json_dir(root) -> str:
+    return os.path.join(str(root), "mvbench", "json")
+
+
+def feature_path(root) -> str:
+    return os.path.join(str(root), "mvbench", "clipvitl14.pth")
+
+
+def features(root) -> DictFeatures:
+    return DictFeatures(feature_path(root))
+
+
+def _scalar(v) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+
+
+def read_task(path: str, task: str, stem: str) -> List[MVBenchRecord]:
+    """The items of one task file; DataError naming file[i] for a malformed item."""
+    out = []
+    for where, item in json_objects(path):
+        i = len(out)
+        q, cands, ans = item.get("question"), item.get("candidates"), item.get("answer")
+        if not isinstance(item.get("video"), str) or not isinstance(q, str):
+            raise DataError(f"{where}: item {stem}/{i} needs a 'video' name and a 'question' string")
+        if not isinstance(cands, list) or len(cands) < 2 or not all(_scalar(c) for c in cands):
+            raise DataError(f"{where}: item {stem}/{i}: 'candidates' must be a list of at least 2 texts, "
+                            f"got {cands!r}")
+        if len(cands) > len(LETTERS):
+            raise DataError(f"{where}: item {stem}/{i} has {len(cands)} candidates (at most {len(LETTERS)})")
+        if not _scalar(ans) or ans not in cands:
+            raise DataError(f"{where}: item {stem}/{i}: answer {ans!r} is not one of the candidates {cands!r}")
+        out.append(MVBenchRecord(task, stem, i, item["video"], q, cands, LETTERS[cands.index(ans)], where))
+    return out
+
+
+def read_records(root, split: str = "test") -> List[MVBenchRecord]:
+    """Every item of the 20 tasks, in the table's task order and file order."""
+    if split not in SPLITS:
+        raise ConfigError(f"MVBench has one split, test (not {split!r})")
+    folder = json_dir(root)
+    paths = {name: os.path.join(folder, f"{MVBENCH_TASKS[name][0]}.json") for name in TASKS}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise MissingFileError(f"MVBench: {len(missing)} of the 20 task files are missing, e.g. {missing[0]} "
+                               f"(the official json/ folder goes to {folder})")
+    return [r for name in TASKS for r in read_task(paths[name], name, MVBENCH_TASKS[name][0])]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Zero-shot VATEX (public val set) captioning by generation, the published protocol (docs/evaluation.md).
+# Run from the folder that holds pretrained/, data/ and vqa_checkpoint/:
+#   bash scripts/eval/zeroshot_eval_vatex.sh                       # Llama-2 7B, 1 GPU
+#   LLAMA=llama2_13b NPROC=4 bash scripts/eval/zeroshot_eval_vatex.sh --resume vqa_checkpoint/topa_13b.pth
+# Extra arguments are appended (later flags win).
+# No --memory: VATEX's protocol uses raw CLIP features (MSR-VTT's and MVBench's project them).
+# Needs pycocoevalcap (pip install -e ".[caption]") and Java for the COCO caption metrics.
+set -euo pipefail
+source "$(dirname "$0")/../common.sh"
+CKPT=${CKPT:-vqa_checkpoint/topa_${LLAMA}.pth}
+OUT=${OUT:-results/zeroshot_vatex/${LLAMA}}
+
+$TORCHRUN "$REPO/eval.py" "${MODEL_ARGS[@]}" \
+  --dataset vatex --batch_size 16 --max_feats 10 --adapter_len 50 \
+  --resume "$CKPT" --output_dir "$OUT" "$@"
