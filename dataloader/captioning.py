@@ -45,7 +45,7 @@ def _caption(c, where: str) -> str:
     return c
 
 
-def read_msrvtt(path: str) -> List[CaptionRecord]:
+def read_msrvtt(path: str, need_refs: bool = True) -> List[CaptionRecord]:
     raw = load_json(path)
     videos, sentences = (raw.get("videos"), raw.get("sentences")) if isinstance(raw, dict) else (None, None)
     if not isinstance(videos, list) or not isinstance(sentences, list):
@@ -66,10 +66,11 @@ def read_msrvtt(path: str) -> List[CaptionRecord]:
         if vid not in records:
             raise DataError(f"{where}: caption of video {vid!r}, which 'videos' does not list")
         records[vid].refs.append(_caption(s.get("caption"), f"{where} (video {vid})"))
-    return _checked(list(records.values()))
+    records = list(records.values())
+    return _checked(records) if need_refs else records
 
 
-def read_vatex(path: str) -> List[CaptionRecord]:
+def read_vatex(path: str, need_refs: bool = True) -> List[CaptionRecord]:
     raw = load_json(path)
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected a list of {{videoID, enCap}} objects (VATEX's vatex_validation_v1.0.json)")
@@ -86,7 +87,7 @@ def read_vatex(path: str) -> List[CaptionRecord]:
         if not isinstance(caps, list):
             raise DataError(f"{where}: video {vid}: 'enCap' must be a list of English captions")
         records.append(CaptionRecord(vid, [_caption(c, f"{where} (video {vid})") for c in caps], where))
-    return _checked(records)
+    return _checked(records) if need_refs else records
 
 
 def _checked(records: List[CaptionRecord]) -> List[CaptionRecord]:
@@ -97,8 +98,13 @@ def _checked(records: List[CaptionRecord]) -> List[CaptionRecord]:
     return records
 
 
+def read_file(path: str, dataset: str, need_refs: bool = True) -> List[CaptionRecord]:
+    """The videos of one annotation file; `need_refs`: every video must have a reference caption
+    (evaluation; the extractor only needs the video list)."""
+    return (read_msrvtt if dataset == "msrvtt" else read_vatex)(path, need_refs)
+
+
 def read_records(root, dataset: str, split: str = "test") -> List[CaptionRecord]:
     if split not in SPLITS:
         raise ConfigError(f"{dataset} has one split, test (not {split!r})")
-    path = annotation_path(root, dataset)
-    return read_msrvtt(path) if dataset == "msrvtt" else read_vatex(path)
+    return read_file(annotation_path(root, dataset), dataset)

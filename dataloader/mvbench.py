@@ -3,21 +3,43 @@ features `<root>/mvbench/clipvitl14.pth` (a dict `"<json file stem>/<item index>
 extract_features.py writes it; the index is 0-based).
 
 Each item is `{video, question, candidates, answer, start?, end?}`; `answer` is the text of one
-candidate, and the gold letter is that candidate's (the first one equal to it). The task table (json
-stem, video folder, frame folder or video, uses start/end) is the extractor's, `MVBENCH_TASKS`.
-MVBench has one split, `test`.
+candidate, and the gold letter is that candidate's (the first one equal to it). `MVBENCH_TASKS` is the
+task table that both the extractor and the evaluation read. MVBench has one split, `test`.
 """
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 from llama.protocols import LETTERS, choices_text
 from util.errors import ConfigError, DataError, MissingFileError
-from video.sources import MVBENCH_TASKS
 
 from .base import DictFeatures, json_objects
 
 SPLITS = ("test",)
+
+# task: (json file stem, folder under <root>/video/, frame folder?, uses the item's start/end)
+MVBENCH_TASKS = {
+    "Action Sequence": ("action_sequence", "star/Charades_v1_480", False, True),
+    "Action Prediction": ("action_prediction", "star/Charades_v1_480", False, True),
+    "Action Antonym": ("action_antonym", "ssv2_video", False, False),
+    "Fine-grained Action": ("fine_grained_action", "Moments_in_Time_Raw/videos", False, False),
+    "Unexpected Action": ("unexpected_action", "FunQA_test/test", False, False),
+    "Object Existence": ("object_existence", "clevrer/video_validation", False, False),
+    "Object Interaction": ("object_interaction", "star/Charades_v1_480", False, True),
+    "Object Shuffle": ("object_shuffle", "perception/videos", False, False),
+    "Moving Direction": ("moving_direction", "clevrer/video_validation", False, False),
+    "Action Localization": ("action_localization", "sta/sta_video", False, True),
+    "Scene Transition": ("scene_transition", "scene_qa/video", False, False),
+    "Action Count": ("action_count", "perception/videos", False, False),
+    "Moving Count": ("moving_count", "clevrer/video_validation", False, False),
+    "Moving Attribute": ("moving_attribute", "clevrer/video_validation", False, False),
+    "State Change": ("state_change", "perception/videos", False, False),
+    "Fine-grained Pose": ("fine_grained_pose", "nturgbd", False, False),
+    "Character Order": ("character_order", "perception/videos", False, False),
+    "Egocentric Navigation": ("egocentric_navigation", "vlnqa", False, False),
+    "Episodic Reasoning": ("episodic_reasoning", "tvqa/frames_fps3_hq", True, True),
+    "Counterfactual Inference": ("counterfactual_inference", "clevrer/video_validation", False, False),
+}
 TASKS = list(MVBENCH_TASKS)  # the 20 task names, in the published table's order
 
 
@@ -31,6 +53,8 @@ class MVBenchRecord:
     candidates: list
     gold: str               # the gold letter
     source: str             # "file[i]" for messages
+    start: Optional[float] = None  # the item's window in seconds (None: absent or not a number)
+    end: Optional[float] = None
 
     @property
     def key(self) -> str:
@@ -53,6 +77,15 @@ def features(root) -> DictFeatures:
     return DictFeatures(feature_path(root))
 
 
+def _seconds(v) -> Optional[float]:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
 def _scalar(v) -> bool:
     return isinstance(v, (str, int, float)) and not isinstance(v, bool)
 
@@ -72,7 +105,8 @@ def read_task(path: str, task: str, stem: str) -> List[MVBenchRecord]:
             raise DataError(f"{where}: item {stem}/{i} has {len(cands)} candidates (at most {len(LETTERS)})")
         if not _scalar(ans) or ans not in cands:
             raise DataError(f"{where}: item {stem}/{i}: answer {ans!r} is not one of the candidates {cands!r}")
-        out.append(MVBenchRecord(task, stem, i, item["video"], q, cands, LETTERS[cands.index(ans)], where))
+        out.append(MVBenchRecord(task, stem, i, item["video"], q, cands, LETTERS[cands.index(ans)], where,
+                                 _seconds(item.get("start")), _seconds(item.get("end"))))
     return out
 
 

@@ -8,7 +8,8 @@ of numbered images; `--video_map` (JSON {key: path} or a two-column csv key,path
 becomes a failure of its own, never a guess.
 
 MVBench (its 20 tasks, the official `json/<task>.json` files and `video/<folder>/` layout) and the
-captioning sets (MSR-VTT test, VATEX val) are read here; see `MVBENCH_TASKS`.
+captioning sets (MSR-VTT test, VATEX val) are read by the evaluation's readers too
+(`dataloader.mvbench`, `dataloader.captioning`).
 """
 import csv
 import os
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from dataloader import captioning, mvbench
 from dataloader.base import load_json
+from dataloader.mvbench import MVBENCH_TASKS
 from util.errors import ConfigError, DataError, MissingFileError
 
 from .frames import IMAGE_EXTS, VIDEO_EXTS, Rule, Segments
@@ -175,47 +178,15 @@ def annotation_keys(dataset: str, data_root: str, splits: Optional[Sequence[str]
 
 # ---- MVBench ----
 
-# task: (json file stem, folder under <root>/video/, frame folder?, uses the item's start/end)
-MVBENCH_TASKS = {
-    "Action Sequence": ("action_sequence", "star/Charades_v1_480", False, True),
-    "Action Prediction": ("action_prediction", "star/Charades_v1_480", False, True),
-    "Action Antonym": ("action_antonym", "ssv2_video", False, False),
-    "Fine-grained Action": ("fine_grained_action", "Moments_in_Time_Raw/videos", False, False),
-    "Unexpected Action": ("unexpected_action", "FunQA_test/test", False, False),
-    "Object Existence": ("object_existence", "clevrer/video_validation", False, False),
-    "Object Interaction": ("object_interaction", "star/Charades_v1_480", False, True),
-    "Object Shuffle": ("object_shuffle", "perception/videos", False, False),
-    "Moving Direction": ("moving_direction", "clevrer/video_validation", False, False),
-    "Action Localization": ("action_localization", "sta/sta_video", False, True),
-    "Scene Transition": ("scene_transition", "scene_qa/video", False, False),
-    "Action Count": ("action_count", "perception/videos", False, False),
-    "Moving Count": ("moving_count", "clevrer/video_validation", False, False),
-    "Moving Attribute": ("moving_attribute", "clevrer/video_validation", False, False),
-    "State Change": ("state_change", "perception/videos", False, False),
-    "Fine-grained Pose": ("fine_grained_pose", "nturgbd", False, False),
-    "Character Order": ("character_order", "perception/videos", False, False),
-    "Egocentric Navigation": ("egocentric_navigation", "vlnqa", False, False),
-    "Episodic Reasoning": ("episodic_reasoning", "tvqa/frames_fps3_hq", True, True),
-    "Counterfactual Inference": ("counterfactual_inference", "clevrer/video_validation", False, False),
-}
 MVBENCH_FRAMES = 10
-
-
-def _bound(item, key) -> Optional[float]:
-    v = item.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        return None
-    try:
-        return float(v)
-    except ValueError:
-        return None
 
 
 def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List[Job], List[str]]:
     """Jobs for MVBench: key "<json stem>/<item index>", 10 frames by MVBench's window rule; questions
     on the same video share one job (one decoding). `tasks`: json stems or task names (default all 20).
-    Returns (jobs, every key in question order)."""
-    by_stem = {v[0]: (name, *v[1:]) for name, v in MVBENCH_TASKS.items()}
+    The task files are read by the evaluation's reader (`dataloader.mvbench`). Returns (jobs, every key
+    in question order)."""
+    by_stem = {v[0]: name for name, v in MVBENCH_TASKS.items()}
     chosen = list(by_stem)
     if tasks:
         names = {n.lower(): v[0] for n, v in MVBENCH_TASKS.items()}
@@ -229,19 +200,14 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List
     order: List[Job] = []
     keys: List[str] = []
     for stem in chosen:
-        name, folder, is_frames, bounded = by_stem[stem]
+        name = by_stem[stem]
+        _, folder, is_frames, bounded = MVBENCH_TASKS[name]
         path = os.path.join(root, "json", f"{stem}.json")
         if not os.path.isfile(path):
             raise MissingFileError(f"MVBench {name}: annotations not found: {path}")
-        items = load_json(path)
-        if not isinstance(items, list):
-            raise DataError(f"{path}: expected a JSON list of questions")
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or not isinstance(item.get("video"), str):
-                raise DataError(f"{path}[{i}]: expected an object with a 'video' name")
-            key = f"{stem}/{i}"
-            keys.append(key)
-            vpath = os.path.join(root, "video", folder, item["video"])
+        for r in mvbench.read_task(path, name, stem):
+            keys.append(r.key)
+            vpath = os.path.join(root, "video", folder, r.video)
             job = jobs.get(vpath)
             if job is None:
                 problem = None
@@ -251,34 +217,19 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List
                 order.append(job)
             rule = Segments(MVBENCH_FRAMES)
             if bounded:
-                s, e = _bound(item, "start"), _bound(item, "end")
-                if s is None or e is None:
-                    job.bad_keys[key] = (f"annotation {path}[{i}]: {name} needs numeric 'start' and 'end', "
-                                         f"got {item.get('start')!r}, {item.get('end')!r}")
+                if r.start is None or r.end is None:
+                    job.bad_keys[r.key] = f"annotation {r.source}: {name} needs numeric 'start' and 'end'"
                 else:
-                    rule = Segments(MVBENCH_FRAMES, s, e)
-            job.wants.append((key, rule))
+                    rule = Segments(MVBENCH_FRAMES, r.start, r.end)
+            job.wants.append((r.key, rule))
     return order, keys
 
 
 # ---- captioning: MSR-VTT test, VATEX val ----
 
-CAPTION_FILES = {"msrvtt": ("msrvtt", "test_videodatainfo.json"), "vatex": ("vatex", "vatex_validation_v1.0.json")}
+CAPTION_FILES = {ds: (ds, name) for ds, name in captioning.FILES.items()}
 
 
 def caption_keys(dataset: str, path: str) -> List[str]:
-    """MSR-VTT: `videos[].video_id`; VATEX: `[].videoID`; in file order."""
-    raw = load_json(path)
-    if dataset == "msrvtt":
-        videos = raw.get("videos") if isinstance(raw, dict) else None
-        field_name = "video_id"
-    else:
-        videos, field_name = raw, "videoID"
-    if not isinstance(videos, list):
-        raise DataError(f"{path}: expected {'an object with a videos list' if dataset == 'msrvtt' else 'a list'}")
-    keys = []
-    for i, v in enumerate(videos):
-        if not isinstance(v, dict) or field_name not in v:
-            raise DataError(f"{path}: entry {i} has no '{field_name}'")
-        keys.append(str(v[field_name]))
-    return keys
+    """The videos of an MSR-VTT / VATEX annotation file, in file order (read by the evaluation's reader)."""
+    return [r.key for r in captioning.read_file(path, dataset, need_refs=False)]
