@@ -3,11 +3,13 @@
 `make_mcqa_dataset` checks every record against its features before anything runs (unique ids, a
 [n, 768] feature tensor, a clip that overlaps it, answers for training), so a bad file fails at start
 naming the questions, or with `skip_missing` they are dropped and counted."""
+import sys
 from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
 from llama.prompts import PromptBuilder, PromptStyle
+from util import dist
 
 from .base import DataError, EvalItem, QARecord, fit_frames
 
@@ -109,10 +111,11 @@ def make_mcqa_dataset(records: List[QARecord], features, builder: PromptBuilder,
                          f"(question: {_id_list(f'{r.qid} rows {r.clip} of {rows[r.vid]}' for r in outside)})")
         msg = f"{what}: of {len(records)} questions, " + "; ".join(parts)
         if not skip_missing:
-            raise DataError(msg + " (skip_missing=True drops them)")
+            raise DataError(msg + " (--skip_missing drops them)")
         if not kept:
             raise DataError(msg + ": no question left to use")
-        print(f"warning: {msg}; skipped {len(bad)} questions", flush=True)
+        if dist.is_main():
+            print(f"warning: {msg}; skipped {len(bad)} questions", file=sys.stderr, flush=True)
     ds = MCQADataset(kept, features, builder, style, dialogue_max_len=dialogue_max_len, what=what)
     ds.skipped = [r.qid for r in bad]
     return ds

@@ -23,6 +23,7 @@ from llama.build import load_topa, resolve_dtype
 from llama.checkpoint import load_memory
 from llama.prompts import PromptBuilder
 from util import dist
+from util.errors import ConfigError
 from util.logging import RunLogger
 from util.schedule import lr_at, param_groups, set_lr
 
@@ -405,11 +406,18 @@ def build_train_data(cfg: TrainConfig, builder: PromptBuilder, rank: int, world:
 
 
 def build_eval_sets(cfg: TrainConfig, builder: PromptBuilder):
-    return [(name, benchmarks.build_mcqa_dataset(name, cfg.data.data_root, cfg.eval_split, builder,
-                                                 skip_missing=cfg.data.skip_missing,
-                                                 sub=cfg.data.sub and benchmarks.get(name).subtitles,
-                                                 dialogue_max_len=cfg.data.dialogue_max_len(name)))
-            for name in cfg.eval_datasets]
+    """The --eval_datasets splits; each needs answers (its accuracy picks checkpoint_best.pth)."""
+    sets = []
+    for name in cfg.eval_datasets:
+        ds = benchmarks.build_mcqa_dataset(name, cfg.data.data_root, cfg.eval_split, builder,
+                                           skip_missing=cfg.data.skip_missing,
+                                           sub=cfg.data.sub and benchmarks.get(name).subtitles,
+                                           dialogue_max_len=cfg.data.dialogue_max_len(name))
+        if not any(r.answer is not None for r in ds.records):
+            raise ConfigError(f"--eval_datasets {name} --eval_split {cfg.eval_split}: no question of that split has "
+                              "an answer, so no accuracy can be computed (choose a split with answers, or 'none')")
+        sets.append((name, ds))
+    return sets
 
 
 def wrap_ddp(step: "TrainStep", model: TOPA):
@@ -430,7 +438,7 @@ def evaluate_epoch(cfg: TrainConfig, model, eval_sets, memory, device, epoch: in
         if dist.is_main():
             acc = evaluation.write_eval_outputs(res, out / "eval" / f"epoch_{epoch}", name, cfg.eval_split,
                                                 benchmarks.get(name).type_groups)
-            evals[name] = acc["total"]["acc"] if acc else float("nan")
+            evals[name] = acc["total"]["acc"]
             print(evaluation.format_table(acc, f"epoch {epoch} {name} {cfg.eval_split}"), flush=True)
             logger.write("eval", {"epoch": epoch, "dataset": name, **{f"acc_{k}": v["acc"] for k, v in acc.items()}},
                          step=epoch)

@@ -20,6 +20,7 @@ A TOPA checkpoint given with `resume` is read, and the settings it records are c
 (`check_recorded_settings`), before any backbone weight is read.
 """
 import re
+import sys
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,7 +278,7 @@ def check_recorded_settings(ckpt: dict, cfg: ModelConfig, source: str, args: TOP
 def _print_notes(notes: List[str]):
     if dist.is_main():
         for n in notes:
-            print(f"note: {n}", flush=True)
+            print(f"note: {n}", file=sys.stderr, flush=True)
 
 
 def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokenizer: Optional[Tokenizer] = None,

@@ -268,7 +268,7 @@ def test_harmless_differences_and_missing_records_are_notes(tmp_path, capsys):
     assert len(notes) == 1 and "records no training settings" in notes[0]
     notes = check({"model": {}, "args": argparse.Namespace(model="7B")}, run_settings(tmp_path))
     assert len(notes) == 1 and "does not record llama2/llama3, rope_theta, adapter_len" in notes[0]
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # notes go to stderr (stdout carries results, e.g. ask.py answers)
     assert out.count("note:") == 3
 
 

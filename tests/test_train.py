@@ -900,3 +900,23 @@ def test_batches_pin_through_the_dataloader(world, tiny_model, monkeypatch):
                 got = getattr(pinned.parts[task], name)
                 assert got is not t and torch.equal(got, t), (task, name)
                 assert got.is_pinned() or not accelerator
+
+
+def test_eval_split_without_answers_is_refused(world, tiny_model, tmp_path):
+    """--eval_datasets on a split without answers would give no accuracy to pick checkpoint_best.pth by."""
+    import csv
+    import shutil
+    from engine.training import build_eval_sets
+    data = tmp_path / "data"
+    (data / "nextqa").mkdir(parents=True)
+    shutil.copy(world / "data" / "nextqa" / "clipvitl14.pth", data / "nextqa" / "clipvitl14.pth")
+    with open(world / "data" / "nextqa" / "val.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(data / "nextqa" / "test.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([dict(r, answer="") for r in rows])
+    cfg = TrainConfig.from_args(train.get_args(base_args(world, tmp_path / "out", "--dataset", "nextqa",
+                                                         "--data_root", data, "--eval_split", "test")))
+    with pytest.raises(ConfigError, match="--eval_datasets nextqa --eval_split test: no question"):
+        build_eval_sets(cfg, tiny_model[1])
