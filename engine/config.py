@@ -254,6 +254,9 @@ def add_model_args(p: argparse.ArgumentParser):
     g.add_argument("--tau", type=float, default=100.0, help="temperature of the qav frame loss")
     g.add_argument("--precision", choices=sorted(DTYPES), default=None,
                    help="backbone compute dtype (default: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--attn_impl", choices=["sdpa", "eager"], default="sdpa",
+                   help="attention kernels: sdpa (fused, default) or eager (the reference math with an explicit "
+                        "fp32 softmax; slower, for checking)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
     return p
 

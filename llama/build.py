@@ -34,6 +34,7 @@ from util.errors import CheckpointError, ConfigError, MissingFileError
 from .adapter import TOPA, TOPAArgs, build_model, load_trainable
 from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
 from .hf import HFSafetensors, hf_params
+from .model import ATTN_IMPLS
 from .tokenizer import Tokenizer, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,10 +55,13 @@ class ModelConfig:
     max_feats: int = 10
     bias: float = 3.0
     precision: Optional[str] = None       # None: bf16 on GPU, fp32 on CPU
+    attn_impl: str = "sdpa"               # fused kernels; "eager" = the reference math (fp32 softmax)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ConfigError(f"unknown backbone family {self.family!r} (llama2, llama3)")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ConfigError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {self.attn_impl!r}")
         if self.precision is not None and self.precision not in DTYPES:
             raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}, not {self.precision!r}")
         if self.adapter_len < 1 or self.max_feats < 1:
@@ -295,7 +299,8 @@ def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokeni
         native = args.rope_theta if cfg.rope_theta is None else \
             model_args(dataclasses.replace(cfg, rope_theta=None), backbone, tok).rope_theta
         check_recorded_settings(ckpt, cfg, str(resume), args, native_theta=native)
-    model = build_model(args, open_weights(backbone), dtype=dtype, device=device, source=str(backbone.folder))
+    model = build_model(args, open_weights(backbone), dtype=dtype, device=device, source=str(backbone.folder),
+                        attn_impl=cfg.attn_impl)
     if ckpt is not None:
         load_trainable(model, ckpt["model"], str(resume), trained_with=recorded_flags(ckpt))
     return model, tok, ckpt

@@ -120,7 +120,11 @@ def test_eval_outputs_and_torchrun_equality(world2):
     assert acc["total"]["correct"] == sum(r["prediction"] == r["answer"] for r in one)
     assert sum(acc[g]["total"] for g in "CTD" if g in acc) == N_NEXTQA
     assert "total" in p.stdout
-    # packed and full scoring agree
+    # packed and full scoring agree, and so do the fused and the eager (reference) attention kernels
+    p = run_eval(world2, eval_cmd("--output_dir", "results/eager", "--attn_impl", "eager"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    eager = read_preds(world2 / "results/eager/predictions_nextqa_val.jsonl")
+    assert np.abs(np.array([r["scores"] for r in one]) - np.array([r["scores"] for r in eager])).max() <= 1e-5
     p = run_eval(world2, eval_cmd("--output_dir", "results/full", "--scoring", "full"))
     assert p.returncode == 0, p.stderr[-3000:]
     full = read_preds(world2 / "results/full/predictions_nextqa_val.jsonl")
