@@ -171,10 +171,12 @@ def test_egoschema_llama3(world3):
 
 
 def one_line_error(p, *needles):
-    """The run failed with one line on stderr (progress bars aside), no traceback, naming `needles`."""
+    """The run failed with one error line on stderr (progress bars and the `note:` lines of the recorded
+    settings check aside), no traceback, naming `needles`."""
     err = p.stderr.strip()
     assert p.returncode != 0, p.stdout[-2000:]
-    lines = [seg for line in err.splitlines() for seg in line.split("\r") if seg.strip() and "%|" not in seg]
+    lines = [seg for line in err.splitlines() for seg in line.split("\r")
+             if seg.strip() and "%|" not in seg and not seg.startswith("note: ")]
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("eval.py: error: "), err[-3000:]
     for n in needles:
         assert n in lines[0], err
