@@ -260,8 +260,8 @@ def resume_training(ckpt: dict, source: str, model, optimizer, scaler, sampler, 
     goes on with the new values, except that a mid-epoch checkpoint refuses a change of what orders
     the epoch's data (batch size, world size, seed, dataset, the training set's size): the rest of the
     epoch would not be the rest of the same permutation (items seen twice or never)."""
-    # the model settings (backbone, rope_theta, adapter shape, ...): issue 12's
-    # check_recorded_settings(ckpt, cfg, source) is called here (wired at merge)
+    # the model settings (backbone, rope_theta, adapter shape, ...) were compared when the checkpoint was
+    # read (llama.build.load_topa -> check_recorded_settings), before the backbone loaded
     check_optimizer_state(ckpt, model, source)
     changes = changed_settings(ckpt, cfg, world, sampler.n, device)
     epoch, iteration = checkpoint_position(ckpt)

@@ -7,6 +7,7 @@ is an error naming the question, never a prediction."""
 import json
 import math
 import os
+import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,10 +22,11 @@ from dataloader import benchmarks
 from dataloader.packing import Batch, ScoringCollate
 from llama.adapter import TOPA, project_to_memory
 from llama.build import load_tokenizer_for, load_topa, resolve_dtype
-from llama.checkpoint import load_memory, write_text_atomic
+from llama.checkpoint import load_memory
 from llama.prompts import PromptBuilder
 from util import dist
 from util.errors import CheckpointError, ConfigError, InputError, one_line
+from util.files import write_text_atomic
 
 from .config import EvalConfig, config_dict
 
@@ -200,7 +202,7 @@ def write_eval_outputs(result: EvalResult, output_dir, dataset_name: str, split:
     acc = accuracy(preds, type_groups)
     record = {"accuracy": acc, "n_questions": len(preds), "n_longer_than_max_seq_len": result.n_too_long,
               "n_dialogue_cut": result.n_cut, "n_skipped": len(result.skipped),
-              "skipped_ids": names["skipped"] if result.skipped else None, "settings": settings}
+              "skipped_ids_file": names["skipped"] if result.skipped else None, "settings": settings}
     write_text_atomic(json.dumps(record, indent=2, allow_nan=False) + "\n", out / names["accuracy"])
     if submission:
         write_text_atomic(json.dumps({p["qid"]: p["prediction"] for p in preds}), out / names["submission"])
@@ -250,7 +252,7 @@ def run(cfg: EvalConfig) -> Optional[dict]:
     memory = load_memory(cfg.data.memory_file) if cfg.data.memory else None
     model, _, _ = load_topa(cfg.model, device, dtype, tokenizer=tok, resume=cfg.resume)
     if cfg.resume is None and dist.is_main():
-        print("warning: no --resume checkpoint: evaluating freshly initialised TOPA parameters")
+        print("warning: no --resume checkpoint: evaluating freshly initialised TOPA parameters", file=sys.stderr)
     memory = memory.to(device) if memory is not None else None
     names = output_names(bench.name, cfg.split)
     if dist.is_main():  # a previous run's results must not sit beside this run's streamed predictions

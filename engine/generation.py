@@ -27,6 +27,7 @@ logits over the item's valid letters (`prediction_constrained`, always a letter)
 """
 import json
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,14 @@ from dataloader import benchmarks
 from dataloader.base import fit_frames
 from llama.adapter import TOPA, project_to_memory
 from llama.build import load_tokenizer_for, load_topa, resolve_dtype
-from llama.checkpoint import load_memory, write_text_atomic
+from llama.checkpoint import load_memory
 from llama.generation import greedy_generate
 from llama.protocols import (LETTERS, GenProtocol, generated_text, letter_ids, masked_ids, predicted_letter,
                              prompt_ids, published_correct)
 from llama.tokenizer import Tokenizer
 from util import dist
 from util.errors import CheckpointError, DataError, InputError, one_line
+from util.files import write_text_atomic
 
 from .caption_metrics import METRICS, check_tools, coco_caption_metrics
 from .config import EvalConfig, config_dict
@@ -71,7 +73,7 @@ def make_items(records, features, tok: Tokenizer, protocol: GenProtocol, T: int,
         if not skip_missing:
             raise DataError(msg + " (--skip_missing leaves them out and counts them)")
         if dist.is_main():
-            print(f"warning: {msg}; left out", flush=True)
+            print(f"warning: {msg}; left out", file=sys.stderr, flush=True)
     skipped = {r.key for r in bad}
     kept = [r for r in records if r.key not in skipped]
     items = [GenItem(i, r, prompt_ids(tok, protocol.p1, protocol.p2_text(**r.prompt_fields()), T),
@@ -270,7 +272,7 @@ def run(cfg: EvalConfig) -> Optional[dict]:
     dtype = resolve_dtype(cfg.model.precision, device)
     model, _, _ = load_topa(cfg.model, device, dtype, tokenizer=tok, resume=cfg.resume)
     if cfg.resume is None and dist.is_main():
-        print("warning: no --resume checkpoint: generating with freshly initialised TOPA parameters")
+        print("warning: no --resume checkpoint: generating with freshly initialised TOPA parameters", file=sys.stderr)
     memory = memory.to(device) if memory is not None else None
     names = output_names(bench.name, cfg.split, protocol.metric)
     stream_file = None

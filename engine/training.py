@@ -1,6 +1,7 @@
 """Training: the losses, one epoch, and the whole run of train.py (TextVid pre-alignment, finetuning,
 the baseline). Only the TOPA parameters train (`llama.adapter.is_trainable`); the backbone is frozen."""
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -19,7 +20,7 @@ from dataloader.packing import Batch
 from dataloader.textvid import TextVidDataset
 from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainBatch, TrainCollate
 from llama.adapter import TOPA
-from llama.build import load_topa, resolve_dtype
+from llama.build import load_tokenizer_for, load_topa, resolve_dtype
 from llama.checkpoint import load_memory
 from llama.prompts import PromptBuilder
 from util import dist
@@ -390,7 +391,7 @@ def build_train_data(cfg: TrainConfig, builder: PromptBuilder, rank: int, world:
     else:
         for flag in ("video_caption", "openvqa", "answer_balance"):
             if getattr(cfg, flag) and dist.is_main():
-                print(f"warning: --{flag} applies to --textvid only; ignored for {cfg.data.dataset}")
+                print(f"warning: --{flag} applies to --textvid only; ignored for {cfg.data.dataset}", file=sys.stderr)
         base = benchmarks.build_mcqa_dataset(cfg.data.dataset, cfg.data.data_root, cfg.train_split, builder,
                                              train=True, skip_missing=cfg.data.skip_missing, sub=cfg.data.sub,
                                              dialogue_max_len=cfg.data.dialogue_max_len(cfg.data.dataset))
@@ -464,12 +465,15 @@ def run(cfg: TrainConfig) -> Optional[dict]:
               f"device {device}, backbone {dtype}, lr {lr:.3e} (effective batch "
               f"{cfg.data.batch_size * cfg.optim.accum_iter * world})", flush=True)
 
-    model, tok, ckpt = load_topa(cfg.model, device, dtype, resume=cfg.resume)
-    model.grad_checkpointing = cfg.grad_checkpointing
-    builder = PromptBuilder(tok, model.args.max_feats)
+    # data first (annotations, features, memory are checked in seconds), then the backbone (minutes for 13B)
+    tok = load_tokenizer_for(cfg.model)
+    builder = PromptBuilder(tok, cfg.model.max_feats)
     loader, sampler = build_train_data(cfg, builder, rank, world, device)
     eval_sets = build_eval_sets(cfg, builder)
-    memory = load_memory(cfg.data.memory_file).to(device) if cfg.data.memory and eval_sets else None
+    memory = load_memory(cfg.data.memory_file) if cfg.data.memory and eval_sets else None
+    model, _, ckpt = load_topa(cfg.model, device, dtype, tokenizer=tok, resume=cfg.resume)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    memory = memory.to(device) if memory is not None else None
 
     step = TrainStep(model, tau=cfg.tau)
     if world > 1:

@@ -13,7 +13,6 @@ import io
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional, Tuple
@@ -21,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch._utils
 
+from util.files import write_atomic
 from util.errors import CheckpointError, DataError, MissingFileError, UnsafePickleError
 
 # what torch.load / pickle raise for a truncated, empty or foreign file (never for a good one)
@@ -201,40 +201,6 @@ def save_atomic(obj, path):
     file gets the permissions a plain `open` would give it (0666 less the umask), so the rest of a
     group on a shared cluster can read checkpoints and features."""
     write_atomic(path, lambda f: torch.save(obj, f), "wb")
-
-
-def write_text_atomic(text: str, path):
-    """`save_atomic` for a text file (result files)."""
-    write_atomic(path, lambda f: f.write(text), "w")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path, write, mode: str = "wb"):
-    """`write(file)` into a temporary file beside `path`, fsync, then rename (see `save_atomic`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # ---- pickled tensors: torch.save files or plain pickle.dump of a tensor ----

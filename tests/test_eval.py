@@ -394,7 +394,7 @@ def test_accuracy_file_records_skipped_questions_and_settings(world2, tmp_path, 
                                "--memory_path", "data/textvid/memory.pkl"), monkeypatch)
     rec = json.loads((out / "accuracy_nextqa_val.json").read_text())
     assert rec["n_skipped"] == len(skipped) >= 2 and rec["n_questions"] == len(rows) - len(skipped)
-    assert (out / rec["skipped_ids"]).read_text().split() == skipped
+    assert (out / rec["skipped_ids_file"]).read_text().split() == skipped
     s = rec["settings"]
     assert s["checkpoint"] == str((world2 / "vqa_checkpoint/topa.pth").resolve()) and s["world_size"] == 1
     assert s["config"]["model"]["adapter_len"] == 10 and s["config"]["data"]["skip_missing"] is True

@@ -6,11 +6,11 @@ a checkpoint when a run resumes, so that the log holds one line per iteration of
 """
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from .files import write_text_atomic
 
 LOG_NAME = "log.jsonl"
 
@@ -81,14 +81,5 @@ def rewind_log(output_dir, epoch: int, iteration: float = math.inf) -> int:
             else:
                 kept.append(raw if raw.endswith("\n") else raw + "\n")
     if dropped:
-        fd, tmp = tempfile.mkstemp(prefix=f".{LOG_NAME}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.writelines(kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_text_atomic("".join(kept), path)
     return dropped

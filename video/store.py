@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from dataloader.base import load_json
-from llama.checkpoint import safe_load, save_atomic, write_atomic, write_text_atomic
+from llama.checkpoint import safe_load, save_atomic
+from util.files import write_atomic, write_text_atomic
 from util.errors import ConfigError
 
 

@@ -12,4 +12,4 @@ OUT=${OUT:-results/zeroshot_msrvtt/${LLAMA}}
 
 $TORCHRUN "$REPO/eval.py" "${MODEL_ARGS[@]}" \
   --dataset msrvtt --batch_size 16 --max_feats 10 --adapter_len 50 \
-  --resume "$CKPT" --memory --output_dir "$OUT" "$@"
+  --resume "$CKPT" --output_dir "$OUT" "$@"  # memory: the protocol's (on); --no_memory turns it off
