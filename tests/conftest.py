@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -26,3 +27,13 @@ def tiny_world(tmp_path_factory) -> dict:
     from toyworld.synthetic import build
     root = tmp_path_factory.mktemp("synthetic_world")
     return build(root, seed=0, n_textvid=24, n_nextqa=20, n_nextqa_train=10, n_egos=8, dim=64)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tiny models run faster so, much faster than on two when the
+    machine is busy, and in-process references do not compete with the eval.py/train.py subprocesses."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

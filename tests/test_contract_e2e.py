@@ -38,13 +38,7 @@ TOL = 1e-4       # eval.py (fp32, packed rows, padded batches) vs the plain refe
 SHARD_TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The reference is small: one thread, so that it does not compete with the eval.py processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- outputs of eval.py (adapt here)
