@@ -9,7 +9,7 @@ setup(
     description="TOPA: text-only pre-alignment of Llama-2/3 for zero-shot video question answering",
     python_requires=">=3.10",
     packages=find_packages(include=["llama", "llama.*", "dataloader", "dataloader.*", "engine", "engine.*",
-                                    "util", "util.*", "toyworld", "toyworld.*", "video", "video.*"]),
+                                    "text", "text.*", "util", "util.*", "toyworld", "toyworld.*", "video", "video.*"]),
     install_requires=["torch>=2.4", "sentencepiece", "tiktoken", "numpy", "tqdm", "srt",
                       "safetensors>=0.4"],  # Hugging Face-format Llama folders (no dependencies of its own)
     extras_require={

@@ -37,7 +37,7 @@ from engine.training import span_loss  # noqa: E402
 from llama.adapter import TOPAArgs, build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
 from llama.generation import greedy_generate  # noqa: E402
-from llama.prompts import VIDEO, Sequence  # noqa: E402
+from text.prompts import VIDEO, Sequence  # noqa: E402
 from toyworld.tiny import random_llama_state  # noqa: E402
 
 T = 10

@@ -19,8 +19,8 @@ from dataloader.packing import ScoringCollate
 from engine.evaluation import score_batch
 from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES
-from llama.prompts import EGOSCHEMA, PromptBuilder
-from llama.tokenizer import load_tokenizer
+from text.prompts import EGOSCHEMA, PromptBuilder
+from text.tokenizer import load_tokenizer
 from toyworld.tiny import random_llama_state
 
 

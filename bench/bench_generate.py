@@ -35,8 +35,8 @@ sys.path.insert(0, REPO)
 from engine.generation import GenItem, generate  # noqa: E402
 from llama.adapter import TOPAArgs, build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
-from llama.protocols import MSRVTT, MVBENCH, choices_text, prompt_ids  # noqa: E402
-from llama.tokenizer import load_tokenizer  # noqa: E402
+from text.protocols import MSRVTT, MVBENCH, choices_text, prompt_ids  # noqa: E402
+from text.tokenizer import load_tokenizer  # noqa: E402
 from toyworld.tiny import random_llama_state  # noqa: E402
 
 T = 10

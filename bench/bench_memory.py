@@ -45,7 +45,7 @@ from engine.training import qav_loss, span_loss  # noqa: E402
 from llama.adapter import TOPA, TOPAArgs, build_model, is_trainable  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
 from llama.checkpoint import MetaShards, load_meta_checkpoint  # noqa: E402
-from llama.prompts import VIDEO, Sequence  # noqa: E402
+from text.prompts import VIDEO, Sequence  # noqa: E402
 
 GiB, MiB = 2 ** 30, 2 ** 20
 T, CLIP, ADAPTER_LEN = 10, 768, 50

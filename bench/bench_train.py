@@ -29,8 +29,8 @@ from dataloader.training import TrainCollate
 from engine.training import TrainStep, total_loss
 from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES
-from llama.prompts import PromptBuilder
-from llama.tokenizer import load_tokenizer
+from text.prompts import PromptBuilder
+from text.tokenizer import load_tokenizer
 from toyworld.tiny import random_llama_state
 from util.schedule import param_groups
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llama.checkpoint import nonfinite
-from llama.prompts import Sequence
+from util.files import nonfinite
+from text.prompts import Sequence
 from util.errors import DataError, MissingFileError
 
 __all__ = ["DataError", "QARecord", "EvalItem", "TrainItem", "fit_frames", "fuse_text_frames", "normalize",
@@ -118,7 +118,7 @@ class DictFeatures:
     Keys are compared as strings."""
 
     def __init__(self, path):
-        from llama.checkpoint import safe_load
+        from util.files import safe_load
         self.path = str(path)
         obj = safe_load(self.path)
         if not isinstance(obj, dict):

@@ -4,14 +4,14 @@ counts in. `eval.py`, `train.py` and the scripts go through this table; adding a
 published layouts is one entry (a reader returning `QARecord`s and a feature source).
 
 `kind` says how a benchmark is evaluated: "mcqa" scores every option (engine/evaluation.py);
-"generate" (MVBench, MSR-VTT, VATEX) generates the answer under its `protocol` (llama/protocols.py;
+"generate" (MVBench, MSR-VTT, VATEX) generates the answer under its `protocol` (text/protocols.py;
 engine/generation.py) from records that have a feature `key` and `prompt_fields()`."""
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from llama import prompts, protocols
-from llama.prompts import PromptBuilder, PromptStyle
-from llama.protocols import GenProtocol
+from text import prompts, protocols
+from text.prompts import PromptBuilder, PromptStyle
+from text.protocols import GenProtocol
 from util.errors import ConfigError
 
 from . import captioning, egoschema, mvbench, nextqa, star, tvqa

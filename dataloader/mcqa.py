@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-from llama.prompts import PromptBuilder, PromptStyle
+from text.prompts import PromptBuilder, PromptStyle
 from util import dist
 
 from .base import DataError, EvalItem, QARecord, fit_frames

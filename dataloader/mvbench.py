@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from llama.protocols import LETTERS, choices_text
+from text.protocols import LETTERS, choices_text
 from util.errors import ConfigError, DataError, MissingFileError
 
 from .base import DictFeatures, json_objects

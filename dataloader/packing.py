@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence as Seq, Tuple
 
 import torch
 
-from llama.prompts import VIDEO, PromptError, Sequence
+from text.prompts import VIDEO, PromptError, Sequence
 
 
 @dataclass

@@ -23,11 +23,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from llama.checkpoint import load_pickled_tensor
-from llama.prompts import LETTERS, PromptBuilder
+from util.files import load_pickled_tensor
+from text.prompts import LETTERS, PromptBuilder
+
 from util.errors import InputError, MissingFileError
 
 from .base import FEATURE_DIM, DataError, TrainItem, check_finite_rows, fit_frames, fuse_text_frames, load_json
+
+OPTION_LETTERS = LETTERS[:5]  # a TextVid QA holds 5 options, A..E (docs/formats.md)
 
 BALANCE_KEEP = ("both", "all", "none", "and")  # options naming others keep their place (--answer_balance)
 OPEN_SKIP = ("both", "all")                    # answers that make no sense as free text (--openvqa)
@@ -83,14 +86,14 @@ def parse_tideo(t, where: str, pos: int, need_caption: bool) -> Tideo:
             if key not in qa:
                 raise DataError(f"{tag}: QA {k} has no '{key}'")
         opts = qa["options"]
-        if not isinstance(opts, list) or not 2 <= len(opts) <= len(LETTERS) \
+        if not isinstance(opts, list) or not 2 <= len(opts) <= len(OPTION_LETTERS) \
                 or not all(isinstance(o, str) for o in opts):
-            raise DataError(f"{tag}: QA {k}: 'options' must be a list of 2..{len(LETTERS)} strings")
+            raise DataError(f"{tag}: QA {k}: 'options' must be a list of 2..{len(OPTION_LETTERS)} strings")
         empty = [i for i, o in enumerate(opts) if not o.strip()]
         if empty:
             raise DataError(f"{tag}: QA {k}: option {empty[0]} is empty")
         a = qa["answer"]
-        valid = LETTERS[:len(opts)]
+        valid = OPTION_LETTERS[:len(opts)]
         if not isinstance(a, str) or len(a.strip()) != 1 or a.strip() not in valid:
             raise DataError(f"{tag}: QA {k}: answer {a!r} is not one of the option letters "
                             f"{', '.join(valid)} ({len(opts)} options)")

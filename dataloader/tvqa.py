@@ -1,7 +1,7 @@
 """TVQA: `<root>/tvqa/tvqa_{split}.jsonl` + `<root>/tvqa/clipvitl14.pth` (3 fps), optional
 subtitles `<root>/tvqa/tvqa_subtitles/<vid_name>.srt` (`sub=True`).
 
-Every TVQA sequence uses the dialogue prompt style (`llama.prompts.TVQA`); the "Dialogue:" segment is there
+Every TVQA sequence uses the dialogue prompt style (`text.prompts.TVQA`); the "Dialogue:" segment is there
 only with `sub=True` and when the clip has subtitle lines."""
 import math
 import os

@@ -1,6 +1,6 @@
 """ask.py: one video file (or frame folder) -> frames -> CLIP ViT-L/14 image features -> TOPA -> an answer.
 
-Three kinds of request, each with the prompt of a published protocol (llama/protocols.py):
+Three kinds of request, each with the prompt of a published protocol (text/protocols.py):
 
   --question Q --options O1 O2 ..   MVBench's prompt (10 frames spread over the video, as MVBench picks
                                     them; memory on; " how"/" How" masked). The answer is the option of
@@ -24,12 +24,12 @@ from typing import List, Optional
 import torch
 
 from dataloader.base import fit_frames
-from llama.adapter import project_to_memory
+from llama.memory import project_to_memory
 from llama.build import ModelConfig, load_tokenizer_for, load_topa, resolve_dtype
-from llama.checkpoint import load_memory
+from llama.memory import load_memory
 from llama.generation import greedy_generate
-from llama.prompts import normalize_question
-from llama.protocols import (LETTERS, MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
+from text.prompts import normalize_question
+from text.protocols import (LETTERS, MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
                              predicted_letter, prompt_ids)
 from util import dist
 from util.errors import ConfigError, DataError, MissingFileError

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from llama.build import resolve_dtype
-from llama.checkpoint import save_atomic
+from util.files import save_atomic
 from util import dist
 from util.errors import CheckpointError, ConfigError, InputError
 from util.logging import LOG_NAME, rewind_log

@@ -20,10 +20,11 @@ from tqdm import tqdm
 
 from dataloader import benchmarks
 from dataloader.packing import Batch, ScoringCollate
-from llama.adapter import TOPA, project_to_memory
+from llama.adapter import TOPA
+from llama.memory import project_to_memory
 from llama.build import load_tokenizer_for, load_topa, resolve_dtype
-from llama.checkpoint import load_memory
-from llama.prompts import PromptBuilder
+from llama.memory import load_memory
+from text.prompts import PromptBuilder
 from util import dist
 from util.errors import CheckpointError, ConfigError, InputError, one_line
 from util.files import write_text_atomic

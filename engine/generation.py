@@ -1,5 +1,5 @@
 """Generation-based evaluation (MVBench, MSR-VTT, VATEX): every item's answer is generated greedily
-under its benchmark's protocol (llama/protocols.py) and read from the decoded text.
+under its benchmark's protocol (text/protocols.py) and read from the decoded text.
 
   items     each record's prompt `[BOS] enc(P1) VIDEO×T enc(P2)` and fitted video [T, 768], all built and
             checked before the model loads; a record without features is an error naming it (or, with
@@ -20,7 +20,7 @@ under its benchmark's protocol (llama/protocols.py) and read from the decoded te
             captions  predictions_<ds>_<split>.jsonl (video, caption, text = raw generated text) and
                       metrics_<ds>_<split>.json (COCO caption metrics, engine/caption_metrics.py)
 
-MVBench's `correct` is the published check (llama/protocols.py), which also accepts an answer that
+MVBench's `correct` is the published check (text/protocols.py), which also accepts an answer that
 is no letter at all (a bare "("): `prediction` is then null and the table counts such answers. With
 letter_constrained, each item is also answered by the argmax of the first generated position's
 logits over the item's valid letters (`prediction_constrained`, always a letter), reported beside it.
@@ -38,13 +38,14 @@ from tqdm import tqdm
 
 from dataloader import benchmarks
 from dataloader.base import fit_frames
-from llama.adapter import TOPA, project_to_memory
+from llama.adapter import TOPA
+from llama.memory import project_to_memory
 from llama.build import load_tokenizer_for, load_topa, resolve_dtype
-from llama.checkpoint import load_memory
+from llama.memory import load_memory
 from llama.generation import greedy_generate
-from llama.protocols import (LETTERS, GenProtocol, generated_text, letter_ids, masked_ids, predicted_letter,
+from text.protocols import (LETTERS, GenProtocol, generated_text, letter_ids, masked_ids, predicted_letter,
                              prompt_ids, published_correct)
-from llama.tokenizer import Tokenizer
+from text.tokenizer import Tokenizer
 from util import dist
 from util.errors import CheckpointError, DataError, InputError, one_line
 from util.files import write_text_atomic

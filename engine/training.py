@@ -21,8 +21,8 @@ from dataloader.textvid import TextVidDataset
 from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainBatch, TrainCollate
 from llama.adapter import TOPA
 from llama.build import load_tokenizer_for, load_topa, resolve_dtype
-from llama.checkpoint import load_memory
-from llama.prompts import PromptBuilder
+from llama.memory import load_memory
+from text.prompts import PromptBuilder
 from util import dist
 from util.errors import ConfigError
 from util.logging import RunLogger

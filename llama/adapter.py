@@ -287,29 +287,6 @@ class TOPA(Transformer):
         return self.logits(h[:, 0])
 
 
-def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float = 100.0,
-                      chunk: int = 65536) -> torch.Tensor:
-    """The memory projection: v <- normalize(softmax(100 v M^T) M), row-wise, in fp32 whatever the
-    memory's storage dtype (fp16 from `load_memory`): each chunk of M rows is upcast on its own, with an
-    online softmax over the chunks, so a 1M-row memory never needs a [rows, 1M] matrix or an fp32 copy
-    of itself (one chunk: 65536 x 768 fp32 = 200 MB)."""
-    shape = v.shape
-    v = v.reshape(-1, shape[-1]).float()
-    m = torch.full((v.shape[0], 1), float("-inf"), device=v.device)
-    denom = torch.zeros(v.shape[0], 1, device=v.device)
-    acc = torch.zeros_like(v)
-    for start in range(0, memory.shape[0], chunk):
-        M = memory[start:start + chunk].to(v.device, torch.float32)
-        logit = temperature * (v @ M.T)                     # [rows, chunk]
-        m_new = torch.maximum(m, logit.max(-1, keepdim=True).values)
-        scale = torch.exp(m - m_new)
-        p = torch.exp(logit - m_new)
-        denom = denom * scale + p.sum(-1, keepdim=True)
-        acc = acc * scale + p @ M
-        m = m_new
-    return F.normalize(acc / denom, dim=-1).reshape(shape)
-
-
 def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
                 device="cpu", trainable: Optional[dict] = None, source: str = "backbone",
                 trainable_source: str = "TOPA checkpoint", attn_impl: str = "sdpa") -> TOPA:

@@ -31,11 +31,12 @@ import torch
 from util import dist
 from util.errors import CheckpointError, ConfigError, MissingFileError
 
+from text.tokenizer import Tokenizer, load_tokenizer
+
 from .adapter import TOPA, TOPAArgs, build_model, load_trainable
 from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
 from .hf import HFSafetensors, hf_params
 from .model import ATTN_IMPLS
-from .tokenizer import Tokenizer, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FAMILIES = {"llama2": "sentencepiece", "llama3": "tiktoken"}  # backbone family -> its tokenizer kind

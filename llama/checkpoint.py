@@ -1,6 +1,6 @@
-"""Files a user brings or a run writes: Meta checkpoint folders (1..N model-parallel shards),
-released TOPA checkpoints, pickled tensors (memory.pkl, TextVid features). Loading is safe: nothing
-but tensors, plain containers and `argparse.Namespace` is unpickled. Saving is atomic.
+"""Model files a user brings or a run writes: Meta checkpoint folders (1..N model-parallel shards) and
+released TOPA checkpoints. Loading is safe (`util.files.safe_load`: nothing but tensors, plain
+containers and `argparse.Namespace` is unpickled); saving is atomic (`util.files.save_atomic`).
 
 Backbone weights reach the model through a *weight source* (`MetaShards` here, `llama.hf.HFSafetensors`
 for Hugging Face folders, `StateDict` for a dict in memory): `shapes` maps every Meta key to the full
@@ -8,24 +8,13 @@ tensor's shape, and `read_into(key, out)` fills a tensor the model has already a
 any dtype). The model is never held twice: `build_model` allocates one tensor, fills it, goes on.
 """
 import argparse
-import collections
-import io
-import os
-import pickle
-import struct
-import zipfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
-import torch._utils
 
-from util.files import write_atomic
-from util.errors import CheckpointError, DataError, MissingFileError, UnsafePickleError
-
-# what torch.load / pickle raise for a truncated, empty or foreign file (never for a good one)
-UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, struct.error,
-              zipfile.BadZipFile, UnicodeDecodeError)
+from util.errors import CheckpointError, MissingFileError
+from util.files import nonfinite, safe_load
 
 # how Meta's model-parallel shards split each tensor; None = replicated in every shard
 SHARD_DIM = {"tok_embeddings.weight": 1, "output.weight": 0, "attention.wq.weight": 0,
@@ -43,41 +32,6 @@ def shard_dim(key: str):
         if key == suffix or key.endswith("." + suffix):
             return dim
     raise CheckpointError(f"unknown tensor '{key}' in a Meta checkpoint")
-
-
-def safe_load(path, map_location="cpu", mmap=False):
-    """torch.load with weights_only=True; argparse.Namespace is the one extra global allowed. A file
-    that torch cannot read (truncated, empty, not written by torch.save) is a CheckpointError naming it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingFileError(f"checkpoint not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: the file is empty")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        raise UnsafePickleError(f"{path}: refused to unpickle (only tensors, containers and "
-                                     f"argparse.Namespace are allowed): {e}") from None
-    except UNREADABLE as e:
-        raise CheckpointError(f"{path}: cannot be read as a torch file (truncated or corrupt?): "
-                              f"{type(e).__name__}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else ""
-
-
-def nonfinite(t: torch.Tensor) -> Optional[Tuple[Tuple[int, ...], float]]:
-    """(index, value) of the first NaN or Inf element of a floating-point tensor, or None."""
-    if not t.is_floating_point():
-        return None
-    bad = ~torch.isfinite(t)
-    if not bad.any():
-        return None
-    idx = tuple(int(i) for i in bad.nonzero()[0])
-    return idx, t[idx].item()
 
 
 class StateDict:
@@ -193,82 +147,3 @@ def recorded_flags(ckpt: dict) -> Optional[dict]:
                 flat[k] = v
     walk(config)
     return flat
-
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file beside `path`, fsync, then rename: a crash never leaves a
-    half-written file under the final name, and the previous file stays intact until the rename. The
-    file gets the permissions a plain `open` would give it (0666 less the umask), so the rest of a
-    group on a shared cluster can read checkpoints and features."""
-    write_atomic(path, lambda f: torch.save(obj, f), "wb")
-
-
-# ---- pickled tensors: torch.save files or plain pickle.dump of a tensor ----
-
-def _storage_from_bytes(b):
-    return torch.load(io.BytesIO(b), weights_only=True)
-
-
-_PICKLE_ALLOWED = {
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-}
-
-
-class _TensorUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return _PICKLE_ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(f"global '{module}.{name}' is not allowed") from None
-
-
-def load_pickled_tensor(path) -> torch.Tensor:
-    """A tensor saved with torch.save or pickle.dump, loaded without running arbitrary pickle code.
-    A truncated, empty or foreign file is a DataError naming it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingFileError(f"tensor file not found: {path}")
-    with open(path, "rb") as f:
-        zip_magic = f.read(4) == b"PK\x03\x04"
-    try:
-        if zip_magic:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            with open(path, "rb") as f:
-                obj = _TensorUnpickler(f).load()
-    except UnsafePickleError as e:
-        raise UnsafePickleError(f"{path}: refused to unpickle: {e}") from None
-    except pickle.UnpicklingError as e:
-        if zip_magic:  # torch's weights-only unpickler refused a global
-            raise UnsafePickleError(f"{path}: refused to unpickle: {_first_line(e)}") from None
-        raise DataError(f"{path}: not a readable pickled tensor (truncated or corrupt?): {e}") from None
-    except UNREADABLE as e:
-        raise DataError(f"{path}: not a readable pickled tensor (truncated, empty or corrupt?): "
-                        f"{type(e).__name__}: {_first_line(e)}") from None
-    if not isinstance(obj, torch.Tensor):
-        raise CheckpointError(f"{path}: expected a pickled tensor, got {type(obj).__name__}")
-    return obj
-
-
-def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor:
-    """memory.pkl: [N, dim] unit-norm text features -> the first `max_rows` rows, stored in fp16
-    (1M rows: 1.5 GB instead of 3.1 GB in fp32). `project_to_memory` does its math in fp32, chunk by
-    chunk; rounding unit-norm rows to fp16 moves each element by at most 2^-11 of its value (below
-    2^-14 in magnitude, fp16's normal range: by at most 2^-25). A NaN or Inf in those rows is an error
-    naming the row."""
-    if not os.path.isfile(path):
-        raise MissingFileError(f"memory file not found: {path} (--memory_path; default <data_root>/textvid/memory.pkl)")
-    mem = load_pickled_tensor(path)
-    if mem.ndim != 2 or mem.shape[1] != dim or mem.shape[0] == 0:
-        raise CheckpointError(f"{path}: memory must be [N, {dim}] CLIP features (N >= 1), got {list(mem.shape)}")
-    if not mem.is_floating_point():
-        raise CheckpointError(f"{path}: memory must hold float features, got {mem.dtype}")
-    out = mem[:max_rows].to(torch.float16)
-    bad = nonfinite(out)
-    if bad is not None:
-        raise DataError(f"{path}: memory row {bad[0][0]} holds a non-finite value ({bad[1]})")
-    if out.untyped_storage().nbytes() > out.nbytes:  # an fp16 view of a longer file: keep only its rows
-        out = out.clone()
-    return out

@@ -14,8 +14,9 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
+from text.prompts import VIDEO
+
 from .adapter import TOPA
-from .prompts import VIDEO
 
 StopFn = Callable[[List[int]], bool]
 

@@ -14,7 +14,7 @@ from engine.evaluation import group_mean, token_nll
 from engine.training import qav_loss, span_loss
 from llama.adapter import TOPAArgs, bias_channels, build_model
 from llama.model import ModelArgs, Transformer, causal_mask, sdpa
-from llama.prompts import VIDEO, Sequence
+from text.prompts import VIDEO, Sequence
 
 T, V = 4, 300
 SHAPES = {"mha": dict(n_heads=4, n_kv_heads=4), "gqa": dict(n_heads=4, n_kv_heads=2)}

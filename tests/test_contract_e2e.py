@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama.tokenizer import load_tokenizer
+from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import torch
 from dataloader import benchmarks
 from dataloader.base import DataError
 from dataloader.benchmarks import build_mcqa_dataset
-from llama.prompts import PromptBuilder
+from text.prompts import PromptBuilder
 
 FIX = os.environ.get("TOPA_FIXTURES")
 if not FIX:
@@ -51,7 +51,7 @@ def expected_rows(first: int, last: int, T: int):
 
 @pytest.fixture(scope="session")
 def tok():
-    from llama.tokenizer import load_tokenizer
+    from text.tokenizer import load_tokenizer
     return load_tokenizer(os.path.join(FIX, "llama2", "tokenizer.model"))
 
 

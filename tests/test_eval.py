@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from llama.adapter import TOPAArgs, build_model
-from llama.checkpoint import load_meta_checkpoint, save_atomic
-from llama.tokenizer import load_tokenizer
+from llama.checkpoint import load_meta_checkpoint
+from util.files import save_atomic
+from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
 

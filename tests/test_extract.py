@@ -19,7 +19,8 @@ from PIL import Image
 import extract_features
 import video.extract
 from dataloader.base import DictFeatures, NpyDirFeatures
-from llama.checkpoint import load_memory, load_pickled_tensor, safe_load
+from llama.memory import load_memory
+from util.files import load_pickled_tensor, safe_load
 from video.clip import ClipEncoder, preprocess
 from video.frames import FixedRate, Segments
 from toyworld.videos import save_random_clip, write_frame_folder, write_video

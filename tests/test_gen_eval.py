@@ -19,11 +19,14 @@ import torch.nn.functional as F
 
 from dataloader import captioning, mvbench
 from dataloader.base import fit_frames
-from llama import protocols as P
-from llama.adapter import TOPAArgs, build_model, project_to_memory
-from llama.checkpoint import load_memory, load_meta_checkpoint, save_atomic
+from text import protocols as P
+from llama.adapter import TOPAArgs, build_model
+from llama.memory import project_to_memory
+from llama.checkpoint import load_meta_checkpoint
+from llama.memory import load_memory
+from util.files import save_atomic
 from llama.generation import greedy_generate
-from llama.tokenizer import load_tokenizer
+from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
 

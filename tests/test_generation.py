@@ -12,8 +12,8 @@ from llama.adapter import TOPAArgs, build_model
 from llama.checkpoint import load_meta_checkpoint
 from llama.generation import greedy_generate
 from llama.model import Transformer
-from llama.prompts import VIDEO
-from llama.tokenizer import load_tokenizer
+from text.prompts import VIDEO
+from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 
 T = 10

@@ -22,10 +22,12 @@ from dataloader.benchmarks import build_mcqa_dataset
 from dataloader.textvid import TextVidDataset
 from llama.adapter import TOPAArgs, adapter_hint
 from llama.build import ModelConfig, check_recorded_settings, load_topa
-from llama.checkpoint import load_memory, load_pickled_tensor, load_topa_checkpoint, safe_load
+from llama.checkpoint import load_topa_checkpoint
+from llama.memory import load_memory
+from util.files import load_pickled_tensor, safe_load
 from llama.model import ModelArgs
-from llama.prompts import PromptBuilder
-from llama.tokenizer import load_tokenizer
+from text.prompts import PromptBuilder
+from text.tokenizer import load_tokenizer
 from util.errors import CheckpointError, ConfigError, DataError, InputError, one_line
 
 REPO = Path(__file__).resolve().parents[1]

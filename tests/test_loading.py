@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama.adapter import TOPAArgs, build_model, project_to_memory
+from llama.adapter import TOPAArgs, build_model
+from llama.memory import project_to_memory
 from llama.build import ModelConfig, load_topa, resolve_dtype
-from llama.checkpoint import MetaShards, load_memory, load_meta_checkpoint
+from llama.checkpoint import MetaShards, load_meta_checkpoint
+from llama.memory import load_memory
 from llama.hf import ffn_args, hf_params
 from llama.model import ModelArgs
 from toyworld.tiny import make_tiny_llama, random_llama_state, write_meta_checkpoint

@@ -12,11 +12,14 @@ import torch.nn.functional as F
 from dataloader.base import EvalItem, fit_frames, fuse_text_frames
 from dataloader.packing import ScoringCollate, collate_rows, pack_options, single_row
 from engine.evaluation import group_mean, token_nll
-from llama.adapter import TOPAArgs, build_model, load_trainable, project_to_memory
-from llama.checkpoint import load_memory, load_pickled_tensor, load_topa_checkpoint, save_atomic
+from llama.adapter import TOPAArgs, build_model, load_trainable
+from llama.memory import project_to_memory
+from llama.checkpoint import load_topa_checkpoint
+from llama.memory import load_memory
+from util.files import load_pickled_tensor, save_atomic
 from llama.model import ModelArgs, Transformer, causal_mask
-from llama.prompts import PromptBuilder
-from llama.tokenizer import load_tokenizer
+from text.prompts import PromptBuilder
+from text.tokenizer import load_tokenizer
 
 FIX = os.environ.get("TOPA_FIXTURES")
 needs_fix = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")

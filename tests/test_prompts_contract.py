@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llama.prompts import DEFAULT, EGOSCHEMA, STAR, TVQA, VIDEO, PromptBuilder
-from llama.tokenizer import load_tokenizer
+from text.prompts import DEFAULT, EGOSCHEMA, STAR, TVQA, VIDEO, PromptBuilder
+from text.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 T = 10  # max_feats of every published script

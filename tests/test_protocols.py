@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from llama import protocols as P
-from llama.prompts import VIDEO
-from llama.tokenizer import load_tokenizer
+from text import protocols as P
+from text.prompts import VIDEO
+from text.tokenizer import load_tokenizer
 
 FIX = os.environ.get("TOPA_FIXTURES")
 pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")

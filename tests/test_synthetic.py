@@ -9,11 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama.adapter import TOPAArgs, build_model, project_to_memory
-from llama.checkpoint import load_memory, load_meta_checkpoint, load_pickled_tensor, safe_load
+from llama.adapter import TOPAArgs, build_model
+from llama.memory import project_to_memory
+from llama.checkpoint import load_meta_checkpoint
+from llama.memory import load_memory
+from util.files import load_pickled_tensor, safe_load
 from llama.model import ModelArgs, Transformer, causal_mask
-from llama.prompts import LETTERS, PromptBuilder
-from llama.tokenizer import load_tokenizer
+from text.prompts import LETTERS, PromptBuilder
+from text.tokenizer import load_tokenizer
 from toyworld import synthetic as S
 from toyworld.tiny import make_tiny_llama, random_llama_state, train_sentencepiece, write_meta_checkpoint
 

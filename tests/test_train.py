@@ -24,8 +24,8 @@ from dataloader.textvid import TextVidDataset
 from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainCollate
 from llama.build import load_topa
 from llama.checkpoint import load_topa_checkpoint
-from llama.prompts import PromptBuilder
-from llama.tokenizer import load_tokenizer
+from text.prompts import PromptBuilder
+from text.tokenizer import load_tokenizer
 from util.schedule import absolute_lr, lr_at, param_groups
 from engine.checkpointing import save_checkpoint
 from engine.config import TrainConfig, flat_args

@@ -91,18 +91,18 @@ KEYWORDS = ("Answer", "Question", "Description")  # must be single tokens after 
 
 
 def _prompt_texts():
-    from llama import prompts as P
+    from text import prompts as P
     texts = [P.MCQA_INSTR, P.DIALOGUE_INSTR, P.DIALOGUE_VAQ_INSTR, P.DIALOGUE_QAV_INSTR, P.CAPTION_INSTR,
              P.OPENQA_INSTR, P.VAQ_INSTR, P.QAV_INSTR]
     texts = [t.strip() + " Video:" for t in texts]
-    texts += [P.ANSWER_TEXT + f"({c})" for c in P.LETTERS] + [P.STAR_ANSWER_TEXT + f"({c})" for c in P.LETTERS]
+    texts += [P.ANSWER_TEXT + f"({c})" for c in P.LETTERS[:5]] + [P.STAR_ANSWER_TEXT + f"({c})" for c in P.LETTERS[:5]]
     texts += ["Question: what is it?", "Choices: ", "Dialogue: hello.", "Description: a video.", "Video:"]
     return texts
 
 
 def train_sentencepiece(out_path, texts: Iterable[str] = (), vocab_size: int = 1000,
                         multiple_of: int = 8) -> Path:
-    """Train a Llama-2-style SentencePiece model on the prompt texts of `llama/prompts.py` plus `texts`
+    """Train a Llama-2-style SentencePiece model on the prompt texts of `text/prompts.py` plus `texts`
     and write it to `out_path`.
 
     Llama-2 style: BPE, byte_fallback (so `<0x0A>` .. every byte is a piece and any text encodes),
@@ -161,7 +161,7 @@ def make_tiny_llama(folder, tokenizer_path, dim: int = 64, n_layers: int = 2, n_
     llama2_style: params.json says `vocab_size: -1` and the shards carry Meta's `rope.freqs`;
     otherwise (Llama-3 style) params.json holds the real vocab size. Keys set to None are left out
     of params.json, as Meta's files do."""
-    from llama.tokenizer import load_tokenizer
+    from text.tokenizer import load_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

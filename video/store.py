@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dataloader.base import load_json
-from llama.checkpoint import safe_load, save_atomic
+from util.files import safe_load, save_atomic
 from util.files import write_atomic, write_text_atomic
 from util.errors import ConfigError
 

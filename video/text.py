@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 
 from dataloader.base import load_json
-from llama.checkpoint import safe_load, save_atomic
+from util.files import safe_load, save_atomic
 from util.errors import ConfigError, DataError, MissingFileError
 
 from .clip import FEATURE_DIM

@@ -13,7 +13,7 @@ from util.errors import InputError
 from .tokenizer import Tokenizer
 
 VIDEO = -2  # placeholder id at video positions (replaced by projected features)
-LETTERS = "ABCDE"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # option letters, (A) (B) ...; multiple-choice sets use the first 4-5
 
 MCQA_INSTR = "Instruction: Choose the correct answer based on the video and question.\n"
 CAPTION_INSTR = "Instruction: Generate a summary for the video.\n"

@@ -28,11 +28,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from util.errors import CheckpointError
 
-from .prompts import ANSWER_TEXT, MCQA_INSTR, OPENQA_INSTR, VIDEO
+from .prompts import ANSWER_TEXT, LETTERS, MCQA_INSTR, OPENQA_INSTR, VIDEO
 from .tokenizer import Tokenizer
 
 MASKED_WORDS = ("how", "How")  # the protocols that mask ban these two word-start pieces
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 # ---- answer cuts (text after the marker -> answer) ----
