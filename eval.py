@@ -7,8 +7,10 @@ evaluated exactly once.
   python eval.py ... --dataset mvbench --resume vqa_checkpoint/topa.pth --output_dir results/mvbench
 """
 from dataloader import benchmarks
-from engine import evaluation, generation
+from engine import run
 from engine.config import EvalConfig, eval_parser
+from engine.generation import GenerationTask
+from engine.scoring import ScoringTask
 from util.errors import run_cli
 
 
@@ -21,7 +23,7 @@ def main(args):
         print(vars(args))
         return None
     cfg = EvalConfig.from_args(args)
-    return (generation if benchmarks.get(cfg.data.dataset).kind == "generate" else evaluation).run(cfg)
+    return run.run(cfg, GenerationTask if benchmarks.get(cfg.data.dataset).kind == "generate" else ScoringTask)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 from dataloader.base import EvalItem, fit_frames
 from dataloader.packing import ScoringCollate
-from engine.evaluation import score_batch
+from engine.scoring import score_batch
 from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES
 from text.prompts import EGOSCHEMA, PromptBuilder

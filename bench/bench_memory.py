@@ -40,8 +40,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from dataloader.packing import collate_rows, pack_options, single_row  # noqa: E402
-from engine.evaluation import token_nll  # noqa: E402
-from engine.training import qav_loss, span_loss  # noqa: E402
+from engine.losses import token_nll  # noqa: E402
+from engine.losses import qav_loss, span_loss  # noqa: E402
 from llama.adapter import TOPA, TOPAArgs, build_model, is_trainable  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
 from llama.checkpoint import MetaShards, load_meta_checkpoint  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 from dataloader.base import TrainItem, fit_frames
 from dataloader.packing import Batch
 from dataloader.training import TrainCollate
-from engine.training import TrainStep, total_loss
+from engine.losses import TrainStep, total_loss
 from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES
 from text.prompts import PromptBuilder

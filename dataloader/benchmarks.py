@@ -3,7 +3,7 @@ prompts are worded, how to read a split, where its features are and which accura
 counts in. `eval.py`, `train.py` and the scripts go through this table; adding a dataset in one of the
 published layouts is one entry (a reader returning `QARecord`s and a feature source).
 
-`kind` says how a benchmark is evaluated: "mcqa" scores every option (engine/evaluation.py);
+`kind` says how a benchmark is evaluated: "mcqa" scores every option (engine/scoring.py);
 "generate" (MVBench, MSR-VTT, VATEX) generates the answer under its `protocol` (text/protocols.py;
 engine/generation.py) from records that have a feature `key` and `prompt_fields()`."""
 from dataclasses import dataclass

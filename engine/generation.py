@@ -4,15 +4,13 @@ under its benchmark's protocol (text/protocols.py) and read from the decoded tex
   items     each record's prompt `[BOS] enc(P1) VIDEO×T enc(P2)` and fitted video [T, 768], all built and
             checked before the model loads; a record without features is an error naming it (or, with
             skip_missing, left out and counted)
-  batches   items sorted by prompt length, cut into batches of `batch_size`; step s runs batch
-            s * world + rank on each rank. The batches do not depend on the number of processes, so N
-            processes give exactly the outputs of one, and every item is generated once
+  batches   items sorted by prompt length, cut into batches of `batch_size` (the run shell, engine/run.py,
+            runs them over the processes: N processes give exactly the outputs of one)
   decoding  `greedy_generate` from a KV cache (kv_cache=False: recomputing the whole sequence per token,
             the reference); the memory projection per the protocol or the flags. A token picked from
             scores that are not finite is an error naming the item, never an answer
-  outputs   after every step the ranks gather its answers and rank 0 appends them to the predictions
-            file (a failure late in a run loses nothing already generated); at the end rank 0 rewrites
-            it in item order and writes the metric file, each atomically:
+  outputs   streamed per step by the run shell; at the end rank 0 rewrites the predictions in item
+            order and writes the metric file, each atomically:
             MVBench   predictions_mvbench_<split>.jsonl (task, index, video, answer = gold letter, text =
                       decoded answer text, prediction = letter or null, correct) and
                       accuracy_mvbench_<split>.json (per task and Avg = all correct / all questions,
@@ -26,33 +24,29 @@ letter_constrained, each item is also answered by the argmax of the first genera
 logits over the item's valid letters (`prediction_constrained`, always a letter), reported beside it.
 """
 import json
-import math
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
-from tqdm import tqdm
 
 from dataloader import benchmarks
 from dataloader.base import fit_frames
 from llama.adapter import TOPA
-from llama.memory import project_to_memory
-from llama.build import load_tokenizer_for, load_topa, resolve_dtype
-from llama.memory import load_memory
 from llama.generation import greedy_generate
+from llama.memory import project
 from text.protocols import (LETTERS, GenProtocol, generated_text, letter_ids, masked_ids, predicted_letter,
                              prompt_ids, published_correct)
 from text.tokenizer import Tokenizer
 from util import dist
-from util.errors import CheckpointError, DataError, InputError, one_line
+from util.errors import DataError, NonFiniteError
 from util.files import write_text_atomic
 
 from .caption_metrics import METRICS, check_tools, coco_caption_metrics
-from .config import EvalConfig, config_dict
-from .evaluation import prepare_output_dir
+from .config import EvalConfig
+from .run import StepRows, gather_steps, jsonl, my_batches, output_names
 
 
 @dataclass
@@ -89,12 +83,10 @@ def plan_batches(items: List[GenItem], batch_size: int) -> List[List[int]]:
 
 
 def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: GenProtocol, *, device,
-                   memory=None, masked=(), letters=None, kv_cache: bool = True) -> Tuple[List[dict], Optional[InputError]]:
+                   memory=None, masked=(), letters=None, kv_cache: bool = True) -> StepRows:
     """The answers of one batch (see `generate`), and an error naming the first item one of whose
     tokens was picked from scores that are not finite (that item gets no answer)."""
-    video = torch.stack([it.video for it in its]).to(device)
-    if memory is not None:
-        video = project_to_memory(video, memory)
+    video = project(torch.stack([it.video for it in its]).to(device), memory)
     first, bad = [], []
 
     def observe(t, logits):  # [B, vocab] after masking
@@ -108,7 +100,7 @@ def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: Ge
     for b, (it, gen) in enumerate(zip(its, ids)):
         picked = min(len(gen) + 1, len(bad))  # the steps whose pick this row took (an EOS step too)
         if any(bool(bad[t][b]) for t in range(picked)):
-            error = error or CheckpointError(
+            error = error or NonFiniteError(
                 f"{it.record.source}: item {it.record.key}: the model's next-token scores are not finite (its "
                 "output overflowed or is NaN), so it has no answer; check the checkpoint's tensors, or run "
                 "with --precision fp32")
@@ -121,44 +113,39 @@ def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: Ge
     return rows, error
 
 
+def generate_steps(model: TOPA, tok: Tokenizer, items: List[GenItem], batches: List[List[int]], protocol: GenProtocol,
+                   *, device, memory=None, masked=(), letters=None, kv_cache: bool = True) -> Iterator[StepRows]:
+    """(answers, error) of each of `batches` (lists of item indices) in turn (see `generate_batch`)."""
+    for b in batches:
+        yield generate_batch(model, tok, [items[i] for i in b], protocol, device=device, memory=memory,
+                             masked=masked, letters=letters, kv_cache=kv_cache)
+
+
+def decoding_ids(tok: Tokenizer, items: List[GenItem], protocol: GenProtocol, letter_constrained: bool,
+                 warn=lambda s: None) -> Tuple[List[int], Optional[List[int]]]:
+    """The ids the protocol masks out, and (letter_constrained) the ids of the valid letters."""
+    masked = masked_ids(tok, warn=warn) if protocol.mask else []
+    if not (letter_constrained and items):
+        return masked, None
+    return masked, letter_ids(tok, max(len(it.record.candidates) for it in items))
+
+
 @torch.no_grad()
 def generate(model: TOPA, tok: Tokenizer, items: List[GenItem], protocol: GenProtocol, *, batch_size: int,
              device, memory: Optional[torch.Tensor] = None, kv_cache: bool = True,
-             letter_constrained: bool = False, progress: bool = True, desc: str = "generate",
-             stream: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
-    """Generate every item once over the ranks; every rank returns every answer, in item order. Per
-    item: `index`, `ids` (generated, EOS left out), `after` (the decoded text after the marker),
-    `answer` (the protocol's cut of it), `text` (the generated text as it reads in context) and, with
-    `letter_constrained`, `letter` (argmax of the first step over the item's valid letters).
-
-    After every step the ranks gather that step's answers; `stream` (rank 0) gets them as they arrive.
-    An error in any rank's batch stops every rank with it once the step's good answers are streamed."""
+             letter_constrained: bool = False, progress: bool = True, desc: str = "generate") -> List[dict]:
+    """Generate every item once over the ranks as eval.py does (engine/run.py), without a predictions
+    stream; every rank returns every answer, in item order. Per item: `index`, `ids` (generated, EOS left
+    out), `after` (the decoded text after the marker), `answer` (the protocol's cut of it), `text` (the
+    generated text as it reads in context) and, with `letter_constrained`, `letter` (argmax of the first
+    step over the item's valid letters)."""
     model.eval()
-    masked = masked_ids(tok, warn=print if dist.is_main() else (lambda s: None)) if protocol.mask else []
-    letters = letter_ids(tok, max(len(it.record.candidates) for it in items)) if letter_constrained and items else None
-    batches = plan_batches(items, batch_size)
-    world, rank = dist.world_size(), dist.rank()
-    out: List[dict] = []
-    for s in tqdm(range(math.ceil(len(batches) / world)), desc=desc, disable=not (progress and dist.is_main()),
-                  dynamic_ncols=True):
-        rows, error = [], None
-        if s * world + rank < len(batches):
-            its = [items[i] for i in batches[s * world + rank]]
-            rows, error = generate_batch(model, tok, its, protocol, device=device, memory=memory, masked=masked,
-                                         letters=letters, kv_cache=kv_cache)
-        step = dist.gather_objects((rows, None if error is None else (type(error), one_line(error))))
-        for step_rows, _ in step:
-            out.extend(step_rows)
-            if stream is not None and dist.is_main():
-                stream(step_rows)
-        errors = [e for _, e in step if e is not None]
-        if errors:
-            cls, msg = errors[0]
-            raise cls(msg + (f" ({len(out)} items generated before it are in the predictions file)" if out else ""))
-    out.sort(key=lambda o: o["index"])
-    if [o["index"] for o in out] != list(range(len(items))):
-        raise RuntimeError(f"generation gathered {len(out)} answers for {len(items)} items")
-    return out
+    masked, letters = decoding_ids(tok, items, protocol, letter_constrained,
+                                   warn=print if dist.is_main() else (lambda s: None))
+    batches, n_steps = my_batches(plan_batches(items, batch_size))
+    steps = generate_steps(model, tok, items, batches, protocol, device=device, memory=memory, masked=masked,
+                           letters=letters, kv_cache=kv_cache)
+    return gather_steps(steps, n_steps, len(items), desc=desc, progress=progress)
 
 
 # ---- what the predictions file holds per item ----
@@ -174,10 +161,6 @@ def prediction_row(item: GenItem, o: dict, metric: str, letter_constrained: bool
         p["prediction_constrained"] = o["letter"]
         p["correct_constrained"] = o["letter"] == r.gold
     return p
-
-
-def jsonl(rows) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
 
 
 # ---- MVBench: accuracy by the published check ----
@@ -220,17 +203,12 @@ def caption_table(metrics: dict, title: str) -> str:
 
 # ---- the run ----
 
-def output_names(name: str, split: str, metric: str) -> dict:
-    return {"predictions": f"predictions_{name}_{split}.jsonl",
-            "result": f"{'accuracy' if metric == 'choice' else 'metrics'}_{name}_{split}.json"}
-
-
 def write_outputs(out_dir, bench, split: str, items, outs, settings: dict, skipped: List[str],
                   letter_constrained: bool = False, spice: bool = False) -> dict:
     """The predictions (item order) and the metric file (rank 0); prints the table. Returns the
     accuracy / metrics dict."""
     out, metric = Path(out_dir), bench.protocol.metric
-    names = output_names(bench.name, split, metric)
+    names = output_names(bench.name, split)
     preds = [prediction_row(it, o, metric, letter_constrained) for it, o in zip(items, outs)]
     write_text_atomic(jsonl(preds), out / names["predictions"])
     title = f"{bench.title} {split}: {len(items)} {'questions' if metric == 'choice' else 'videos'}"
@@ -242,65 +220,55 @@ def write_outputs(out_dir, bench, split: str, items, outs, settings: dict, skipp
         bare = sum(p["prediction"] is None for p in preds)
         bare_ok = sum(p["prediction"] is None and p["correct"] for p in preds)
         result = {"accuracy": acc, "n_not_a_letter": bare, "n_not_a_letter_counted_correct": bare_ok, **record}
-        write_text_atomic(json.dumps(result, indent=2, allow_nan=False) + "\n", out / names["result"])
+        write_text_atomic(json.dumps(result, indent=2, allow_nan=False) + "\n", out / names["accuracy"])
         title += f"; published check: {bare} answers are no valid letter ({bare_ok} of them counted correct)"
         print(mvbench_table(acc, title) if acc else title)
         return acc
     metrics = coco_caption_metrics({it.record.key: it.record.refs for it in items},
                                    {p["video"]: p["caption"] for p in preds}, spice=spice) if items else {}
     write_text_atomic(json.dumps({"metrics": metrics, **record}, indent=2, allow_nan=False) + "\n",
-                      out / names["result"])
+                      out / names["metrics"])
     print(caption_table(metrics, title))
     return metrics
 
 
-def run(cfg: EvalConfig) -> Optional[dict]:
-    """eval.py for a generation benchmark: check the caption tools, the output folder, the tokenizer,
-    the items and their features and the memory before the model loads; generate every item once over
-    the ranks (streaming the predictions); on rank 0 write the outputs and print the table."""
-    bench = benchmarks.get(cfg.data.dataset)
-    protocol, gen = bench.protocol, cfg.generation
-    if protocol.metric == "caption":
-        check_tools(gen.spice)  # before hours of generation, not after
-    rank, world, device = dist.init_distributed(cfg.run.device)
-    out = prepare_output_dir(cfg.run.output_dir) if dist.is_main() else Path(cfg.run.output_dir)
-    tok = load_tokenizer_for(cfg.model)
-    records = bench.read(cfg.data.data_root, cfg.split, False)
-    items, skipped = make_items(records, bench.features(cfg.data.data_root), tok, protocol, cfg.model.max_feats,
-                                skip_missing=cfg.data.skip_missing, what=f"{bench.title} {cfg.split}")
-    use_memory = cfg.use_memory
-    memory = load_memory(cfg.data.memory_file) if use_memory else None
-    dtype = resolve_dtype(cfg.model.precision, device)
-    model, _, _ = load_topa(cfg.model, device, dtype, tokenizer=tok, resume=cfg.resume)
-    if cfg.resume is None and dist.is_main():
-        print("warning: no --resume checkpoint: generating with freshly initialised TOPA parameters", file=sys.stderr)
-    memory = memory.to(device) if memory is not None else None
-    names = output_names(bench.name, cfg.split, protocol.metric)
-    stream_file = None
-    if dist.is_main():  # a previous run's result must not sit beside this run's streamed predictions
-        (out / names["result"]).unlink(missing_ok=True)
-        stream_file = open(out / names["predictions"], "w", encoding="utf-8")
+class GenerationTask:
+    """eval.py on a generation benchmark, as the run shell runs it (engine/run.py)."""
+    done = "items generated"
 
-    def stream(rows):
-        stream_file.write(jsonl(prediction_row(items[o["index"]], o, protocol.metric, gen.letter_constrained)
-                                for o in rows))
-        stream_file.flush()
+    def __init__(self, cfg: EvalConfig):
+        self.cfg, self.gen = cfg, cfg.generation
+        self.protocol = benchmarks.get(cfg.data.dataset).protocol
+        self.skipped: List[str] = []
 
-    try:
-        outs = generate(model, tok, items, protocol, batch_size=cfg.data.batch_size, device=device, memory=memory,
-                        kv_cache=gen.kv_cache, letter_constrained=gen.letter_constrained,
-                        desc=f"{bench.name}/{cfg.split}", stream=stream if stream_file else None)
-    finally:
-        if stream_file is not None:
-            stream_file.close()
-    result = None
-    if dist.is_main():
-        settings = {"config": config_dict(cfg), "checkpoint": str(Path(cfg.resume).resolve()) if cfg.resume else None,
-                    "memory": use_memory, "max_new_tokens": protocol.max_new_tokens,
-                    "masked_ids": masked_ids(tok, warn=lambda s: None) if protocol.mask else [],
-                    "world_size": world}
-        result = write_outputs(out, bench, cfg.split, items, outs, settings, skipped,
-                               letter_constrained=gen.letter_constrained, spice=gen.spice)
-    dist.barrier()
-    dist.cleanup()
-    return result
+    def check(self):
+        if self.protocol.metric == "caption":
+            check_tools(self.gen.spice)  # before hours of generation, not after
+
+    def items(self, run) -> List[GenItem]:
+        """Every record's prompt and fitted video, checked against the features."""
+        cfg = self.cfg
+        records = run.bench.read(cfg.data.data_root, cfg.split, False)
+        items, self.skipped = make_items(records, run.bench.features(cfg.data.data_root), run.tok, self.protocol,
+                                         cfg.model.max_feats, skip_missing=cfg.data.skip_missing,
+                                         what=f"{run.bench.title} {cfg.split}")
+        return items
+
+    def batches(self, items: List[GenItem]) -> List[List[int]]:
+        return plan_batches(items, self.cfg.data.batch_size)
+
+    def steps(self, run, model, memory, items, batches) -> Iterator[StepRows]:
+        self.masked, letters = decoding_ids(run.tok, items, self.protocol, self.gen.letter_constrained,
+                                            warn=print if dist.is_main() else (lambda s: None))
+        return generate_steps(model, run.tok, items, batches, self.protocol, device=run.device, memory=memory,
+                              masked=self.masked, letters=letters, kv_cache=self.gen.kv_cache)
+
+    def row(self, items, o: dict) -> dict:
+        return prediction_row(items[o["index"]], o, self.protocol.metric, self.gen.letter_constrained)
+
+    def finish(self, run, items, rows: List[dict]) -> dict:
+        """The output files and the table (rank 0); returns the accuracy / metrics dict."""
+        settings = run.settings(memory=self.cfg.use_memory, max_new_tokens=self.protocol.max_new_tokens,
+                                masked_ids=self.masked)
+        return write_outputs(run.out, run.bench, self.cfg.split, items, rows, settings, self.skipped,
+                             letter_constrained=self.gen.letter_constrained, spice=self.gen.spice)

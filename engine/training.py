@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataloader import benchmarks
-from dataloader.packing import Batch
 from dataloader.textvid import TextVidDataset
-from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainBatch, TrainCollate
+from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainCollate
 from llama.adapter import TOPA
 from llama.build import load_tokenizer_for, load_topa, resolve_dtype
 from llama.memory import load_memory
@@ -28,50 +26,11 @@ from util.errors import ConfigError
 from util.logging import RunLogger
 from util.schedule import lr_at, param_groups, set_lr
 
-from . import evaluation
+from . import scoring
 from .checkpointing import (Resumed, check_output_dir, checkpoint_name, on_main, prepare_resume_dir, resume_training,
                             save_checkpoint, training_state)
 from .config import TrainConfig
-from .evaluation import token_nll
-
-
-def qav_loss(model: TOPA, batch: Batch, tau: float) -> torch.Tensor:
-    """qav: the hidden state at slot position s+t-1 scores frame t against visual_proj(v) of all
-    T frames (no temporal embedding) by dot product / tau; cross-entropy over the T frames, mean over
-    the batch's frames. No g2 bias (nothing follows the video)."""
-    h = model.hidden(batch.tokens, batch.positions, batch.mask, batch.video, batch.video_start, gate2=False)
-    B, T, _ = batch.video.shape
-    pos = batch.video_start[:, None] - 1 + torch.arange(T, device=h.device)     # [B, T]
-    query = h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1])).float()     # [B, T, D]
-    keys = model.visual_proj(batch.video.to(model.visual_proj.weight.dtype)).float()  # [B, T, D]
-    logits = query @ keys.transpose(1, 2) / tau                                 # [B, T(query), T(frame)]
-    target = torch.arange(T, device=h.device).repeat(B)
-    return F.cross_entropy(logits.reshape(B * T, T), target)
-
-
-def span_loss(model: TOPA, batch: Batch) -> torch.Tensor:
-    """Token cross-entropy over the scored spans, mean over the batch's span tokens."""
-    return token_nll(model, batch, batch.video).mean()
-
-
-class TrainStep(nn.Module):
-    """One forward = every loss of a TrainBatch: {"vqa"|"caption": span loss, "vaq": span loss,
-    "qav": frame loss}. This is the module DDP wraps (so its reducer sees every forward)."""
-
-    def __init__(self, model: TOPA, tau: float = 100.0):
-        super().__init__()
-        self.model, self.tau = model, tau
-
-    def forward(self, tb: TrainBatch) -> Dict[str, torch.Tensor]:
-        return {task: qav_loss(self.model, b, self.tau) if task == "qav" else span_loss(self.model, b)
-                for task, b in tb.parts.items()}
-
-
-def total_loss(losses: Dict[str, torch.Tensor], weight_captioning: float = 1.0) -> torch.Tensor:
-    """vqa + weight_captioning * vaq + qav. A caption batch's loss (summary / open QA) is weighted
-    like vaq, as in the original, where it was computed in the vaq slot."""
-    weights = {"vqa": 1.0, "qav": 1.0, "vaq": weight_captioning, "caption": weight_captioning}
-    return sum(weights[k] * v for k, v in losses.items())
+from .losses import TrainStep, total_loss
 
 
 def _reduce_sums(values: List[float], device) -> List[float]:
@@ -433,14 +392,14 @@ def evaluate_epoch(cfg: TrainConfig, model, eval_sets, memory, device, epoch: in
     """Zero-shot accuracy of every --eval_datasets set after an epoch -> {name: total acc} (rank 0)."""
     evals = {}
     for name, ds in eval_sets:
-        res = evaluation.evaluate(model, ds, batch_size=cfg.eval_batch_size or cfg.data.batch_size, device=device,
-                                  memory=memory, max_seq_len=cfg.data.max_seq_len,
-                                  num_workers=cfg.data.num_workers, desc=f"eval {name}")
+        res = scoring.evaluate(model, ds, batch_size=cfg.eval_batch_size or cfg.data.batch_size, device=device,
+                               memory=memory, max_seq_len=cfg.data.max_seq_len,
+                               num_workers=cfg.data.num_workers, desc=f"eval {name}")
         if dist.is_main():
-            acc = evaluation.write_eval_outputs(res, out / "eval" / f"epoch_{epoch}", name, cfg.eval_split,
-                                                benchmarks.get(name).type_groups)
+            acc = scoring.write_eval_outputs(res, out / "eval" / f"epoch_{epoch}", name, cfg.eval_split,
+                                             benchmarks.get(name).type_groups)
             evals[name] = acc["total"]["acc"]
-            print(evaluation.format_table(acc, f"epoch {epoch} {name} {cfg.eval_split}"), flush=True)
+            print(scoring.format_table(acc, f"epoch {epoch} {name} {cfg.eval_split}"), flush=True)
             logger.write("eval", {"epoch": epoch, "dataset": name, **{f"acc_{k}": v["acc"] for k, v in acc.items()}},
                          step=epoch)
     return evals

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from dataloader.packing import collate_rows, pack_options, single_row
-from engine.evaluation import group_mean, token_nll
-from engine.training import qav_loss, span_loss
+from engine.losses import group_mean, token_nll
+from engine.losses import qav_loss, span_loss
 from llama.adapter import TOPAArgs, bias_channels, build_model
 from llama.model import ModelArgs, Transformer, causal_mask, sdpa
 from text.prompts import VIDEO, Sequence

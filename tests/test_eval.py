@@ -236,7 +236,7 @@ def test_egoschema_test_submission(world2):
 
 def test_accuracy_per_type_hand_checked():
     from dataloader.benchmarks import get
-    from engine.evaluation import accuracy
+    from engine.scoring import accuracy
     preds = [  # STAR: 2/3 Interaction, 0/1 Sequence, 1/1 Feasibility
         {"type": "Interaction", "answer": 0, "prediction": 0}, {"type": "Interaction", "answer": 1, "prediction": 1},
         {"type": "Interaction", "answer": 2, "prediction": 3}, {"type": "Sequence", "answer": 0, "prediction": 2},

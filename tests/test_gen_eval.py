@@ -28,7 +28,7 @@ from util.files import save_atomic
 from llama.generation import greedy_generate
 from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
-from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
+from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")
@@ -325,7 +325,7 @@ def test_non_finite_scores_are_an_error_naming_the_item(world, tmp_path):
     torch.save(ck, tmp_path / "huge.pth")
     argv = args(world, "mvbench", "nonfinite", "--no_memory", "--batch_size", "2", data=data)
     argv[argv.index("fp32")] = "fp16"
-    with pytest.raises(CheckpointError, match=r"action_count.json\[2\]: item action_count/2: .* not finite") as e:
+    with pytest.raises(NonFiniteError, match=r"action_count.json\[2\]: item action_count/2: .* not finite") as e:
         run_eval(argv + ["--resume", str(tmp_path / "huge.pth")])
     kept = jsonl(world["root"] / "results" / "nonfinite" / "predictions_mvbench_test.jsonl")
     assert f"({len(kept)} items generated before it" in str(e.value) and len(kept) < N_MVB

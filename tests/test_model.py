@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dataloader.base import EvalItem, fit_frames, fuse_text_frames
 from dataloader.packing import ScoringCollate, collate_rows, pack_options, single_row
-from engine.evaluation import group_mean, token_nll
+from engine.losses import group_mean, token_nll
 from llama.adapter import TOPAArgs, build_model, load_trainable
 from llama.memory import project_to_memory
 from llama.checkpoint import load_topa_checkpoint

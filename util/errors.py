@@ -26,6 +26,11 @@ class CheckpointError(InputError, ValueError):
     """A model, tokenizer or TOPA checkpoint that does not fit the run."""
 
 
+class NonFiniteError(InputError, ArithmeticError):
+    """A model output (a score, a next-token distribution) that is NaN or Inf: the checkpoint's tensors or
+    the precision are at fault, and the item it belongs to gets no answer."""
+
+
 class UnsafePickleError(InputError, pickle.UnpicklingError):
     """A pickle that would need more than tensors, plain containers and argparse.Namespace."""
 

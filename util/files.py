@@ -23,13 +23,27 @@ from typing import Optional, Tuple
 import torch
 import torch._utils
 
-from util.errors import CheckpointError, DataError, MissingFileError, UnsafePickleError
+from util.errors import CheckpointError, ConfigError, DataError, MissingFileError, UnsafePickleError
 
 
 
 def write_text_atomic(text: str, path):
     """`write_atomic` for a text file (result files)."""
     write_atomic(path, lambda f: f.write(text), "w")
+
+
+def prepare_output_dir(path, flag: str = "--output_dir") -> Path:
+    """Create `path` and write (then remove) a file in it: an output folder that cannot hold the results
+    is an error now, naming `flag`, not after hours of work."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    return out
 
 
 def _umask() -> int:
