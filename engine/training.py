@@ -187,105 +187,110 @@ def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim
       itself). Skipped steps are counted; SKIP_LIMIT skipped in a row, or every step of an epoch
       skipped, stops the run with an error before any checkpoint of that epoch is written.
     Returns the epoch's mean losses (averaged over ranks) and counts."""
-    step.train()
-    opt, max_seq_len = cfg.optim, cfg.data.max_seq_len
-    accum = opt.accum_iter
-    n_iter = len(loader)
-    sync_every = cfg.log_every or SYNC_EVERY
-    trainable = [p for _, p in model.trainable_parameters()]
-    optimizer.zero_grad(set_to_none=True)
-    totals = totals or EpochTotals()
-    window, first_nonfinite, cycle_ids = LossWindow(), [], []
-    lr_max = opt.absolute_lr(cfg.data.batch_size, dist.world_size())
-    lr = optimizer.param_groups[-1]["lr"]
-    scale = scaler.get_scale() if scaler is not None else None
-    t0, seconds0 = time.time(), totals.seconds
-    bar = tqdm(loader, total=n_iter, initial=start, desc=f"epoch {epoch}", disable=not dist.is_main(),
-               dynamic_ncols=True)
+    return Epoch(step, model, loader, optimizer, epoch, cfg, device, scaler, logger, start, totals).run(save)
 
-    def sync():
-        """Bring the window's values to the host: totals, log lines, progress bar; stop on non-finite."""
-        bad, r = None, None
-        for r in window.sync():
-            if math.isfinite(r.loss):
-                totals.sums["loss"] += r.loss
-                totals.counts["loss"] += 1
-                for k, v in r.parts.items():
-                    totals.sums[k] += v
-                    totals.counts[k] += 1
-            else:
-                totals.nonfinite += 1
-            if not r.finite:
-                bad = bad or r
-                if not first_nonfinite:
-                    first_nonfinite.append(r)
-            if logger is not None and cfg.log_every and (r.it + 1) % cfg.log_every == 0:
-                logger.write("iter", {"epoch": epoch, "iter": r.it + 1, "lr": r.lr, "loss": r.loss, **r.parts,
-                                      **({"grad_norm": r.grad_norm} if r.grad_norm is not None else {})},
-                             step=epoch * n_iter + r.it + 1)
-        if r is not None:
-            bar.set_postfix(loss=f"{r.loss:.4f}", lr=f"{r.lr:.3e}", **{k: f"{v:.4f}" for k, v in r.parts.items()})
-        if scaler is None and (_reduce_sums([float(bad is not None)], device)[0] if dist.is_dist() else bad):
-            found = [(i, b) for i, b in enumerate(dist.gather_objects(bad)) if b is not None]
-            ranks = dist.world_size() > 1
-            raise FloatingPointError("non-finite training values at " + "; ".join(
-                b.describe(epoch, i if ranks else None) for i, b in found)
-                + ". Stopped on every rank; no checkpoint was written after it (try a lower --lr, or check "
-                  "these items' features)")
 
-    def diverged(what: str):
-        sync()
-        firsts = [f[0] for f in dist.gather_objects(first_nonfinite[:1]) if f]
-        first = f"; the first non-finite loss: {firsts[0].describe(epoch)}" if firsts else ""
-        raise FloatingPointError(f"fp16 training diverged at epoch {epoch}: the gradient scaler skipped {what} "
-                                 f"(loss scale now {scaler.get_scale():g}){first}. Stopped before writing a "
-                                 "checkpoint; try --precision bf16 or a lower --lr")
+class Epoch:
+    """One epoch's state (totals, the loss window, the accumulation cycle) and its steps, in the order
+    `run` takes them: lr, forward + backward, optimizer step, host-side counts, sync, checks, save."""
 
-    for it, tb in enumerate(bar, start):
-        if it % accum == 0:
-            lr = lr_at(it / n_iter + epoch, lr_max, opt.min_lr, opt.warmup_epochs, opt.epochs)
-            set_lr(optimizer, lr)
-        boundary = (it + 1) % accum == 0 or it + 1 == n_iter
+    def __init__(self, step, model, loader, optimizer, epoch, cfg, device, scaler, logger, start, totals):
+        self.step, self.loader, self.optimizer, self.epoch = step, loader, optimizer, epoch
+        self.cfg, self.opt, self.device, self.scaler = cfg, cfg.optim, device, scaler
+        self.logger, self.start = logger, start
+        self.n_iter = len(loader)
+        self.trainable = [p for _, p in model.trainable_parameters()]
+        self.totals = totals or EpochTotals()
+        self.window, self.first_nonfinite, self.cycle_ids = LossWindow(), [], []
+        self.lr_max = self.opt.absolute_lr(cfg.data.batch_size, dist.world_size())
+        self.lr = optimizer.param_groups[-1]["lr"]
+        self.scale = scaler.get_scale() if scaler is not None else None
+        self.t0, self.seconds0 = time.time(), self.totals.seconds
+        self.bar = None
+
+    def run(self, save=None) -> dict:
+        cfg, totals, accum = self.cfg, self.totals, self.opt.accum_iter
+        sync_every = cfg.log_every or SYNC_EVERY
+        self.step.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bar = tqdm(self.loader, total=self.n_iter, initial=self.start, desc=f"epoch {self.epoch}",
+                        disable=not dist.is_main(), dynamic_ncols=True)
+        for it, tb in enumerate(self.bar, self.start):
+            if it % accum == 0:
+                self.lr = lr_at(it / self.n_iter + self.epoch, self.lr_max, self.opt.min_lr, self.opt.warmup_epochs,
+                                self.opt.epochs)
+                set_lr(self.optimizer, self.lr)
+            boundary = (it + 1) % accum == 0 or it + 1 == self.n_iter
+            loss, losses = self.forward_backward(tb, boundary)
+            self.cycle_ids += tb.ids
+            grad_norm = self.optimizer_step(it) if boundary else None
+            self.window.add(it, self.lr, tb.ids, loss, losses, grad_norm,
+                            self.cycle_ids if grad_norm is not None else None)
+            if boundary:
+                self.cycle_ids = []
+            self.count(tb)
+            if (it + 1) % sync_every == 0:
+                self.sync()
+            if self.scaler is not None and totals.skipped_in_row >= SKIP_LIMIT:
+                self.diverged(f"{totals.skipped_in_row} optimizer steps in a row (up to iteration {it})")
+            if save is not None and cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < self.n_iter:
+                self.sync()
+                totals.seconds = self.seconds0 + time.time() - self.t0
+                save(it + 1, totals.summed(self.device))
+        self.sync()
+        if self.scaler is not None and totals.steps and totals.skipped == totals.steps:
+            self.diverged(f"all {totals.steps} optimizer steps of the epoch")
+        totals.seconds = self.seconds0 + time.time() - self.t0
+        return self.report(totals.summed(self.device))
+
+    def forward_backward(self, tb, boundary: bool):
+        """Every loss of the batch and their total; total / accum_iter backpropagated (DDP synchronises
+        gradients only on the iteration that ends an accumulation cycle)."""
+        step, scaler = self.step, self.scaler
         sync_ctx = step.no_sync() if isinstance(step, nn.parallel.DistributedDataParallel) and not boundary \
             else nullcontext()
-        tb.to(device)
+        tb.to(self.device)
         with sync_ctx:
             losses = step(tb)
-            loss = total_loss(losses, opt.weight_captioning)
-            scaled = loss / accum
+            loss = total_loss(losses, self.opt.weight_captioning)
+            scaled = loss / self.opt.accum_iter
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        cycle_ids += tb.ids
-        grad_norm = None
-        if boundary:
-            held = it % accum + 1
-            if held < accum:  # a short last cycle: make it a mean over the iterations it holds
-                for p in trainable:
-                    if p.grad is not None:
-                        p.grad.mul_(accum / held)
-            if scaler is not None:
-                if opt.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                # GradScaler.step has just read its found-inf flag on the host: this read adds no wait
-                new_scale = scaler.get_scale()
-                skipped = new_scale < scale    # the scale only shrinks on a skipped step
-                scale = new_scale
-                totals.skipped += skipped
-                totals.skipped_in_row = totals.skipped_in_row + 1 if skipped else 0
-            else:
-                grads = [p.grad for p in trainable if p.grad is not None]
-                grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad) if opt.clip_grad
-                             else torch.nn.utils.get_total_norm(grads))
-                step_if_finite(optimizer, trainable, torch.isfinite(grad_norm))
-            totals.steps += 1
-            optimizer.zero_grad(set_to_none=True)
-        window.add(it, lr, tb.ids, loss, losses, grad_norm, cycle_ids if grad_norm is not None else None)
-        if boundary:
-            cycle_ids = []
+        return loss, losses
 
-        # host-side bookkeeping (no device values)
+    def optimizer_step(self, it: int) -> Optional[torch.Tensor]:
+        """The step that ends an accumulation cycle; returns its gradient norm (on the device; None
+        with a GradScaler, which counts its skipped steps instead)."""
+        opt, scaler, trainable, totals = self.opt, self.scaler, self.trainable, self.totals
+        held = it % opt.accum_iter + 1
+        if held < opt.accum_iter:  # a short last cycle: make it a mean over the iterations it holds
+            for p in trainable:
+                if p.grad is not None:
+                    p.grad.mul_(opt.accum_iter / held)
+        grad_norm = None
+        if scaler is not None:
+            if opt.clip_grad:
+                scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad)
+            scaler.step(self.optimizer)
+            scaler.update()
+            # GradScaler.step has just read its found-inf flag on the host: this read adds no wait
+            new_scale = scaler.get_scale()
+            skipped = new_scale < self.scale    # the scale only shrinks on a skipped step
+            self.scale = new_scale
+            totals.skipped += skipped
+            totals.skipped_in_row = totals.skipped_in_row + 1 if skipped else 0
+        else:
+            grads = [p.grad for p in trainable if p.grad is not None]
+            grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad) if opt.clip_grad
+                         else torch.nn.utils.get_total_norm(grads))
+            step_if_finite(self.optimizer, trainable, torch.isfinite(grad_norm))
+        totals.steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def count(self, tb):
+        """Host-side bookkeeping of a batch (no device values)."""
+        totals, max_seq_len = self.totals, self.cfg.data.max_seq_len
         totals.items += tb.n_items
         totals.tokens += tb.n_tokens
         totals.cut += tb.n_cut
@@ -296,38 +301,72 @@ def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim
                            "items are kept whole (never cut) and counted (reported at the end of the epoch)")
             totals.too_long += len(tb.too_long)
             totals.longest = max(totals.longest, max(n for _, n in tb.too_long))
-        if (it + 1) % sync_every == 0:
-            sync()
-        if scaler is not None and totals.skipped_in_row >= SKIP_LIMIT:
-            diverged(f"{totals.skipped_in_row} optimizer steps in a row (up to iteration {it})")
-        if save is not None and cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < n_iter:
-            sync()
-            totals.seconds = seconds0 + time.time() - t0
-            save(it + 1, totals.summed(device))
 
-    sync()
-    if scaler is not None and totals.steps and totals.skipped == totals.steps:
-        diverged(f"all {totals.steps} optimizer steps of the epoch")
-    totals.seconds = seconds0 + time.time() - t0
-    tot = totals.summed(device)
-    stats = {k: tot.sums[k] / tot.counts[k] for k in tot.sums if tot.counts[k]}
-    stats.update({"lr": lr, "iters": n_iter, "items": tot.items, "too_long": tot.too_long, "dialogue_cut": tot.cut,
-                  "nonfinite": tot.nonfinite, "steps": tot.steps, "skipped_steps": tot.skipped,
-                  "tokens_per_s": tot.tokens / max(tot.seconds, 1e-9), "seconds": tot.seconds})
-    if dist.is_main():
-        msg = f"epoch {epoch}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in ("loss",) + LOSS_PARTS if k in stats)
-        print(msg, flush=True)
-        if tot.skipped:
-            print(f"epoch {epoch}: the fp16 gradient scaler skipped {tot.skipped} of {tot.steps} optimizer steps "
-                  "(non-finite gradients)", flush=True)
-        if tot.cut:
-            print(f"epoch {epoch}: {tot.cut} of {tot.items} training items had their dialogue cut to fit max_seq_len="
-                  f"{max_seq_len} (--truncate_dialogue)", flush=True)
-        if tot.too_long:
-            print(f"epoch {epoch}: {tot.too_long} of {tot.items} training items were longer than max_seq_len="
-                  f"{max_seq_len} (longest {tot.longest} tokens); they were kept whole, not cut "
-                  "(batches are padded to their longest item)", flush=True)
-    return stats
+    def sync(self):
+        """Bring the window's values to the host: totals, log lines, progress bar; stop on non-finite."""
+        bad, r = None, None
+        for r in self.window.sync():
+            self.tally(r)
+            if not r.finite:
+                bad = bad or r
+                if not self.first_nonfinite:
+                    self.first_nonfinite.append(r)
+        if r is not None:
+            self.bar.set_postfix(loss=f"{r.loss:.4f}", lr=f"{r.lr:.3e}", **{k: f"{v:.4f}" for k, v in r.parts.items()})
+        if self.scaler is None and (_reduce_sums([float(bad is not None)], self.device)[0] if dist.is_dist() else bad):
+            found = [(i, b) for i, b in enumerate(dist.gather_objects(bad)) if b is not None]
+            ranks = dist.world_size() > 1
+            raise FloatingPointError("non-finite training values at " + "; ".join(
+                b.describe(self.epoch, i if ranks else None) for i, b in found)
+                + ". Stopped on every rank; no checkpoint was written after it (try a lower --lr, or check "
+                  "these items' features)")
+
+    def tally(self, r: IterLoss):
+        """One synced iteration into the totals and, every --log_every iterations, the log."""
+        totals, cfg = self.totals, self.cfg
+        if math.isfinite(r.loss):
+            totals.sums["loss"] += r.loss
+            totals.counts["loss"] += 1
+            for k, v in r.parts.items():
+                totals.sums[k] += v
+                totals.counts[k] += 1
+        else:
+            totals.nonfinite += 1
+        if self.logger is not None and cfg.log_every and (r.it + 1) % cfg.log_every == 0:
+            self.logger.write("iter", {"epoch": self.epoch, "iter": r.it + 1, "lr": r.lr, "loss": r.loss, **r.parts,
+                                       **({"grad_norm": r.grad_norm} if r.grad_norm is not None else {})},
+                              step=self.epoch * self.n_iter + r.it + 1)
+
+    def diverged(self, what: str):
+        self.sync()
+        firsts = [f[0] for f in dist.gather_objects(self.first_nonfinite[:1]) if f]
+        first = f"; the first non-finite loss: {firsts[0].describe(self.epoch)}" if firsts else ""
+        raise FloatingPointError(f"fp16 training diverged at epoch {self.epoch}: the gradient scaler skipped {what} "
+                                 f"(loss scale now {self.scaler.get_scale():g}){first}. Stopped before writing a "
+                                 "checkpoint; try --precision bf16 or a lower --lr")
+
+    def report(self, tot: EpochTotals) -> dict:
+        """The epoch's mean losses and counts over the ranks; rank 0 prints them."""
+        epoch, max_seq_len = self.epoch, self.cfg.data.max_seq_len
+        stats = {k: tot.sums[k] / tot.counts[k] for k in tot.sums if tot.counts[k]}
+        stats.update({"lr": self.lr, "iters": self.n_iter, "items": tot.items, "too_long": tot.too_long,
+                      "dialogue_cut": tot.cut, "nonfinite": tot.nonfinite, "steps": tot.steps,
+                      "skipped_steps": tot.skipped, "tokens_per_s": tot.tokens / max(tot.seconds, 1e-9),
+                      "seconds": tot.seconds})
+        if dist.is_main():
+            msg = f"epoch {epoch}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in ("loss",) + LOSS_PARTS if k in stats)
+            print(msg, flush=True)
+            if tot.skipped:
+                print(f"epoch {epoch}: the fp16 gradient scaler skipped {tot.skipped} of {tot.steps} optimizer steps "
+                      "(non-finite gradients)", flush=True)
+            if tot.cut:
+                print(f"epoch {epoch}: {tot.cut} of {tot.items} training items had their dialogue cut to fit "
+                      f"max_seq_len={max_seq_len} (--truncate_dialogue)", flush=True)
+            if tot.too_long:
+                print(f"epoch {epoch}: {tot.too_long} of {tot.items} training items were longer than max_seq_len="
+                      f"{max_seq_len} (longest {tot.longest} tokens); they were kept whole, not cut "
+                      "(batches are padded to their longest item)", flush=True)
+        return stats
 
 
 # ---------------------------------------------------------------- the run of train.py
@@ -405,29 +444,26 @@ def evaluate_epoch(cfg: TrainConfig, model, eval_sets, memory, device, epoch: in
     return evals
 
 
-def run(cfg: TrainConfig) -> Optional[dict]:
-    """train.py: build, (resume,) train epoch by epoch, evaluate and checkpoint after each (and every
-    --save_every iterations). Returns the best evaluation record (rank 0; None without --eval_datasets).
+@dataclass
+class Training:
+    """What a run of train.py trains with, built once (`build_training`)."""
+    model: TOPA
+    step: nn.Module                 # TrainStep, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    scaler: Optional["torch.amp.GradScaler"]
+    loader: DataLoader
+    sampler: TaskBatchSampler
+    eval_sets: list
+    memory: Optional[torch.Tensor]
+    resumed: Resumed
 
-    The output folder belongs to one run: checked before the model loads (`check_output_dir`), and on
-    `--resume` cut back to the checkpoint (`prepare_resume_dir`)."""
-    rank, world, device = dist.init_distributed(cfg.run.device)
-    out, main_rank = Path(cfg.run.output_dir), dist.is_main()
-    continuing = cfg.resume is not None and not cfg.finetune
-    on_main(check_output_dir, out, cfg.resume, continuing, cfg.overwrite)
-    seed_everything(cfg.run.seed)  # same on every rank: fresh TOPA parameters start equal (DDP checks it)
-    dtype = resolve_dtype(cfg.model.precision, device)
-    lr = cfg.optim.absolute_lr(cfg.data.batch_size, world)
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"{'finetune' if cfg.finetune else 'resume' if cfg.resume else 'train'}: world size {world}, "
-              f"device {device}, backbone {dtype}, lr {lr:.3e} (effective batch "
-              f"{cfg.data.batch_size * cfg.optim.accum_iter * world})", flush=True)
 
-    # data first (annotations, features, memory are checked in seconds), then the backbone (minutes for 13B)
+def build_training(cfg: TrainConfig, out: Path, world: int, device, dtype) -> Training:
+    """Data first (annotations, features, memory are checked in seconds), then the backbone (minutes for
+    13B), the optimizer, and the state of a resumed run."""
     tok = load_tokenizer_for(cfg.model)
     builder = PromptBuilder(tok, cfg.model.max_feats)
-    loader, sampler = build_train_data(cfg, builder, rank, world, device)
+    loader, sampler = build_train_data(cfg, builder, dist.rank(), world, device)
     eval_sets = build_eval_sets(cfg, builder)
     memory = load_memory(cfg.data.memory_file) if cfg.data.memory and eval_sets else None
     model, _, ckpt = load_topa(cfg.model, device, dtype, tokenizer=tok, resume=cfg.resume)
@@ -437,52 +473,79 @@ def run(cfg: TrainConfig) -> Optional[dict]:
     step = TrainStep(model, tau=cfg.tau)
     if world > 1:
         step = wrap_ddp(step, model)
-    optimizer = torch.optim.AdamW(param_groups(model.trainable_parameters(), cfg.optim.weight_decay), lr=lr,
-                                  betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model.trainable_parameters(), cfg.optim.weight_decay),
+                                  lr=cfg.optim.absolute_lr(cfg.data.batch_size, world), betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     resumed = Resumed(cfg.start_epoch)
-    if ckpt is not None and continuing:
+    if ckpt is not None and cfg.resume is not None and not cfg.finetune:
         resumed = resume_training(ckpt, cfg.resume, model, optimizer, scaler, sampler, cfg, world, device)
         on_main(prepare_resume_dir, out, cfg.resume, resumed.position)
-    elif ckpt is not None and main_rank:
+    elif ckpt is not None and dist.is_main():
         print(f"finetuning from {cfg.resume} (weights only)", flush=True)
-    del ckpt
-    start_epoch, best = resumed.epoch, resumed.best
+    return Training(model, step, optimizer, scaler, loader, sampler, eval_sets, memory, resumed)
+
+
+def end_epoch(cfg: TrainConfig, t: Training, epoch: int, stats: dict, evals: dict, best: Optional[dict], out: Path,
+              logger) -> Optional[dict]:
+    """Rank 0: the best record so far, the epoch's log line, then its checkpoint (and checkpoint_best.pth
+    when the evaluation improved). Returns the best record."""
+    also = ("last",)
+    if evals:
+        metric = sum(evals.values()) / len(evals)
+        if best is None or metric > best["acc"]:
+            best = {"epoch": epoch, "acc": metric, "datasets": dict(evals)}
+            also = ("last", "best")
+    # the epoch's line first: a kill between the two leaves a line that a resume drops
+    logger.write("epoch", {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
+                           **{f"val_{k}": v for k, v in evals.items()},
+                           "checkpoint": str(out / checkpoint_name(epoch))}, step=epoch)
+    save_checkpoint(out, training_state(t.model, t.optimizer, t.scaler, epoch, cfg, t.sampler.state_dict(), best),
+                    also)
+    return best
+
+
+def run(cfg: TrainConfig) -> Optional[dict]:
+    """train.py: build, (resume,) train epoch by epoch, evaluate and checkpoint after each (and every
+    --save_every iterations). Returns the best evaluation record (rank 0; None without --eval_datasets).
+
+    The output folder belongs to one run: checked before the model loads (`check_output_dir`), and on
+    `--resume` cut back to the checkpoint (`prepare_resume_dir`)."""
+    rank, world, device = dist.init_distributed(cfg.run.device)
+    out, main_rank = Path(cfg.run.output_dir), dist.is_main()
+    on_main(check_output_dir, out, cfg.resume, cfg.resume is not None and not cfg.finetune, cfg.overwrite)
+    seed_everything(cfg.run.seed)  # same on every rank: fresh TOPA parameters start equal (DDP checks it)
+    dtype = resolve_dtype(cfg.model.precision, device)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{'finetune' if cfg.finetune else 'resume' if cfg.resume else 'train'}: world size {world}, "
+              f"device {device}, backbone {dtype}, lr {cfg.optim.absolute_lr(cfg.data.batch_size, world):.3e} "
+              f"(effective batch {cfg.data.batch_size * cfg.optim.accum_iter * world})", flush=True)
+    t = build_training(cfg, out, world, device, dtype)
+    resumed, best = t.resumed, t.resumed.best
 
     def save_mid_epoch(epoch: int, done: int, totals: EpochTotals):
         if main_rank:
-            state = training_state(model, optimizer, scaler, epoch, cfg, sampler.state_dict(), best,
+            state = training_state(t.model, t.optimizer, t.scaler, epoch, cfg, t.sampler.state_dict(), best,
                                    iteration=done, epoch_totals=asdict(totals))
             tqdm.write(f"saved {save_checkpoint(out, state, ('last',))}")
 
     logger = RunLogger(out, enabled=main_rank, tensorboard=cfg.tensorboard)
     epochs = cfg.optim.epochs
-    if start_epoch >= epochs and main_rank:
-        print(f"nothing to do: start epoch {start_epoch} >= --epochs {epochs}")
-    end_epoch = epochs if cfg.stop_after is None else min(epochs, start_epoch + cfg.stop_after)
-    for epoch in range(start_epoch, end_epoch):
+    if resumed.epoch >= epochs and main_rank:
+        print(f"nothing to do: start epoch {resumed.epoch} >= --epochs {epochs}")
+    last = epochs if cfg.stop_after is None else min(epochs, resumed.epoch + cfg.stop_after)
+    for epoch in range(resumed.epoch, last):
         first = resumed.iteration if epoch == resumed.epoch else 0
-        sampler.set_epoch(epoch, first)
-        loader.generator.manual_seed(cfg.run.seed * 1_000_003 + epoch)
+        t.sampler.set_epoch(epoch, first)
+        t.loader.generator.manual_seed(cfg.run.seed * 1_000_003 + epoch)
         totals = EpochTotals.resumed(resumed.epoch_totals, rank) if first else None
-        stats = train_one_epoch(step, model, loader, optimizer, epoch, cfg, device, scaler, logger, start=first,
-                                totals=totals, save=partial(save_mid_epoch, epoch))
-        evals = evaluate_epoch(cfg, model, eval_sets, memory, device, epoch, out, logger)
-        step.train()
+        stats = train_one_epoch(t.step, t.model, t.loader, t.optimizer, epoch, cfg, device, t.scaler, logger,
+                                start=first, totals=totals, save=partial(save_mid_epoch, epoch))
+        evals = evaluate_epoch(cfg, t.model, t.eval_sets, t.memory, device, epoch, out, logger)
+        t.step.train()
         if main_rank:
-            also = ("last",)
-            if evals:
-                metric = sum(evals.values()) / len(evals)
-                if best is None or metric > best["acc"]:
-                    best = {"epoch": epoch, "acc": metric, "datasets": dict(evals)}
-                    also = ("last", "best")
-            # the epoch's line first: a kill between the two leaves a line that a resume drops
-            logger.write("epoch", {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
-                                   **{f"val_{k}": v for k, v in evals.items()},
-                                   "checkpoint": str(out / checkpoint_name(epoch))}, step=epoch)
-            save_checkpoint(out, training_state(model, optimizer, scaler, epoch, cfg, sampler.state_dict(), best),
-                            also)
+            best = end_epoch(cfg, t, epoch, stats, evals, best, out, logger)
         dist.barrier()
     logger.close()
     dist.barrier()

@@ -16,20 +16,21 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.losses as L
 import engine.training as engine
 import train
 from dataloader.base import DataError
 from dataloader.benchmarks import build_mcqa_dataset
 from dataloader.textvid import TextVidDataset
 from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainCollate
+from engine.checkpointing import save_checkpoint
+from engine.config import TrainConfig, flat_args
 from llama.build import load_topa
 from llama.checkpoint import load_topa_checkpoint
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
-from util.schedule import absolute_lr, lr_at, param_groups
-from engine.checkpointing import save_checkpoint
-from engine.config import TrainConfig, flat_args
 from util.errors import ConfigError
+from util.schedule import absolute_lr, lr_at, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")
@@ -145,7 +146,7 @@ def test_checkpoint_layout_is_the_released_one(resume_runs, world):
     assert {k: tuple(v.shape) for k, v in ckpt["model"].items()} == expected
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values())
     assert ckpt["args"].lr == 1e-2 and ckpt["args"].textvid
-    # the optimizer train.py built (SPEC §5): AdamW betas (0.9, 0.95), weight decay on every trainable tensor
+    # the optimizer train.py built (docs/training.md): AdamW betas (0.9, 0.95), weight decay on every trainable tensor
     # of ndim >= 2 (here all of them, the [1, H, 1, 1] gates included)
     groups = ckpt["optimizer"]["param_groups"]
     assert all(tuple(g["betas"]) == (0.9, 0.95) for g in groups)
@@ -408,13 +409,13 @@ def test_vaq_and_qav_change_the_loss_and_reach_the_trainable_params(world, tiny_
         for n, p in model.trainable_parameters():
             if n.endswith("gate1"):
                 p.fill_(0.3)
-    step = engine.TrainStep(model, tau=100.0)
+    step = L.TrainStep(model, tau=100.0)
     plain = step(flipped_batch(world, builder, False, False))
     full = step(flipped_batch(world, builder, True, True))
     assert set(plain) == {"vqa"} and set(full) == {"vqa", "vaq", "qav"}
     assert torch.allclose(plain["vqa"], full["vqa"])
-    assert engine.total_loss(full, 1.0) > engine.total_loss(plain, 1.0)
-    assert engine.total_loss(full, 0.5).item() == pytest.approx(
+    assert L.total_loss(full, 1.0) > L.total_loss(plain, 1.0)
+    assert L.total_loss(full, 0.5).item() == pytest.approx(
         (full["vqa"] + 0.5 * full["vaq"] + full["qav"]).item(), rel=1e-6)
     for task in ("vaq", "qav"):
         g = grads(model, step(flipped_batch(world, builder, True, True))[task])
@@ -429,7 +430,7 @@ def test_qav_loss_matches_its_definition(world, tiny_model):
     model, builder = tiny_model
     tb = flipped_batch(world, builder, False, True)
     b = tb.parts["qav"]
-    got = engine.qav_loss(model, b, tau=7.0)
+    got = L.qav_loss(model, b, tau=7.0)
     with torch.no_grad():
         h = model.hidden(b.tokens, b.positions, b.mask, b.video, b.video_start, gate2=False)
         total, n = 0.0, 0
@@ -469,7 +470,7 @@ def test_weight_decay_groups_and_lr_schedule(world, tiny_model, tmp_path):
     opt = torch.optim.AdamW(param_groups(model.trainable_parameters(), 0.1), lr=lr, betas=(0.9, 0.95))
     seen = []
     opt.register_step_pre_hook(lambda o, *_: seen.append([g["lr"] for g in o.param_groups]))
-    engine.train_one_epoch(engine.TrainStep(model), model, loader, opt, 1, TrainConfig.from_args(args), "cpu")
+    engine.train_one_epoch(L.TrainStep(model), model, loader, opt, 1, TrainConfig.from_args(args), "cpu")
     n = len(loader)
     assert n > 4                                 # a full accumulation cycle and a short last one
     assert seen == [[lr_at(1 + i / n, lr, mn, w, E)] * 2 for i in range(0, n, 4)]
@@ -517,7 +518,7 @@ def test_non_finite_loss_stops_training(world, tiny_model, tmp_path):
         with torch.no_grad():
             model.visual_proj.weight.fill_(float("nan"))
         with pytest.raises(FloatingPointError, match="epoch 0 iteration 0: loss nan \\(vqa nan\\); batch items") as e:
-            engine.train_one_epoch(engine.TrainStep(model), model, loader, opt, 0, TrainConfig.from_args(args), "cpu")
+            engine.train_one_epoch(L.TrainStep(model), model, loader, opt, 0, TrainConfig.from_args(args), "cpu")
         assert len(first) == 4 and all(i in str(e.value) for i in first)   # the batch's items are named
         # no non-finite update reached the other parameters before the run stopped
         assert all(torch.equal(p, before[n]) for n, p in model.trainable_parameters() if n != "visual_proj.weight")
@@ -666,7 +667,7 @@ def test_fp16_total_divergence_stops_without_writing_a_checkpoint(world, tiny_mo
                                          collate_fn=TrainCollate())
     opt = torch.optim.AdamW(param_groups(fp16.trainable_parameters(), 0.1), lr=1e-3)
     with pytest.raises(FloatingPointError, match=r"skipped 2 optimizer steps in a row \(up to iteration 1\)"):
-        engine.train_one_epoch(engine.TrainStep(fp16), fp16, loader, opt, 0, cfg, "cpu", torch.amp.GradScaler("cpu"))
+        engine.train_one_epoch(L.TrainStep(fp16), fp16, loader, opt, 0, cfg, "cpu", torch.amp.GradScaler("cpu"))
 
 
 RANK_NAN_DRIVER = """
@@ -844,7 +845,7 @@ def world_root(run_dir):
 def test_grad_checkpointing_recomputes_blocks_with_equal_losses_and_grads(world, tiny_model):
     model, builder = tiny_model
     tb = flipped_batch(world, builder, True, True)
-    step = engine.TrainStep(model, tau=100.0)
+    step = L.TrainStep(model, tau=100.0)
     saved = {n: p.detach().clone() for n, p in model.trainable_parameters()}
     calls = []
     hooks = [layer.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in model.layers]
@@ -859,7 +860,7 @@ def test_grad_checkpointing_recomputes_blocks_with_equal_losses_and_grads(world,
             calls.clear()
             model.zero_grad(set_to_none=True)
             losses = step(tb)
-            engine.total_loss(losses).backward()
+            L.total_loss(losses).backward()
             runs.append(({k: v.item() for k, v in losses.items()},
                          {n: p.grad.clone() for n, p in model.trainable_parameters()}, len(calls)))
     finally:
