@@ -228,14 +228,14 @@ def config_dict(cfg) -> dict:
     return asdict(cfg)
 
 
-# ---------------------------------------------------------------- flags
+# ---------------------------------------------------------------- flags (defaults: the configs above)
 
 def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="7B",
+    g.add_argument("--model", default=ModelConfig.model,
                    help="model folder under --llama_model_path (7B, 13B, 8B); not used when --llama_model_path "
                         "holds the weights itself")
-    g.add_argument("--llama_model_path", default="./pretrained/llama2/",
+    g.add_argument("--llama_model_path", default=ModelConfig.llama_model_path,
                    help="folder holding <model>/ (Meta's shards + params.json, or a Hugging Face config.json + "
                         "*.safetensors) and tokenizer.model; or a Hugging Face (or Meta) model folder itself")
     v = g.add_mutually_exclusive_group()
@@ -243,21 +243,20 @@ def add_model_args(p: argparse.ArgumentParser):
     v.add_argument("--llama3", action="store_true", help="Llama-3 (tiktoken tokenizer)")
     g.add_argument("--rope_theta", type=float, default=None,
                    help="override params.json's rope_theta (released Llama-3 TOPA checkpoints expect 10000)")
-    g.add_argument("--max_seq_len", type=int, default=128,
+    g.add_argument("--max_seq_len", type=int, default=DataConfig.max_seq_len,
                    help="training: longest expected sequence (longer ones are kept whole and counted); "
                         "eval: reported only (prompts are never cut)")
-    g.add_argument("--max_feats", type=int, default=10, help="T: video frames fed to the LLM")
-    g.add_argument("--adapter_len", type=int, default=50,
+    g.add_argument("--max_feats", type=int, default=ModelConfig.max_feats, help="T: video frames fed to the LLM")
+    g.add_argument("--adapter_len", type=int, default=ModelConfig.adapter_len,
                    help="adapter prompt rows per adapted layer (50 in every published script and checkpoint)")
     g.add_argument("--adapter_layer", type=int, default=None, help="adapted layers, the last ones (default: all)")
-    g.add_argument("--bias", type=float, default=3.0, help="gate2 init is -bias")
-    g.add_argument("--tau", type=float, default=100.0, help="temperature of the qav frame loss")
+    g.add_argument("--bias", type=float, default=ModelConfig.bias, help="gate2 init is -bias")
     g.add_argument("--precision", choices=sorted(DTYPES), default=None,
                    help="backbone compute dtype (default: bf16 on GPU, fp32 on CPU)")
-    g.add_argument("--attn_impl", choices=["sdpa", "eager"], default="sdpa",
+    g.add_argument("--attn_impl", choices=["sdpa", "eager"], default=ModelConfig.attn_impl,
                    help="attention kernels: sdpa (fused, default) or eager (the reference math with an explicit "
                         "fp32 softmax; slower, for checking)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--device", default=RunConfig.device, help="auto, cpu, cuda")
     return p
 
 
@@ -266,7 +265,7 @@ def add_data_args(p: argparse.ArgumentParser):
     g.add_argument("--dataset", default=None,
                    help=f"{', '.join(benchmarks.BENCHMARKS)} (eval/finetune; default nextqa); textvid (train; "
                         "what --textvid means)")
-    g.add_argument("--data_root", default="./data", help="root holding nextqa/, star/, tvqa/, egos/, textvid/")
+    g.add_argument("--data_root", default=DataConfig.data_root, help="root holding nextqa/, star/, tvqa/, egos/, textvid/")
     g.add_argument("--memory", action="store_true", help="project eval video features onto the text memory")
     g.add_argument("--memory_path", default=None, help="memory.pkl (default <data_root>/textvid/memory.pkl)")
     g.add_argument("--sub", action="store_true", help="TVQA: add the clip's subtitles (\"Dialogue:\" segment)")
@@ -276,10 +275,10 @@ def add_data_args(p: argparse.ArgumentParser):
                         "Default: prompts are never cut")
     g.add_argument("--skip_missing", action="store_true",
                    help="drop questions whose video has no features (reported), instead of failing")
-    g.add_argument("--batch_size", type=int, default=8, help="questions per batch per process")
-    g.add_argument("--num_workers", type=int, default=2)
-    g.add_argument("--output_dir", default="./output")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch_size", type=int, default=DataConfig.batch_size, help="questions per batch per process")
+    g.add_argument("--num_workers", type=int, default=DataConfig.num_workers)
+    g.add_argument("--output_dir", default=RunConfig.output_dir)
+    g.add_argument("--seed", type=int, default=RunConfig.seed)
     g.add_argument("--dry_run", action="store_true", help="parse the arguments, print them and exit")
     return p
 
@@ -292,7 +291,7 @@ def eval_parser(description: str = None) -> argparse.ArgumentParser:
     g.add_argument("--split", default=None, help="val (default) or test; --test is short for --split test")
     g.add_argument("--test", action="store_true", help="evaluate the test split (EgoSchema: writes a submission)")
     g.add_argument("--resume", default=None, help="TOPA checkpoint to evaluate")
-    g.add_argument("--scoring", choices=["packed", "full"], default="packed",
+    g.add_argument("--scoring", choices=["packed", "full"], default=EvalConfig.scoring,
                    help="packed: run each question's shared prefix once (fast); full: each option whole")
     g = p.add_argument_group("generation benchmarks (mvbench, msrvtt, vatex)")
     g.add_argument("--no_memory", action="store_true",
@@ -313,16 +312,16 @@ def train_parser(description: str = None) -> argparse.ArgumentParser:
     add_model_args(p)
     add_data_args(p)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=5)
-    g.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warmup length in epochs")
-    g.add_argument("--blr", type=float, default=1e-2,
+    g.add_argument("--epochs", type=int, default=OptimConfig.epochs)
+    g.add_argument("--warmup_epochs", type=float, default=OptimConfig.warmup_epochs, help="linear warmup length in epochs")
+    g.add_argument("--blr", type=float, default=OptimConfig.blr,
                    help="base lr: lr = blr * batch_size * accum_iter * world_size / 256")
     g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
-    g.add_argument("--min_lr", type=float, default=0.0, help="end of the cosine schedule")
-    g.add_argument("--weight_decay", type=float, default=0.1, help="on trainable params with ndim >= 2")
-    g.add_argument("--accum_iter", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--min_lr", type=float, default=OptimConfig.min_lr, help="end of the cosine schedule")
+    g.add_argument("--weight_decay", type=float, default=OptimConfig.weight_decay, help="on trainable params with ndim >= 2")
+    g.add_argument("--accum_iter", type=int, default=OptimConfig.accum_iter, help="gradient accumulation steps")
     g.add_argument("--clip_grad", type=float, default=None, help="max gradient norm (default: no clipping)")
-    g.add_argument("--weight_captioning", type=float, default=1.0,
+    g.add_argument("--weight_captioning", type=float, default=OptimConfig.weight_captioning,
                    help="weight of the vaq loss and of caption batches' loss")
     g.add_argument("--textvid", action="store_true", help="pre-align on TextVid (<data_root>/textvid)")
     g.add_argument("--video_caption", action="store_true",
@@ -330,9 +329,10 @@ def train_parser(description: str = None) -> argparse.ArgumentParser:
     g.add_argument("--openvqa", action="store_true",
                    help="TextVid caption batches: an item holds its open-ended QA with probability 0.5")
     g.add_argument("--answer_balance", action="store_true", help="TextVid: shuffle the options")
-    g.add_argument("--variance", type=float, default=0.0, help="TextVid: Gaussian noise variance on frames")
+    g.add_argument("--variance", type=float, default=TrainConfig.variance, help="TextVid: Gaussian noise variance on frames")
     g.add_argument("--vaq", action="store_true", help="add the question-from-answer loss (flipped VQA)")
     g.add_argument("--qav", action="store_true", help="add the video-from-question-and-answer loss")
+    g.add_argument("--tau", type=float, default=TrainConfig.tau, help="temperature of the qav frame loss")
     g.add_argument("--finetune", action="store_true",
                    help="with --resume: load the checkpoint's weights only (fresh optimizer, epoch 0)")
     g.add_argument("--resume", default=None,
@@ -343,21 +343,21 @@ def train_parser(description: str = None) -> argparse.ArgumentParser:
                    help="start a new run in an --output_dir that holds a previous run: delete its checkpoint_*.pth, "
                         "log.jsonl, tensorboard/, eval/ and temporary files first (nothing else). Without it such a "
                         "folder is refused unless --resume continues that run")
-    g.add_argument("--save_every", type=int, default=0,
+    g.add_argument("--save_every", type=int, default=TrainConfig.save_every,
                    help="also write a mid-epoch checkpoint every N iterations (a multiple of --accum_iter), "
                         "checkpoint_<epoch>_iter<N>.pth, pointed at by checkpoint_last.pth; only the newest is kept. "
                         "--resume of it continues exactly where it was written (0: off)")
-    g.add_argument("--start_epoch", type=int, default=0, help="first epoch (set by --resume)")
+    g.add_argument("--start_epoch", type=int, default=TrainConfig.start_epoch, help="first epoch (set by --resume)")
     g.add_argument("--stop_after", type=int, default=None,
                    help="leave after this many epochs of this run (e.g. a time-limited job); the lr schedule "
                         "still spans --epochs: continue with --resume <output_dir>/checkpoint_last.pth")
-    g.add_argument("--train_split", default="train")
+    g.add_argument("--train_split", default=TrainConfig.train_split)
     g.add_argument("--eval_datasets", default=None,
                    help="comma list evaluated zero-shot after every epoch (with --memory if given); "
                         "default: --dataset for finetuning, none for --textvid; 'none' disables")
-    g.add_argument("--eval_split", default="val")
+    g.add_argument("--eval_split", default=TrainConfig.eval_split)
     g.add_argument("--eval_batch_size", type=int, default=None, help="default: --batch_size")
-    g.add_argument("--log_every", type=int, default=50,
+    g.add_argument("--log_every", type=int, default=TrainConfig.log_every,
                    help="log.jsonl line every N iterations (0: off). Loss values reach the host (a device sync) "
                         "only every N iterations (50 when 0), at checkpoints and at the end of an epoch")
     g.add_argument("--grad_checkpointing", action="store_true",

@@ -51,10 +51,10 @@ class ModelConfig:
     model: str = "7B"
     family: str = "llama2"                # --llama2 / --llama3
     rope_theta: Optional[float] = None    # None: params.json's (released Llama-3 TOPA checkpoints: 10000)
-    adapter_len: int = 50
+    adapter_len: int = TOPAArgs.adapter_len
     adapter_layer: Optional[int] = None   # None: every layer
-    max_feats: int = 10
-    bias: float = 3.0
+    max_feats: int = TOPAArgs.max_feats
+    bias: float = TOPAArgs.bias
     precision: Optional[str] = None       # None: bf16 on GPU, fp32 on CPU
     attn_impl: str = "sdpa"               # fused kernels; "eager" = the reference math (fp32 softmax)
 
