@@ -16,20 +16,20 @@ import torch
 import torch.nn.functional as F
 
 from dataloader.base import fit_frames
-from text import protocols as P
 from llama.adapter import TOPAArgs, build_model
-from llama.memory import project_to_memory
 from llama.checkpoint import load_meta_checkpoint
-from llama.memory import load_memory
-from util.files import save_atomic
 from llama.generation import greedy_generate
+from llama.memory import project_to_memory
+from llama.memory import load_memory
+from text import protocols as P
 from text.prompts import normalize_question
 from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
+from toyworld.videos import save_random_clip, write_video
 from util.errors import ConfigError, DataError, MissingFileError
+from util.files import save_atomic
 from video.clip import ClipEncoder, preprocess
 from video.frames import Segments, Strided
-from toyworld.videos import save_random_clip, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")

@@ -1,6 +1,6 @@
 """Fused attention (SDPA) against the eager reference math (fp32 CPU, tiny random models): option scores
 of packed rows, training losses and every TOPA gradient, MHA and GQA, a video slot with gate1 != 0 and
-a random gate2 (SPEC §3), mask=None (causal fast path) vs the explicit mask, and the precision of the
+a random gate2 (docs/model.md), mask=None (causal fast path) vs the explicit mask, and the precision of the
 gate2 bias channels in bf16."""
 import dataclasses
 import math

@@ -1,11 +1,12 @@
 """eval.py end to end against an independent reading of the contract.
 
 A tiny 3-layer Llama (Meta format, the real Llama-2 tokenizer) with a TOPA checkpoint written straight from
-SPEC §1.2 (adapters on the last 2 layers: `--adapter_layer 2`), STAR and TVQA data in the published
+docs/formats.md §2 (adapters on the last 2 layers: `--adapter_layer 2`), STAR and TVQA data in the published
 layouts (real TVQA question text, hand-made subtitles), and eval.py run as a user runs it. Every score in
-its predictions file is compared with a reference computed here from the SPEC alone: the §4 token
-sequence (segments encoded one by one), the §2 frame fitting, and the §3 attention written out in plain
-torch on the checkpoint's tensors. That pins, through the command line only:
+its predictions file is compared with a reference computed here from the docs alone: the token
+sequence of docs/prompts.md (segments encoded one by one), the frame fitting of docs/formats.md §6, and
+the attention of docs/model.md written out in plain torch on the checkpoint's tensors. That pins,
+through the command line only:
 
 - the adapter block -> layer mapping (block i on the i-th of the last `adapter_layer` layers), against
   the hand-built mapping, with the wrong mappings shown to give other scores;
@@ -81,7 +82,7 @@ def opts_text(options) -> str:
 
 
 def star_sequence(tok, q, options, k):
-    """SPEC §4 mcqa with STAR's wording -> (tokens, video_start, span_start). VIDEO positions hold 0."""
+    """docs/prompts.md mcqa with STAR's wording -> (tokens, video_start, span_start). VIDEO positions hold 0."""
     head = [tok.bos_id] + tok.encode("Instruction: Choose the correct answer based on the video and question.\nVideo:")
     body = tok.encode(f"Question: {norm_q(q)}\n" + opts_text(options) + f"Answer: The answer is ({'ABCD'[k]})")
     tokens = head + [0] * T + [13] + body + [tok.eos_id]
@@ -89,7 +90,7 @@ def star_sequence(tok, q, options, k):
 
 
 def tvqa_sequence(tok, q, options, k, dialogue=None, max_len=None):
-    """SPEC §4 TVQA (dialogue instruction, optional "Dialogue:" segment, last 4 tokens scored); with
+    """docs/prompts.md TVQA (dialogue instruction, optional "Dialogue:" segment, last 4 tokens scored); with
     max_len, dialogue tokens are dropped from the end of their segment until the sequence fits."""
     head = [tok.bos_id] + tok.encode("Instruction: Predict the answer based on the dialogue, video and question.\n"
                                      "Video:")
@@ -103,7 +104,7 @@ def tvqa_sequence(tok, q, options, k, dialogue=None, max_len=None):
 
 
 def fit(rows: torch.Tensor) -> torch.Tensor:
-    """SPEC §2: L2-normalise, rows floor(j*n/T) when n > T, zero rows appended when n < T."""
+    """docs/formats.md §6: L2-normalise, rows floor(j*n/T) when n > T, zero rows appended when n < T."""
     rows = F.normalize(rows.float(), dim=-1)
     n = rows.shape[0]
     if n >= T:
@@ -112,8 +113,8 @@ def fit(rows: torch.Tensor) -> torch.Tensor:
 
 
 class Reference:
-    """SPEC §3 on Meta's tensors and the checkpoint's, in plain fp32 torch. `layer_of_block[i]` is the
-    backbone layer that adapter block i (rows i*adapter_len ...) is attached to (default: the SPEC's, the
+    """docs/model.md on Meta's tensors and the checkpoint's, in plain fp32 torch. `layer_of_block[i]` is the
+    backbone layer that adapter block i (rows i*adapter_len ...) is attached to (default: the documented one, the
     i-th of the last ADAPTER_LAYER layers); `run_layers` the layers that run (default: all)."""
 
     def __init__(self, meta: dict, params: dict, topa: dict, layer_of_block=None, run_layers=None):
@@ -191,7 +192,7 @@ def subtitle_entries(vid: str, i: int, length: int):
 
 
 def dialogue_of(entries, ts: str):
-    """SPEC §4 D: entries whose end second (ms dropped) is in [round(s), round(e)]; NaN-NaN: all."""
+    """docs/prompts.md D: entries whose end second (ms dropped) is in [round(s), round(e)]; NaN-NaN: all."""
     if ts != "NaN-NaN":
         a, b = (round(float(x)) for x in ts.split("-"))
         entries = [e for e in entries if a <= int(e[1]) <= b]
@@ -208,7 +209,7 @@ def world(tmp_path_factory, fixtures_dir):
     params = json.loads((mdir / "params.json").read_text())
     meta = torch.load(mdir / "consolidated.00.pth", weights_only=True)
     D, H = params["dim"], params["n_heads"]
-    # SPEC §1.2 key names: the trainable tensors only, gates for every backbone layer (the layers without
+    # docs/formats.md §2 key names: the trainable tensors only, gates for every backbone layer (layers without
     # adapters carry gates too, as the original code saved them; they must take no part in the math)
     topa = {"adapter_query.weight": torch.randn(ADAPTER_LEN * ADAPTER_LAYER, D, generator=g),
             "visual_proj.weight": torch.randn(D, 768, generator=g) * 0.2,
@@ -361,7 +362,7 @@ def test_tvqa_without_subtitles_end_to_end(world):
 
 
 def test_tvqa_sub_scores_are_the_spec_sequence(world, tvqa_sub_run):
-    """--sub, packed and full scoring: the mean NLL of the last 4 tokens of the SPEC §4 TVQA sequence,
+    """--sub, packed and full scoring: the mean NLL of the last 4 tokens of the docs/prompts.md TVQA sequence,
     with D from the clip's subtitle lines by end second (none for video 2: no "Dialogue:" segment)."""
     _, packed = tvqa_sub_run
     run_eval(world["root"], "out/tvqa_full", "--dataset", "tvqa", "--sub", "--scoring", "full", max_seq_len=150)

@@ -320,7 +320,7 @@ def test_tvqa_subtitles(tvqa_root, builder, tok):
     for k, seq in enumerate(it.seqs):
         text = tok.decode(seq.tokens[seq.video_start + 11:])
         assert text.startswith("Dialogue:  (P9:) line 9 more 9 (P10:)") and "more 11\n Question" in text  # own segment: SentencePiece word boundary
-        assert "Question: Who does sheldon say" in text  # own segment; str.capitalize (SPEC §4)
+        assert "Question: Who does sheldon say" in text  # own segment; str.capitalize (docs/prompts.md)
         assert seq.span_start == len(seq.tokens) - 4
         assert tok.decode(seq.tokens[seq.span_start:-1]) == f"({LETTERS[k]})"
     os.remove(root / "tvqa" / "tvqa_subtitles" / f"{lines[7]['vid_name']}.srt")

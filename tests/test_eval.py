@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from llama.adapter import TOPAArgs, build_model
 from llama.checkpoint import load_meta_checkpoint
-from util.files import save_atomic
 from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
+from util.files import save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")

@@ -20,10 +20,10 @@ import extract_features
 import video.extract
 from dataloader.base import DictFeatures, NpyDirFeatures
 from llama.memory import load_memory
+from toyworld.videos import save_random_clip, write_frame_folder, write_video
 from util.files import load_pickled_tensor, safe_load
 from video.clip import ClipEncoder, preprocess
 from video.frames import FixedRate, Segments
-from toyworld.videos import save_random_clip, write_frame_folder, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 NTSC = Fraction(30000, 1001)

@@ -1,4 +1,4 @@
-"""eval.py on the generation benchmarks (SPEC §7) with a tiny Llama-2 in Meta's format, the real
+"""eval.py on the generation benchmarks (docs/evaluation.md (generation benchmarks), docs/prompts.md) with a tiny Llama-2 in Meta's format, the real
 SentencePiece tokenizer and a random TOPA checkpoint: the readers on the official layouts, the outputs
 and their arithmetic, every answer equal to the full-recomputation oracle run item by item (memory
 projection included), torchrun with 2 processes == 1 process, missing features named or counted, the
@@ -19,16 +19,16 @@ import torch.nn.functional as F
 
 from dataloader import captioning, mvbench
 from dataloader.base import fit_frames
-from text import protocols as P
 from llama.adapter import TOPAArgs, build_model
-from llama.memory import project_to_memory
 from llama.checkpoint import load_meta_checkpoint
-from llama.memory import load_memory
-from util.files import save_atomic
 from llama.generation import greedy_generate
+from llama.memory import project_to_memory
+from llama.memory import load_memory
+from text import protocols as P
 from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
+from util.files import save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")

@@ -1,4 +1,4 @@
-"""Greedy generation (SPEC §7): the KV cache (prefill once, decode one token at a time) gives exactly the
+"""Greedy generation (docs/evaluation.md (generation benchmarks), docs/prompts.md): the KV cache (prefill once, decode one token at a time) gives exactly the
 tokens, and logits to 1e-5, of recomputing the whole sequence per token (fp32 CPU), batched over prompts
 of different lengths and one row alone, with a video slot, random gates and masked ids; with the real
 Llama-2 SentencePiece and Llama-3 tiktoken tokenizers and with tiny synthetic vocabularies."""

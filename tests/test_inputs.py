@@ -24,11 +24,11 @@ from llama.adapter import TOPAArgs, adapter_hint
 from llama.build import ModelConfig, check_recorded_settings, load_topa
 from llama.checkpoint import load_topa_checkpoint
 from llama.memory import load_memory
-from util.files import load_pickled_tensor, safe_load
 from llama.model import ModelArgs
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
 from util.errors import CheckpointError, ConfigError, DataError, InputError, one_line
+from util.files import load_pickled_tensor, safe_load
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = os.environ.get("TOPA_FIXTURES")

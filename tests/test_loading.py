@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from llama.adapter import TOPAArgs, build_model
-from llama.memory import project_to_memory
 from llama.build import ModelConfig, load_topa, resolve_dtype
 from llama.checkpoint import MetaShards, load_meta_checkpoint
-from llama.memory import load_memory
 from llama.hf import ffn_args, hf_params
+from llama.memory import project_to_memory
+from llama.memory import load_memory
 from llama.model import ModelArgs
 from toyworld.tiny import make_tiny_llama, random_llama_state, write_meta_checkpoint
 from util.errors import CheckpointError, ConfigError, MissingFileError

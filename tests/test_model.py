@@ -13,13 +13,13 @@ from dataloader.base import EvalItem, fit_frames, fuse_text_frames
 from dataloader.packing import ScoringCollate, collate_rows, pack_options, single_row
 from engine.losses import group_mean, token_nll
 from llama.adapter import TOPAArgs, build_model, load_trainable
-from llama.memory import project_to_memory
 from llama.checkpoint import load_topa_checkpoint
+from llama.memory import project_to_memory
 from llama.memory import load_memory
-from util.files import load_pickled_tensor, save_atomic
 from llama.model import ModelArgs, Transformer, causal_mask
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
+from util.files import load_pickled_tensor, save_atomic
 
 FIX = os.environ.get("TOPA_FIXTURES")
 needs_fix = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
@@ -113,7 +113,7 @@ def test_gate1_zero_without_video_equals_plain_llama():
 
 
 def test_adapter_attention_follows_spec_formula():
-    """One adapted layer recomputed from SPEC §3 by hand, with a video slot and gate2."""
+    """One adapted layer recomputed from docs/model.md by hand, with a video slot and gate2."""
     args = tiny_args(n_layers=1, n_kv_heads=4)
     model = tiny_topa(args)
     B, L, T, s = 2, 12, args.max_feats, 3

@@ -1,6 +1,6 @@
-"""The prompt contract (SPEC §4) pinned on the real Llama-2 and Llama-3 tokenizers of $TOPA_FIXTURES.
+"""The prompt contract (docs/prompts.md) pinned on the real Llama-2 and Llama-3 tokenizers of $TOPA_FIXTURES.
 
-Every expected sequence here is built independently from the SPEC's token-sequence table: the
+Every expected sequence here is built independently from the token-sequence table of docs/prompts.md: the
 instruction strings are written out literally, each string segment is encoded on its own, and the
 keyword / separator ids are the ones the real tokenizers give (fixtures/README.md), not the ones the
 prompt code derives. The builder's tokens, video slot and scored span must equal that, on real
@@ -29,9 +29,9 @@ def tvqa_dialogues(root: Path, split: str) -> dict:
     return {r.qid: r.dialogue for r in tvqa.read_records(root, split, sub=True)}
 
 
-# ---- SPEC §4 facts, literally ----
+# ---- docs/prompts.md facts, literally ----
 
-IDS = {  # fixtures/README.md and SPEC §4
+IDS = {  # fixtures/README.md and docs/prompts.md
     "llama2": dict(bos=1, eos=2, sep=13, answer=22550, question=16492, description=9868, offset=4,
                    open_paren=313, close_paren=29897),
     "llama3": dict(bos=128000, eos=128001, sep=627, answer=16533, question=14924, description=5116, offset=5,
@@ -291,7 +291,7 @@ def test_tvqa_sequences_every_task(toks, kind, tvqa_sample):
         b.mcqa(*tvqa_sample[0], 0, dialogue=dialogue)
 
 
-# ---- TVQA dialogue: which subtitle lines (SPEC §4) ----
+# ---- TVQA dialogue: which subtitle lines (docs/prompts.md) ----
 
 SRT = """1
 00:00:01,000 --> 00:00:03,000

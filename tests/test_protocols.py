@@ -1,4 +1,4 @@
-"""The generation protocols (SPEC §7) on the real Llama-2 SentencePiece and Llama-3 tiktoken tokenizers:
+"""The generation protocols (docs/evaluation.md (generation benchmarks), docs/prompts.md) on the real Llama-2 SentencePiece and Llama-3 tiktoken tokenizers:
 the exact prompt ids (no separator after the video; Llama-2's P2 starts 29871, 13), the masked ids
 and letter ids, the decoded-text rule (a generated word keeps its space), the answer cuts, and
 MVBench's published correctness check on hand-made cases, including a bare "("."""
@@ -13,7 +13,7 @@ from text.tokenizer import load_tokenizer
 FIX = os.environ.get("TOPA_FIXTURES")
 pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
 
-# hand-checked ids of the real tokenizers (SPEC §4/§7; decoded piece by piece when written down)
+# hand-checked ids of the real tokenizers (docs/prompts.md; decoded piece by piece when written down)
 IDS = {
     "llama2": {
         "mvbench_p1": [2799, 4080, 29901, 14542, 852, 278, 1959, 1234, 2729, 373, 278, 4863, 322, 1139, 29889, 13,

@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from llama.adapter import TOPAArgs, build_model
-from llama.memory import project_to_memory
 from llama.checkpoint import load_meta_checkpoint
+from llama.memory import project_to_memory
 from llama.memory import load_memory
-from util.files import load_pickled_tensor, safe_load
 from llama.model import ModelArgs, Transformer, causal_mask
 from text.prompts import LETTERS, PromptBuilder
 from text.tokenizer import load_tokenizer
 from toyworld import synthetic as S
 from toyworld.tiny import make_tiny_llama, random_llama_state, train_sentencepiece, write_meta_checkpoint
+from util.files import load_pickled_tensor, safe_load
 
 NEXTQA_HEADER = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
                  "a0", "a1", "a2", "a3", "a4"]
@@ -165,7 +165,7 @@ def test_world_writes_every_file_with_documented_shapes(tiny_world):
     w = tiny_world
     root = w["root"]
     assert json.loads((root / "synthetic_world.json").read_text())["n_textvid"] == 24
-    # model + tokenizer (SPEC layout: llama_model_path + model name)
+    # model + tokenizer (the documented layout: llama_model_path + model name)
     tok = load_tokenizer(w["tokenizer"])
     assert w["model_dir"] == w["llama_model_path"] / "tiny" == root / "pretrained" / "llama2" / "tiny"
     args = TOPAArgs.from_params_json(w["model_dir"] / "params.json", vocab_size=tok.n_words)
@@ -244,7 +244,7 @@ def test_world_is_deterministic_for_a_seed(tmp_path):
 
 def test_questions_need_the_video():
     """The answer position is uniform, the question text alone does not fix the answer, and the 10
-    frames that SPEC §2 samples always see all three segments (so temporal questions are answerable)."""
+    frames that docs/formats.md §6 samples always see all three segments (so temporal questions are answerable)."""
     rng = np.random.default_rng(0)
     world = S.World(0)
     letters = np.zeros(5)

@@ -1,4 +1,4 @@
-"""video/: the frame-sampling rules (SPEC §7, §8) against hand-computed indices, decoding by decoder
+"""video/: the frame-sampling rules (docs/extraction.md) against hand-computed indices, decoding by decoder
 output order on synthetic videos whose frame k shows k (several containers, codecs, fps values and odd
 sizes), frame folders, unreadable inputs, OpenAI's preprocessing against an independent implementation,
 and the CLIP encoder's projected embeddings on a tiny random CLIPModel."""
