@@ -13,6 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from video.clip import DEFAULT_MODEL  # noqa: E402
+
 DATASETS = ("nextqa", "star", "tvqa", "egos", "mvbench", "msrvtt", "vatex", "folder", "textvid", "memory")
 
 
@@ -43,7 +45,7 @@ def get_args(argv=None):
                    help="folder: this many frames per video, from uniform segments, instead of --fps")
     s.add_argument("--frames_fps", type=float, default=3, help="the frame rate of frame folders (TVQA's: 3)")
     r = p.add_argument_group("running")
-    r.add_argument("--clip_model", default="openai/clip-vit-large-patch14",
+    r.add_argument("--clip_model", default=DEFAULT_MODEL,
                    help="CLIP in Hugging Face format: a local folder or a hub name")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun: one GPU per process)")
     r.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,

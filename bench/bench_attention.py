@@ -32,8 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from dataloader.packing import collate_rows, pack_options, single_row  # noqa: E402
-from engine.scoring import score_batch  # noqa: E402
 from engine.losses import span_loss  # noqa: E402
+from engine.scoring import score_batch  # noqa: E402
 from llama.adapter import TOPAArgs, build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
 from llama.generation import greedy_generate  # noqa: E402

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from util.files import nonfinite
 from text.prompts import Sequence
 from util.errors import DataError, MissingFileError
+from util.files import nonfinite
 
 __all__ = ["DataError", "QARecord", "EvalItem", "TrainItem", "fit_frames", "fuse_text_frames", "normalize",
            "DictFeatures", "NpyDirFeatures", "FEATURE_DIM", "read_csv_rows", "read_text", "load_json", "json_objects",
@@ -94,7 +94,7 @@ class TrainItem:
 # A feature source maps a video id to its [n, 768] frame features: `vid in src`, `src.n_rows(vid)` (checks
 # the shape without reading the rows where it can), `src(vid)`, and `src.where` (the file or folder).
 
-FEATURE_DIM = 768  # CLIP ViT-L/14
+FEATURE_DIM = 768  # CLIP ViT-L/14 features, the width of every feature file (video/clip.py reads it here)
 
 
 def check_feature_shape(shape, vid: str, where: str) -> int:

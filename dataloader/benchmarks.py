@@ -1,13 +1,15 @@
 """The benchmarks, as data: one `Benchmark` per name says how many options its questions have, how its
-prompts are worded, how to read a split, where its features are and which accuracy buckets a question
-counts in. `eval.py`, `train.py` and the scripts go through this table; adding a dataset in one of the
-published layouts is one entry (a reader returning `QARecord`s and a feature source).
+prompts are worded, how to read a split, where its features are and how their frames were sampled
+(the extractor, video/, reads both from here), and which accuracy buckets a question counts in.
+`eval.py`, `train.py`, `extract_features.py` and the scripts go through this table; adding a dataset
+in one of the published layouts is one entry (a reader returning `QARecord`s, where its features are).
 
 `kind` says how a benchmark is evaluated: "mcqa" scores every option (engine/scoring.py);
 "generate" (MVBench, MSR-VTT, VATEX) generates the answer under its `protocol` (text/protocols.py;
 engine/generation.py) from records that have a feature `key` and `prompt_fields()`."""
+import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from text import prompts, protocols
 from text.prompts import PromptBuilder, PromptStyle
@@ -15,7 +17,7 @@ from text.protocols import GenProtocol
 from util.errors import ConfigError
 
 from . import captioning, egoschema, mvbench, nextqa, star, tvqa
-from .base import QARecord
+from .base import DictFeatures, NpyDirFeatures, QARecord
 from .mcqa import MCQADataset, make_mcqa_dataset
 
 
@@ -28,39 +30,62 @@ def _raw_type(qtype: str) -> List[str]:
 
 
 @dataclass(frozen=True)
+class Frames:
+    """Which frames of a video its feature rows are (video/frames.py implements the rules; see
+    docs/extraction.md): `fps` frames a second, MVBench's `mvbench` window rule with `n` segments, or
+    `strided` = frames i * (count // n)."""
+    rule: str
+    n: int
+
+
+@dataclass(frozen=True)
 class Benchmark:
     name: str                                         # --dataset value
     title: str                                        # for messages
     n_options: int
     style: PromptStyle
     read: Callable[[str, str, bool], List[QARecord]]  # (root, split, sub) -> records
-    features: Callable[[str], object]                 # root -> feature source (dataloader.base)
+    features_at: str                                  # under --data_root: a .pth dict vid -> [n, 768], or a folder
+    frames: Frames                                    # how the feature rows were sampled from the video
+    splits: Tuple[str, ...]                           # the splits of the published annotations
     type_groups: Callable[[str], List[str]] = _no_types  # qtype -> accuracy buckets besides "total"
     subtitles: bool = False                           # accepts --sub / --truncate_dialogue
     kind: str = "mcqa"                                # "mcqa" (option scoring) or "generate"
     protocol: Optional[GenProtocol] = None            # generate: prompts, tokens, masks, memory, cut, metric
     default_split: str = "val"                        # the split evaluated without --split / --test
 
+    def feature_file(self, root) -> str:
+        return os.path.join(str(root), self.features_at)
 
+    def features(self, root):
+        """The feature source under `root` (dataloader.base): one dict file, or a folder of <vid>.npy."""
+        path = self.feature_file(root)
+        return DictFeatures(path) if path.endswith(".pth") else NpyDirFeatures(path)
+
+
+def _reader(read):
+    """A reader of (root, split) as the table's (root, split, sub)."""
+    return lambda root, split, sub: read(root, split)
+
+
+FPS1, MCQA_SPLITS = Frames("fps", 1), ("train", "val", "test")
 BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("nextqa", "NExT-QA", nextqa.N_OPTIONS, prompts.DEFAULT,
-              lambda root, split, sub: nextqa.read_records(root, split), nextqa.features, nextqa.type_groups),
-    Benchmark("star", "STAR", star.N_OPTIONS, prompts.STAR,
-              lambda root, split, sub: star.read_records(root, split), star.features, _raw_type),
-    Benchmark("tvqa", "TVQA", tvqa.N_OPTIONS, prompts.TVQA, tvqa.read_records, tvqa.features,
-              subtitles=True),
-    Benchmark("egos", "EgoSchema", egoschema.N_OPTIONS, prompts.EGOSCHEMA,
-              lambda root, split, sub: egoschema.read_records(root, split), egoschema.features),
-    Benchmark("mvbench", "MVBench", 0, prompts.DEFAULT, lambda root, split, sub: mvbench.read_records(root, split),
-              mvbench.features, kind="generate", protocol=protocols.MVBENCH, default_split="test"),
+    Benchmark("nextqa", "NExT-QA", nextqa.N_OPTIONS, prompts.DEFAULT, _reader(nextqa.read_records),
+              "nextqa/clipvitl14.pth", FPS1, MCQA_SPLITS, nextqa.type_groups),
+    Benchmark("star", "STAR", star.N_OPTIONS, prompts.STAR, _reader(star.read_records),
+              "star/clipvitl14.pth", FPS1, MCQA_SPLITS, _raw_type),
+    Benchmark("tvqa", "TVQA", tvqa.N_OPTIONS, prompts.TVQA, tvqa.read_records, "tvqa/clipvitl14.pth",
+              Frames("fps", 3), ("train", "val", "test_public", "test"), subtitles=True),
+    Benchmark("egos", "EgoSchema", egoschema.N_OPTIONS, prompts.EGOSCHEMA, _reader(egoschema.read_records),
+              "egos/features", FPS1, ("val", "test")),
+    Benchmark("mvbench", "MVBench", 0, prompts.DEFAULT, _reader(mvbench.read_records), "mvbench/clipvitl14.pth",
+              Frames("mvbench", 10), ("test",), kind="generate", protocol=protocols.MVBENCH, default_split="test"),
     Benchmark("msrvtt", "MSR-VTT", 0, prompts.DEFAULT,
-              lambda root, split, sub: captioning.read_records(root, "msrvtt", split),
-              lambda root: captioning.features(root, "msrvtt"), kind="generate", protocol=protocols.MSRVTT,
-              default_split="test"),
+              lambda root, split, sub: captioning.read_records(root, "msrvtt", split), "msrvtt/clipvitl14.pth",
+              Frames("strided", 10), ("test",), kind="generate", protocol=protocols.MSRVTT, default_split="test"),
     Benchmark("vatex", "VATEX", 0, prompts.DEFAULT,
-              lambda root, split, sub: captioning.read_records(root, "vatex", split),
-              lambda root: captioning.features(root, "vatex"), kind="generate", protocol=protocols.VATEX,
-              default_split="test"),
+              lambda root, split, sub: captioning.read_records(root, "vatex", split), "vatex/clipvitl14.pth",
+              Frames("strided", 10), ("test",), kind="generate", protocol=protocols.VATEX, default_split="test"),
 ]}
 ALIASES = {"egoschema": "egos", "next-qa": "nextqa", "next_qa": "nextqa", "msr-vtt": "msrvtt", "msr_vtt": "msrvtt"}
 

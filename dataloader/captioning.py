@@ -15,7 +15,7 @@ from typing import Dict, List
 
 from util.errors import ConfigError, DataError
 
-from .base import DictFeatures, load_json
+from .base import load_json
 
 SPLITS = ("test",)
 FILES = {"msrvtt": "test_videodatainfo.json", "vatex": "vatex_validation_v1.0.json"}
@@ -33,10 +33,6 @@ class CaptionRecord:
 
 def annotation_path(root, dataset: str) -> str:
     return os.path.join(str(root), dataset, FILES[dataset])
-
-
-def features(root, dataset: str) -> DictFeatures:
-    return DictFeatures(os.path.join(str(root), dataset, "clipvitl14.pth"))
 
 
 def _caption(c, where: str) -> str:

@@ -8,7 +8,7 @@ from typing import List
 
 from util.errors import MissingFileError
 
-from .base import (DataError, NpyDirFeatures, QARecord, json_objects, load_json,
+from .base import (DataError, QARecord, json_objects, load_json, 
                    parse_answer, read_csv_rows, require)
 
 N_OPTIONS = 5
@@ -27,14 +27,6 @@ def questions_path(root) -> str:
 
 def answers_path(root) -> str:
     return os.path.join(str(root), "egos", "subset_answers.json")
-
-
-def feature_dir(root) -> str:
-    return os.path.join(str(root), "egos", "features")
-
-
-def features(root) -> NpyDirFeatures:
-    return NpyDirFeatures(feature_dir(root))
 
 
 def _read_csv(path, split) -> List[QARecord]:

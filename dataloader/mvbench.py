@@ -13,7 +13,7 @@ from typing import List, Optional
 from text.protocols import LETTERS, choices_text
 from util.errors import ConfigError, DataError, MissingFileError
 
-from .base import DictFeatures, json_objects
+from .base import json_objects
 
 SPLITS = ("test",)
 
@@ -67,14 +67,6 @@ class MVBenchRecord:
 
 def json_dir(root) -> str:
     return os.path.join(str(root), "mvbench", "json")
-
-
-def feature_path(root) -> str:
-    return os.path.join(str(root), "mvbench", "clipvitl14.pth")
-
-
-def features(root) -> DictFeatures:
-    return DictFeatures(feature_path(root))
 
 
 def _seconds(v) -> Optional[float]:

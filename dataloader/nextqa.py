@@ -4,7 +4,7 @@ from typing import List, Optional
 
 from util.errors import MissingFileError
 
-from .base import DictFeatures, QARecord, parse_answer, read_csv_rows
+from .base import QARecord, parse_answer, read_csv_rows
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
@@ -26,14 +26,6 @@ def type_groups(qtype: str) -> List[str]:
 
 def annotation_path(root, split) -> str:
     return os.path.join(str(root), "nextqa", f"{split}.csv")
-
-
-def feature_path(root) -> str:
-    return os.path.join(str(root), "nextqa", "clipvitl14.pth")
-
-
-def features(root) -> DictFeatures:
-    return DictFeatures(feature_path(root))
 
 
 def read_records(root, split) -> List[QARecord]:

@@ -5,21 +5,13 @@ from typing import List
 
 from util.errors import MissingFileError
 
-from .base import DataError, DictFeatures, QARecord, json_objects, require
+from .base import DataError, QARecord, json_objects, require
 
 N_OPTIONS = 4
 
 
 def annotation_path(root, split) -> str:
     return os.path.join(str(root), "star", f"STAR_{split}.json")
-
-
-def feature_path(root) -> str:
-    return os.path.join(str(root), "star", "clipvitl14.pth")
-
-
-def features(root) -> DictFeatures:
-    return DictFeatures(feature_path(root))
 
 
 def _seconds(v, key, where, qid) -> float:

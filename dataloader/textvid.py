@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from util.files import load_pickled_tensor
 from text.prompts import LETTERS, PromptBuilder
-
 from util.errors import InputError, MissingFileError
+from util.files import load_pickled_tensor
 
 from .base import FEATURE_DIM, DataError, TrainItem, check_finite_rows, fit_frames, fuse_text_frames, load_json
 

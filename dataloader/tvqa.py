@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 from util.errors import MissingFileError
 
-from .base import DataError, DictFeatures, QARecord, jsonl_objects, parse_answer, require
+from .base import DataError, QARecord, jsonl_objects, parse_answer, require
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
@@ -18,14 +18,6 @@ FPS = 3
 
 def annotation_path(root, split) -> str:
     return os.path.join(str(root), "tvqa", f"tvqa_{split}.jsonl")
-
-
-def feature_path(root) -> str:
-    return os.path.join(str(root), "tvqa", "clipvitl14.pth")
-
-
-def features(root) -> DictFeatures:
-    return DictFeatures(feature_path(root))
 
 
 def subtitle_path(root, vid: str) -> str:

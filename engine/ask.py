@@ -24,10 +24,10 @@ from typing import List, Optional
 import torch
 
 from dataloader.base import fit_frames
-from llama.memory import project_to_memory
 from llama.build import ModelConfig, load_tokenizer_for, load_topa, resolve_dtype
-from llama.memory import load_memory
 from llama.generation import greedy_generate
+from llama.memory import project_to_memory
+from llama.memory import load_memory
 from text.prompts import normalize_question
 from text.protocols import (LETTERS, MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
                              predicted_letter, prompt_ids)

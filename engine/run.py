@@ -101,8 +101,8 @@ def my_batches(batches: List[List[int]]) -> Tuple[List[List[int]], int]:
     return batches[dist.rank()::world], math.ceil(len(batches) / world)
 
 
-def gather_steps(steps: Iterator[StepRows], n_steps: int, n_items: int, *, stream: Optional["PredictionStream"] = None,
-                 desc: str = "eval", progress: bool = True, done: str = "items done") -> List[dict]:
+def gather_steps(steps: Iterator[StepRows], n_steps: int, n_items: int, *,
+                 stream: Optional["PredictionStream"] = None, desc: str = "eval", progress: bool = True, done: str = "items done") -> List[dict]:
     """Run `n_steps` steps on every rank (`steps` yields this rank's batches; a rank without a batch
     at a step contributes nothing), gather each step's rows on every rank and hand them to `stream`
     (rank 0). The first error of a step, on any rank, is raised on every rank after the step's rows

@@ -64,6 +64,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from dataloader.base import FEATURE_DIM
+
 # subject -> (the 5 actions it can do, the 3 places it is found in): the regularities of the world's
 # text, which the memory of text features encodes and the memory projection uses as a prior
 SUBJECTS = {
@@ -95,7 +97,7 @@ FAMILIES = ["DO", "DL", "DC", "TC", "TN", "TP", "CW", "CH"]  # = NExT-QA types
 FIXED_FAMILIES = ["DC", "TC", "CH"]
 LETTERS = "ABCDE"
 T_FRAMES = 10  # max_feats of every published script: segments are long enough for this sampling
-CLIP_DIM = 768
+CLIP_DIM = FEATURE_DIM
 
 
 @dataclass

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataloader.base import FEATURE_DIM
 from util.errors import CheckpointError
 
 SIZE = 224
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 CONTEXT = 77
-DEFAULT_MODEL = "openai/clip-vit-large-patch14"
-FEATURE_DIM = 768
+DEFAULT_MODEL = "openai/clip-vit-large-patch14"  # the one default CLIP of every entry point
 
 
 def resized_size(w: int, h: int, size: int = SIZE):

@@ -7,11 +7,13 @@ video/run.py; text datasets are video/text.py.
 """
 import os
 import time
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dataloader import benchmarks
+from dataloader.benchmarks import Benchmark
 from util.errors import ConfigError, MissingFileError
 
 from . import sources
@@ -20,7 +22,7 @@ from .frames import FixedRate, Segments, Strided, VideoError, as_fraction, read_
 from .run import Batcher, Procs, Task, run_task
 from .store import DictOutput, FileDirOutput
 
-DEFAULT_FPS = {"nextqa": 1, "star": 1, "egos": 1, "tvqa": 3, "folder": 1}
+FOLDER_DEFAULT_FPS = 1  # --dataset folder (the benchmarks: their frame rule in the benchmark table)
 VIDEO_DATASETS = ("nextqa", "star", "tvqa", "egos", "mvbench", "msrvtt", "vatex", "folder")
 TEXT_DATASETS = ("textvid", "memory")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -106,60 +108,77 @@ def _dict_or_dir(path: str, settings: dict, save_every: int):
     return DictOutput(path, settings, save_every) if path.endswith(".pth") else FileDirOutput(path, settings)
 
 
+def _fps_rule(fps_flag, default) -> Tuple[FixedRate, str]:
+    fps = fps_flag if fps_flag is not None else default
+    return FixedRate(as_fraction(fps)), f"{fps} frames/s"
+
+
+def _annotated_jobs(args, bench: Benchmark):
+    """NExT-QA, STAR, TVQA, EgoSchema: every video of the annotations, at --fps or the table's rate."""
+    rule, how = _fps_rule(args.fps, bench.frames.n)
+    keys = sources.annotation_keys(bench.name, args.data_root, args.splits)
+    jobs = sources.jobs_for_keys(keys, sources.Resolver(args.video_dir, args.video_map), rule,
+                                 as_fraction(args.frames_fps))
+    return jobs, None, "", how + f"; frame folders at {args.frames_fps} fps"
+
+
+def _mvbench_jobs(args, bench: Benchmark):
+    if not args.mvbench_root:
+        raise ConfigError("--dataset mvbench needs --mvbench_root (the folder holding json/ and video/)")
+    jobs, key_order = sources.mvbench_jobs(args.mvbench_root, args.tasks)
+    return jobs, key_order, "", f"MVBench {bench.frames.n} segments; frame folders at 3 fps"
+
+
+def _caption_jobs(args, bench: Benchmark):
+    """MSR-VTT, VATEX: the videos of the annotation file, or every video under --video_dir without one."""
+    sub, name = sources.CAPTION_FILES[bench.name]
+    ann = args.annotations or os.path.join(args.data_root, sub, name)
+    resolver = sources.Resolver(args.video_dir, args.video_map)
+    note = ""
+    if os.path.isfile(ann):
+        keys = sources.caption_keys(bench.name, ann)
+    elif args.annotations:
+        raise MissingFileError(f"--annotations {ann}: no such file")
+    elif resolver.index is not None:
+        keys = resolver.index.names()
+        note = f"note: {ann} not found: extracting every video under {args.video_dir}"
+    else:
+        raise MissingFileError(f"{bench.name}: annotations {ann} not found (--annotations names them)")
+    n = bench.frames.n
+    jobs = sources.jobs_for_keys(keys, resolver, Strided(n), as_fraction(args.frames_fps))
+    return jobs, None, note, f"{n} frames at i*(n//{n}); frame folders at {args.frames_fps} fps"
+
+
+def _folder_jobs(args):
+    """--dataset folder: every video under --video_dir (and --video_map), at --fps or --num_frames."""
+    resolver = sources.Resolver(args.video_dir, args.video_map)
+    keys = list(resolver.map) if resolver.index is None else sorted(set(resolver.index.names()) | set(resolver.map))
+    if args.num_frames:
+        rule, how = Segments(args.num_frames, min_frames=args.num_frames), f"{args.num_frames} segments"
+    else:
+        rule, how = _fps_rule(args.fps, FOLDER_DEFAULT_FPS)
+    jobs = sources.jobs_for_keys(keys, resolver, rule, as_fraction(args.frames_fps))
+    if not args.output:
+        raise ConfigError("--dataset folder needs --output (a .pth file for one dict, or a folder for "
+                          "one <name>.npy per video)")
+    return jobs, None, "", how + f"; frame folders at {args.frames_fps} fps"
+
+
+JOBS = {"fps": _annotated_jobs, "mvbench": _mvbench_jobs, "strided": _caption_jobs}  # by Benchmark.frames.rule
+
+
 def plan(args, procs: Procs) -> Task:
-    """The Task for --dataset (video datasets; text ones are in video/text.py)."""
-    ds, root = args.dataset, args.data_root
-    prec = _precision(args, procs)
-    folder_fps = as_fraction(args.frames_fps)
-    frames_note = f"; frame folders at {args.frames_fps} fps"
-    note, key_order = "", None
-    if ds in ("nextqa", "star", "tvqa", "egos"):
-        fps = args.fps if args.fps is not None else DEFAULT_FPS[ds]
-        rule = FixedRate(as_fraction(fps))
-        keys = sources.annotation_keys(ds, root, args.splits)
-        jobs = sources.jobs_for_keys(keys, sources.Resolver(args.video_dir, args.video_map), rule, folder_fps)
-        settings = _settings(args, ds, f"{fps} frames/s" + frames_note, prec)
-        default = (os.path.join(root, "egos", "features") if ds == "egos"
-                   else os.path.join(root, ds, "clipvitl14.pth"))
-    elif ds == "mvbench":
-        if not args.mvbench_root:
-            raise ConfigError("--dataset mvbench needs --mvbench_root (the folder holding json/ and video/)")
-        jobs, key_order = sources.mvbench_jobs(args.mvbench_root, args.tasks)
-        settings = _settings(args, ds, "MVBench 10 segments; frame folders at 3 fps", prec)
-        default = os.path.join(root, "mvbench", "clipvitl14.pth")
-    elif ds in ("msrvtt", "vatex"):
-        sub, name = sources.CAPTION_FILES[ds]
-        ann = args.annotations or os.path.join(root, sub, name)
-        resolver = sources.Resolver(args.video_dir, args.video_map)
-        if os.path.isfile(ann):
-            keys = sources.caption_keys(ds, ann)
-        elif args.annotations:
-            raise MissingFileError(f"--annotations {ann}: no such file")
-        elif resolver.index is not None:
-            keys = resolver.index.names()
-            note = f"note: {ann} not found: extracting every video under {args.video_dir}"
-        else:
-            raise MissingFileError(f"{ds}: annotations {ann} not found (--annotations names them)")
-        jobs = sources.jobs_for_keys(keys, resolver, Strided(10), folder_fps)
-        settings = _settings(args, ds, "10 frames at i*(n//10)" + frames_note, prec)
-        default = os.path.join(root, sub, "clipvitl14.pth")
-    elif ds == "folder":
-        resolver = sources.Resolver(args.video_dir, args.video_map)
-        keys = list(resolver.map) if resolver.index is None else sorted(set(resolver.index.names()) | set(resolver.map))
-        if args.num_frames:
-            rule, how = Segments(args.num_frames, min_frames=args.num_frames), f"{args.num_frames} segments"
-        else:
-            fps = args.fps if args.fps is not None else DEFAULT_FPS[ds]
-            rule, how = FixedRate(as_fraction(fps)), f"{fps} frames/s"
-        jobs = sources.jobs_for_keys(keys, resolver, rule, folder_fps)
-        settings = _settings(args, ds, how + frames_note, prec)
-        if not args.output:
-            raise ConfigError("--dataset folder needs --output (a .pth file for one dict, or a folder for "
-                             "one <name>.npy per video)")
-        default = args.output
+    """The Task for --dataset (video datasets; text ones are in video/text.py): its jobs by the benchmark
+    table's frame rule, written to the table's feature file (or --output)."""
+    ds = args.dataset
+    if ds == "folder":
+        (jobs, key_order, note, how), default = _folder_jobs(args), args.output
+    elif ds in VIDEO_DATASETS:
+        bench = benchmarks.get(ds)
+        (jobs, key_order, note, how), default = JOBS[bench.frames.rule](args, bench), bench.feature_file(args.data_root)
     else:
         raise ConfigError(f"--dataset {ds}: extraction knows {', '.join(VIDEO_DATASETS + TEXT_DATASETS)}")
-    out = _dict_or_dir(args.output or default, settings, args.save_every)
+    out = _dict_or_dir(args.output or default, _settings(args, ds, how, _precision(args, procs)), args.save_every)
     if isinstance(out, FileDirOutput) and any("/" in k for j in jobs for k in j.keys):
         raise ConfigError(f"--output {out.folder}: {ds} keys hold '/', so they need a .pth output")
     return Task(ds, jobs, out, process_videos, note=note, key_order=key_order)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from dataloader import captioning, mvbench
+from dataloader import benchmarks, captioning, mvbench
 from dataloader.base import load_json
 from dataloader.mvbench import MVBENCH_TASKS
 from util.errors import ConfigError, DataError, MissingFileError
@@ -151,19 +151,15 @@ def jobs_for_keys(keys: Sequence[str], resolver: Resolver, rule: Rule, folder_fp
 
 # ---- multiple-choice benchmarks: keys from the annotation readers ----
 
-SPLITS = {"nextqa": ("train", "val", "test"), "star": ("train", "val", "test"),
-          "tvqa": ("train", "val", "test_public", "test"), "egos": ("val", "test")}
-
-
 def annotation_keys(dataset: str, data_root: str, splits: Optional[Sequence[str]] = None) -> List[str]:
-    """Video keys of every question of the given splits (default: each split whose annotations exist),
-    in file order. Missing annotation files are an error when splits are named, skipped otherwise."""
-    from dataloader import egoschema, nextqa, star, tvqa
-    reader = {"nextqa": nextqa, "star": star, "tvqa": tvqa, "egos": egoschema}[dataset].read_records
+    """Video keys of every question of the given splits (default: each split of the benchmark table whose
+    annotations exist), in file order. Missing annotation files are an error when splits are named,
+    skipped otherwise."""
+    bench = benchmarks.get(dataset)
     keys, found = [], []
-    for split in splits or SPLITS[dataset]:
+    for split in splits or bench.splits:
         try:
-            records = reader(data_root, split)
+            records = bench.read(data_root, split, False)
         except FileNotFoundError:
             if splits:
                 raise
@@ -171,21 +167,19 @@ def annotation_keys(dataset: str, data_root: str, splits: Optional[Sequence[str]
         found.append(split)
         keys += [r.vid for r in records]
     if not found:
-        raise MissingFileError(f"{dataset}: no annotations for any of the splits {', '.join(SPLITS[dataset])} "
-                                f"under --data_root {data_root} (see docs/extraction.md for the layout)")
+        raise MissingFileError(f"{dataset}: no annotations for any of the splits {', '.join(bench.splits)} "
+                               f"under --data_root {data_root} (see docs/extraction.md for the layout)")
     return keys
 
 
 # ---- MVBench ----
 
-MVBENCH_FRAMES = 10
-
-
 def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List[Job], List[str]]:
-    """Jobs for MVBench: key "<json stem>/<item index>", 10 frames by MVBench's window rule; questions
-    on the same video share one job (one decoding). `tasks`: json stems or task names (default all 20).
-    The task files are read by the evaluation's reader (`dataloader.mvbench`). Returns (jobs, every key
-    in question order)."""
+    """Jobs for MVBench: key "<json stem>/<item index>", the benchmark table's 10 frames by MVBench's
+    window rule; questions on the same video share one job (one decoding). `tasks`: json stems or task
+    names (default all 20). The task files are read by the evaluation's reader (`dataloader.mvbench`).
+    Returns (jobs, every key in question order)."""
+    n = int(benchmarks.get("mvbench").frames.n)
     by_stem = {v[0]: name for name, v in MVBENCH_TASKS.items()}
     chosen = list(by_stem)
     if tasks:
@@ -215,12 +209,12 @@ def mvbench_jobs(root: str, tasks: Optional[Sequence[str]] = None) -> Tuple[List
                     problem = f"missing: no {'frame folder' if is_frames else 'video file'} {vpath}"
                 job = jobs[vpath] = Job(vpath, [], problem)
                 order.append(job)
-            rule = Segments(MVBENCH_FRAMES)
+            rule = Segments(n)
             if bounded:
                 if r.start is None or r.end is None:
                     job.bad_keys[r.key] = f"annotation {r.source}: {name} needs numeric 'start' and 'end'"
                 else:
-                    rule = Segments(MVBENCH_FRAMES, r.start, r.end)
+                    rule = Segments(n, r.start, r.end)
             job.wants.append((r.key, rule))
     return order, keys
 

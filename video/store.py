@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from dataloader.base import load_json
+from util.errors import ConfigError
 from util.files import safe_load, save_atomic
 from util.files import write_atomic, write_text_atomic
-from util.errors import ConfigError
 
 
 class SettingsMismatch(ConfigError):

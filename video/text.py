@@ -16,8 +16,8 @@ from typing import List, Optional
 import torch
 
 from dataloader.base import load_json
-from util.files import safe_load, save_atomic
 from util.errors import ConfigError, DataError, MissingFileError
+from util.files import safe_load, save_atomic
 
 from .clip import FEATURE_DIM
 from .run import Batcher, Task
