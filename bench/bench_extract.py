@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import extract_features  # noqa: E402
 from video.clip import ClipEncoder, preprocess  # noqa: E402
-from video.extract import PRECISIONS  # noqa: E402
+from util.dist import DTYPES as PRECISIONS  # noqa: E402
 from video.frames import FixedRate, read_video  # noqa: E402
 from toyworld.videos import save_random_clip, vit_l14_config  # noqa: E402
 

@@ -28,17 +28,16 @@ from typing import List, Optional
 
 import torch
 
-from util import dist
-from util.errors import CheckpointError, ConfigError, MissingFileError
-
 from text.tokenizer import Tokenizer, load_tokenizer
+from util import dist
+from util.dist import DTYPES, resolve_dtype
+from util.errors import CheckpointError, ConfigError, MissingFileError
 
 from .adapter import TOPA, TOPAArgs, build_model, load_trainable
 from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
 from .hf import HFSafetensors, hf_params
 from .model import ATTN_IMPLS
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FAMILIES = {"llama2": "sentencepiece", "llama3": "tiktoken"}  # backbone family -> its tokenizer kind
 
 
@@ -130,28 +129,6 @@ def locate_backbone(cfg: ModelConfig) -> Backbone:
     raise MissingFileError(f"no tokenizer for the Hugging Face folder {folder}: tried "
                            f"{', '.join(str(p) for p in tried)} (tokenizer.json is not read; Llama-3 repositories "
                            f"ship Meta's file as original/tokenizer.model)")
-
-
-def resolve_dtype(precision: Optional[str], device: torch.device) -> torch.dtype:
-    """Backbone compute dtype: bf16 by default on GPU, fp32 on CPU. bf16 on a GPU without native bf16
-    (compute capability < 8, e.g. V100, T4) is an error that suggests `--precision fp16`: emulated bf16
-    runs, but slowly, and falling back silently would change the run's numerics."""
-    asked = precision is not None
-    if precision is None:
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type == "cuda" and not cuda_bf16_supported(device):
-        name = torch.cuda.get_device_name(device)
-        raise ConfigError(f"{name} ({device}) has no native bf16 support"
-                          f"{'' if asked else ' (bf16 is the default on GPU)'}: use --precision fp16 "
-                          f"(or --precision fp32)")
-    return DTYPES[precision]
-
-
-def cuda_bf16_supported(device: torch.device) -> bool:
-    """Native bf16 on this CUDA device (compute capability >= 8, or any ROCm GPU)."""
-    if not torch.cuda.is_available():
-        return False  # there is no such device: the run fails where it first uses it
-    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def load_tokenizer_for(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> Tokenizer:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from util.errors import CheckpointError, DataError, MissingFileError
+from util.errors import DataError, MissingFileError
 from util.files import load_pickled_tensor, nonfinite
 
 
@@ -24,9 +24,9 @@ def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor
         raise MissingFileError(f"memory file not found: {path} (--memory_path; default <data_root>/textvid/memory.pkl)")
     mem = load_pickled_tensor(path)
     if mem.ndim != 2 or mem.shape[1] != dim or mem.shape[0] == 0:
-        raise CheckpointError(f"{path}: memory must be [N, {dim}] CLIP features (N >= 1), got {list(mem.shape)}")
+        raise DataError(f"{path}: memory must be [N, {dim}] CLIP features (N >= 1), got {list(mem.shape)}")
     if not mem.is_floating_point():
-        raise CheckpointError(f"{path}: memory must hold float features, got {mem.dtype}")
+        raise DataError(f"{path}: memory must hold float features, got {mem.dtype}")
     out = mem[:max_rows].to(torch.float16)
     bad = nonfinite(out)
     if bad is not None:

@@ -34,3 +34,19 @@ def test_tau_is_a_training_flag_only(capsys):
     with pytest.raises(SystemExit):
         eval_cli.get_args(["--tau", "7"])
     assert "unrecognized arguments: --tau 7" in capsys.readouterr().err
+
+
+def test_errors_say_what_they_are(tmp_path):
+    """A bad memory file is a data error, a bad tokenizer file a tokenizer error (not a checkpoint's)."""
+    import torch
+
+    from llama.memory import load_memory
+    from text.tokenizer import load_tokenizer
+    from util.errors import CheckpointError, DataError, TokenizerError
+    torch.save(torch.randn(4, 5), tmp_path / "memory.pkl")
+    with pytest.raises(DataError, match=r"memory\.pkl: memory must be \[N, 768\]") as e:
+        load_memory(tmp_path / "memory.pkl")
+    assert not isinstance(e.value, CheckpointError)
+    (tmp_path / "tokenizer.model").write_bytes(b"not a tokenizer\n")
+    with pytest.raises(TokenizerError, match=r"tokenizer\.model"):
+        load_tokenizer(tmp_path / "tokenizer.model")

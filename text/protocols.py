@@ -26,7 +26,7 @@ gold letter; `predicted_letter` names the letter only when the check singles one
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from util.errors import CheckpointError
+from util.errors import TokenizerError
 
 from .prompts import ANSWER_TEXT, LETTERS, MCQA_INSTR, OPENQA_INSTR, VIDEO
 from .tokenizer import Tokenizer
@@ -125,7 +125,7 @@ def letter_ids(tok: Tokenizer, n: int) -> List[int]:
     for letter in LETTERS[:n]:
         ids = tok.encode(ANSWER_TEXT + f"({letter})")
         if ids[:len(head)] != head or len(ids) <= len(head) or tok.decode(ids[len(head):len(head) + 1]) != letter:
-            raise CheckpointError(f"tokenizer {tok.path}: the letter {letter} after '(' is not one piece "
+            raise TokenizerError(f"tokenizer {tok.path}: the letter {letter} after '(' is not one piece "
                                   f"({ids[len(head) - 1:]}); the letter-constrained answer needs it to be one")
         out.append(ids[len(head)])
     return out

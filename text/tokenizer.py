@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import List
 
-from util.errors import CheckpointError, MissingFileError
+from util.errors import MissingFileError, TokenizerError
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -47,7 +47,7 @@ class Tokenizer:
         """Id of `word` when it follows a newline inside a segment (e.g. Llama-2 "\\nAnswer" -> 22550)."""
         ids = self.encode("\n" + word)
         if not ids or self.decode(ids[-1:]).strip() != word:
-            raise CheckpointError(f"tokenizer {self.path}: '{word}' after a newline is not a single token "
+            raise TokenizerError(f"tokenizer {self.path}: '{word}' after a newline is not a single token "
                              f"(got ids {ids}); the prompt format needs it to be one")
         return ids[-1]
 
@@ -74,11 +74,11 @@ class SentencePieceTokenizer(Tokenizer):
         if text == "\n":  # SentencePiece writes a lone newline as its byte piece
             i = self.sp.piece_to_id("<0x0A>")
             if i == self.sp.unk_id():
-                raise CheckpointError(f"tokenizer {self.path}: no '<0x0A>' byte piece for the video separator")
+                raise TokenizerError(f"tokenizer {self.path}: no '<0x0A>' byte piece for the video separator")
             return i
         ids = self.encode(text)
         if len(ids) != 1:
-            raise CheckpointError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
+            raise TokenizerError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
         return ids[0]
 
 
@@ -98,7 +98,7 @@ class TiktokenTokenizer(Tokenizer):
                     tok, rank = line.split()
                     ranks[base64.b64decode(tok)] = int(rank)
                 except ValueError as e:
-                    raise CheckpointError(f"{path}:{lineno}: not a tiktoken 'base64 rank' line") from e
+                    raise TokenizerError(f"{path}:{lineno}: not a tiktoken 'base64 rank' line") from e
         n = len(ranks)
         specials = {t: n + i for i, t in enumerate(llama3_special_tokens())}
         self.enc = tiktoken.Encoding(name=Path(path).name, pat_str=LLAMA3_PATTERN,
@@ -118,7 +118,7 @@ class TiktokenTokenizer(Tokenizer):
     def single_token(self, text):
         ids = self.encode(text)
         if len(ids) != 1:
-            raise CheckpointError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
+            raise TokenizerError(f"tokenizer {self.path}: {text!r} is not one token ({ids})")
         return ids[0]
 
 
@@ -139,4 +139,4 @@ def load_tokenizer(path) -> Tokenizer:
     try:
         return SentencePieceTokenizer(path)
     except Exception as e:  # sentencepiece raises RuntimeError/OSError with no file name
-        raise CheckpointError(f"{path}: neither a SentencePiece model nor a tiktoken rank file ({e})") from e
+        raise TokenizerError(f"{path}: neither a SentencePiece model nor a tiktoken rank file ({e})") from e

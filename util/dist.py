@@ -1,28 +1,78 @@
-"""torchrun environment: init, rank helpers, gathering Python objects. Plain single-process runs
-(no RANK/WORLD_SIZE in the environment) need no process group at all."""
+"""Processes and devices, one home for every entry point: the torchrun environment, this process's
+device, the compute dtype a device gets by default, and gathering Python objects. Plain single-process
+runs (no RANK/WORLD_SIZE in the environment) need no process group at all."""
 import os
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
+from util.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def env_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """auto: CUDA when there is a GPU, else the CPU. Under torchrun a CUDA device is this process's GPU
+    (LOCAL_RANK), made the current one."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" or (device.startswith("cuda") and env_world() > 1):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if env_world() > 1:
+            torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return torch.device(device)
+
+
+def init_group(backend: str, timeout: timedelta):
+    """Join torchrun's process group (once)."""
+    if env_world() > 1 and not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timeout)
+
 
 def init_distributed(device: str = "auto"):
     """Returns (rank, world_size, device). Under torchrun: NCCL on CUDA, gloo on CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.startswith("cuda"):
-            torch.cuda.set_device(local)
-            device = f"cuda:{local}"
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
-                                timeout=timedelta(minutes=60))
-    elif device == "cuda":
-        device = "cuda:0"
-    return rank, world, torch.device(device)
+    device = select_device(device)
+    init_group("nccl" if device.type == "cuda" else "gloo", timedelta(minutes=60))
+    return env_rank(), env_world(), device
+
+
+def resolve_precision(precision: Optional[str], device: torch.device, gpu_default: str = "bf16") -> str:
+    """--precision, or the device's default: `gpu_default` on a GPU (bf16 for the LLM; fp16 for CLIP, as
+    the published features were made), fp32 on a CPU. bf16 on a GPU without native bf16 (compute
+    capability < 8, e.g. V100, T4) is an error that suggests `--precision fp16`: emulated bf16 runs, but
+    slowly, and falling back silently would change the run's numerics."""
+    asked = precision is not None
+    if precision is None:
+        precision = gpu_default if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not cuda_bf16_supported(device):
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError(f"{name} ({device}) has no native bf16 support"
+                          f"{'' if asked else ' (bf16 is the default on GPU)'}: use --precision fp16 "
+                          f"(or --precision fp32)")
+    return precision
+
+
+def resolve_dtype(precision: Optional[str], device: torch.device, gpu_default: str = "bf16") -> torch.dtype:
+    """The torch dtype of `resolve_precision`."""
+    return DTYPES[resolve_precision(precision, device, gpu_default)]
+
+
+def cuda_bf16_supported(device: torch.device) -> bool:
+    """Native bf16 on this CUDA device (compute capability >= 8, or any ROCm GPU)."""
+    if not torch.cuda.is_available():
+        return False  # there is no such device: the run fails where it first uses it
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def is_dist() -> bool:

@@ -31,6 +31,10 @@ class NonFiniteError(InputError, ArithmeticError):
     the precision are at fault, and the item it belongs to gets no answer."""
 
 
+class TokenizerError(InputError, ValueError):
+    """A tokenizer file that cannot be read, or whose pieces do not fit the prompt format."""
+
+
 class UnsafePickleError(InputError, pickle.UnpicklingError):
     """A pickle that would need more than tensors, plain containers and argparse.Namespace."""
 

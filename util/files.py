@@ -165,5 +165,5 @@ def load_pickled_tensor(path) -> torch.Tensor:
         raise DataError(f"{path}: not a readable pickled tensor (truncated, empty or corrupt?): "
                         f"{type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(obj, torch.Tensor):
-        raise CheckpointError(f"{path}: expected a pickled tensor, got {type(obj).__name__}")
+        raise DataError(f"{path}: expected a pickled tensor, got {type(obj).__name__}")
     return obj

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dataloader import benchmarks
 from dataloader.benchmarks import Benchmark
+from util.dist import DTYPES, resolve_precision
 from util.errors import ConfigError, MissingFileError
 
 from . import sources
@@ -25,7 +26,6 @@ from .store import DictOutput, FileDirOutput
 FOLDER_DEFAULT_FPS = 1  # --dataset folder (the benchmarks: their frame rule in the benchmark table)
 VIDEO_DATASETS = ("nextqa", "star", "tvqa", "egos", "mvbench", "msrvtt", "vatex", "folder")
 TEXT_DATASETS = ("textvid", "memory")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---- video jobs: decoding in DataLoader workers, encoding in large batches ----
@@ -62,7 +62,7 @@ def _identity(x):
 
 def make_encoder(args, procs: Procs, text: bool = False) -> ClipEncoder:
     """CLIP on this process's device in --precision (and its tokenizer for text datasets)."""
-    encoder = ClipEncoder(args.clip_model, procs.device, PRECISIONS[_precision(args, procs)])
+    encoder = ClipEncoder(args.clip_model, procs.device, DTYPES[_precision(args, procs)])
     if text:
         encoder.load_tokenizer()  # now, before Procs.join
     return encoder
@@ -101,7 +101,7 @@ def _settings(args, dataset: str, rule: str, precision: str) -> dict:
 
 def _precision(args, procs: Procs) -> str:
     """--precision, or fp16 on a GPU (as the published features were made) and fp32 on a CPU."""
-    return args.precision or ("fp16" if procs.device.type == "cuda" else "fp32")
+    return resolve_precision(args.precision, procs.device, gpu_default="fp16")
 
 
 def _dict_or_dir(path: str, settings: dict, save_every: int):

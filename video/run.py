@@ -11,7 +11,6 @@ is skipped on resume, and what happens to the ones that fail.
         Otherwise the parts stay, the status is 1, and a rerun (after fixing the videos, or with
         --skip_bad) resumes: only the failed keys are tried again.
 """
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +18,8 @@ from datetime import timedelta
 from typing import Callable, List, Optional
 
 import torch
+
+from util import dist
 
 from .clip import ClipEncoder, encode_in_batches
 from .sources import Job
@@ -28,47 +29,26 @@ from .store import DictOutput, write_failures
 # ---- processes (torchrun) ----
 
 class Procs:
-    """This process's rank among `world` (torchrun sets RANK/WORLD_SIZE) and its device. `join()` starts
-    the coordination (gloo, with a long timeout since fast processes wait at the end for slow ones)."""
+    """This process's rank among `world` (torchrun sets RANK/WORLD_SIZE) and its device (util/dist.py).
+    `join()` starts the coordination (gloo, with a long timeout since fast processes wait at the end for
+    slow ones)."""
 
     def __init__(self, device: str = "auto"):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            device = f"cuda:{local}"
-        self.device = torch.device(device)
+        self.world, self.rank = dist.env_world(), dist.env_rank()
+        self.device = dist.select_device(device)
 
     def join(self):
         """Call after loading CLIP: a process that joined gloo before loading transformers' model aborts
         at exit now and then (std::terminate from a leftover thread; seen with torch 2.13, gloo on CPU)."""
-        if self.world > 1:
-            import torch.distributed as dist
-            self._dist = dist
-            if not dist.is_initialized():
-                dist.init_process_group("gloo", timeout=timedelta(hours=24))
+        dist.init_group("gloo", timedelta(hours=24))
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self):
-        if self.world > 1:
-            self._dist.barrier()
-
-    def gather(self, obj) -> list:
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        self._dist.all_gather_object(out, obj)
-        return out
-
-    def close(self):
-        if self.world > 1 and self._dist.is_initialized():
-            self._dist.destroy_process_group()
+    barrier = staticmethod(dist.barrier)
+    gather = staticmethod(dist.gather_objects)
+    close = staticmethod(dist.cleanup)
 
 
 # ---- a task: units of work with keys, an output, a way to process units ----
