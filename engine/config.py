@@ -307,11 +307,8 @@ def eval_parser(description: str = None) -> argparse.ArgumentParser:
     return p
 
 
-def train_parser(description: str = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    add_model_args(p)
-    add_data_args(p)
-    g = p.add_argument_group("training")
+def add_optim_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=OptimConfig.epochs)
     g.add_argument("--warmup_epochs", type=float, default=OptimConfig.warmup_epochs, help="linear warmup length in epochs")
     g.add_argument("--blr", type=float, default=OptimConfig.blr,
@@ -323,6 +320,15 @@ def train_parser(description: str = None) -> argparse.ArgumentParser:
     g.add_argument("--clip_grad", type=float, default=None, help="max gradient norm (default: no clipping)")
     g.add_argument("--weight_captioning", type=float, default=OptimConfig.weight_captioning,
                    help="weight of the vaq loss and of caption batches' loss")
+    return p
+
+
+def train_parser(description: str = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    add_model_args(p)
+    add_data_args(p)
+    add_optim_args(p)
+    g = p.add_argument_group("training")
     g.add_argument("--textvid", action="store_true", help="pre-align on TextVid (<data_root>/textvid)")
     g.add_argument("--video_caption", action="store_true",
                    help="TextVid: each iteration is a caption batch with probability 0.5")
