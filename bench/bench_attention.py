@@ -68,8 +68,8 @@ def build(args):
     torch.manual_seed(0)  # TOPA parameter init: every process builds the same model
     device = torch.device(args.device)
     margs = TOPAArgs(dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads,
-                      vocab_size=args.vocab, multiple_of=args.multiple_of, ffn_dim_multiplier=args.ffn_mult,
-                      adapter_len=args.adapter_len, max_feats=T, bias=3.5)
+                     vocab_size=args.vocab, multiple_of=args.multiple_of, ffn_dim_multiplier=args.ffn_mult,
+                     adapter_len=args.adapter_len, max_feats=T, bias=3.5)
     model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device)
     with torch.no_grad():  # gates away from their init, so every term of the attention is live
         for name, p in model.trainable_parameters():

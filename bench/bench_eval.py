@@ -76,7 +76,7 @@ def main(argv=None):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
     margs = TOPAArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
-                      multiple_of=64, max_feats=10)
+                     multiple_of=64, max_feats=10)
     model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device).eval()
     builder = PromptBuilder(tok, 10)
     print(f"model dim={args.dim} layers={args.n_layers} vocab={tok.n_words} device={device} "

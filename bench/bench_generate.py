@@ -84,7 +84,7 @@ def main(argv=None):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
     margs = TOPAArgs(dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads,
-                      vocab_size=tok.n_words, multiple_of=64, adapter_len=args.adapter_len, max_feats=T, bias=3.5)
+                     vocab_size=tok.n_words, multiple_of=64, adapter_len=args.adapter_len, max_feats=T, bias=3.5)
     model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device).eval()
     with torch.no_grad():  # gates away from their init, so every term of the attention is live
         for name, prm in model.trainable_parameters():

@@ -75,7 +75,7 @@ def child(args):
     device = torch.device(args.device)
     tok = load_tokenizer(os.path.join(args.fixtures, args.tokenizer, "tokenizer.model"))
     margs = TOPAArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, vocab_size=tok.n_words,
-                      multiple_of=64, max_feats=10)
+                     multiple_of=64, max_feats=10)
     model = build_model(margs, random_llama_state(margs), dtype=DTYPES[args.precision], device=device)
     model.grad_checkpointing = args.mode == "checkpointed"
     tasks = args.tasks.split(",")

@@ -30,7 +30,7 @@ from llama.memory import project_to_memory
 from llama.memory import load_memory
 from text.prompts import normalize_question
 from text.protocols import (LETTERS, MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
-                             predicted_letter, prompt_ids)
+                            predicted_letter, prompt_ids)
 from util import dist
 from util.errors import ConfigError, DataError, MissingFileError
 

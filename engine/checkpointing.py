@@ -156,17 +156,17 @@ def check_optimizer_state(ckpt: dict, model, source: str):
     saved = ckpt.get("param_names")
     if saved is not None and list(saved) != names:
         raise CheckpointError(f"{source}: its optimizer state is for parameters {list(saved)[:3]}..., this model "
-                         f"trains {names[:3]}...; resume with --finetune to load the weights only")
+                              f"trains {names[:3]}...; resume with --finetune to load the weights only")
     ids = [i for g in ckpt["optimizer"]["param_groups"] for i in g["params"]]
     ours = [p for g in param_groups(model.trainable_parameters(), 0.0) for p in g["params"]]
     if len(ids) != len(ours):
         raise CheckpointError(f"{source}: optimizer state has {len(ids)} parameters, the model trains "
-                         f"{len(ours)}; resume with --finetune to load the weights only")
+                              f"{len(ours)}; resume with --finetune to load the weights only")
     for i, p in zip(ids, ours):
         saved_shape = tuple(ckpt["optimizer"]["state"].get(i, {}).get("exp_avg", p).shape)
         if saved_shape != tuple(p.shape):
             raise CheckpointError(f"{source}: optimizer state of parameter {i} has shape {saved_shape}, the "
-                             f"model's is {tuple(p.shape)}; resume with --finetune to load the weights only")
+                                  f"model's is {tuple(p.shape)}; resume with --finetune to load the weights only")
 
 
 # ---- resume ----

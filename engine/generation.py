@@ -38,7 +38,7 @@ from llama.adapter import TOPA
 from llama.generation import greedy_generate
 from llama.memory import project
 from text.protocols import (LETTERS, GenProtocol, generated_text, letter_ids, masked_ids, predicted_letter,
-                             prompt_ids, published_correct)
+                            prompt_ids, published_correct)
 from text.tokenizer import Tokenizer
 from util import dist
 from util.errors import DataError, NonFiniteError

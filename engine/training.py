@@ -153,7 +153,7 @@ def step_if_finite(optimizer: torch.optim.Optimizer, params: List[torch.Tensor],
         if not state:
             fresh.append(p)
         kept += [(t, t.clone()) for t in [p] + [v for v in (state or {}).values()
-                                               if torch.is_tensor(v) and v.shape == p.shape]]
+                                                if torch.is_tensor(v) and v.shape == p.shape]]
     optimizer.step()
     for t, before in kept:
         t.copy_(torch.where(ok, t, before))

@@ -330,11 +330,11 @@ def check_shapes(shapes: dict, expected: dict, source: str):
     extra = sorted(set(shapes) - set(expected))
     if missing or extra:
         raise CheckpointError(f"{source}: keys do not match the model: missing {missing[:8]}"
-                         f"{'...' if len(missing) > 8 else ''}, unexpected {extra[:8]}{'...' if len(extra) > 8 else ''}")
+                              f"{'...' if len(missing) > 8 else ''}, unexpected {extra[:8]}{'...' if len(extra) > 8 else ''}")
     for k, shape in expected.items():
         if tuple(shapes[k]) != tuple(shape):
             raise CheckpointError(f"{source}: tensor '{k}' has shape {tuple(shapes[k])}, "
-                             f"the model needs {tuple(shape)}")
+                                  f"the model needs {tuple(shape)}")
 
 
 def adapter_hint(rows: int, args: TOPAArgs, trained_with: Optional[dict] = None) -> str:

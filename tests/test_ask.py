@@ -122,7 +122,7 @@ def test_describe_and_open_question(world):
 def test_cli_prints_the_answer_and_one_line_errors(world, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, str(REPO / "ask.py")] + argv(world, "--question", "What is it?", "--options",
-                                                                      "red", "blue"),
+                                                                     "red", "blue"),
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().splitlines()[-1].split("    ")[0] in ("(A) red", "(B) blue")

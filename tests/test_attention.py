@@ -24,7 +24,7 @@ def make_topa(shape="gqa", seed=0, n_layers=2, dtype=torch.float32):
     """Tiny TOPA with random backbone and random TOPA parameters (gates far from their init)."""
     torch.manual_seed(seed)
     args = TOPAArgs(dim=64, n_layers=n_layers, vocab_size=V, multiple_of=16, adapter_len=3, max_feats=T,
-                     bias=3.5, **SHAPES[shape])
+                    bias=3.5, **SHAPES[shape])
     model = build_model(args, Transformer(args).state_dict(), dtype=dtype)
     with torch.no_grad():
         for name, p in model.trainable_parameters():

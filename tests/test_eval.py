@@ -39,7 +39,7 @@ def write_world(root: Path, kind: str = "llama2", n_shards: int = 1):
                            llama2_style=not llama3, n_shards=n_shards, seed=1)
     tok = load_tokenizer(root / "pretrained" / kind / "tokenizer.model")
     margs = TOPAArgs.from_params_json(mdir / "params.json", adapter_len=10, max_feats=10, bias=3.0,
-                                       vocab_size=tok.n_words, rope_theta=10000.0 if llama3 else None)
+                                      vocab_size=tok.n_words, rope_theta=10000.0 if llama3 else None)
     model = build_model(margs, load_meta_checkpoint(mdir))
     with torch.no_grad():
         for n, p in model.trainable_parameters():
@@ -328,7 +328,7 @@ def test_inputs_are_checked_before_the_backbone_loads(world2, tmp_path, monkeypa
     with pytest.raises(CheckpointError, match=r"llama3\.pth does not match this run: .*Llama-3 backbone.*pass --llama3"):
         eval_main(world2, base + ["--resume", l3], monkeypatch)
     theta = saved_checkpoint(world2, tmp_path, "theta.pth", args=dict(recorded, llama2=True, llama3=False,
-                                                                       rope_theta=20000.0))
+                                                                      rope_theta=20000.0))
     with pytest.raises(CheckpointError, match=r"pass --rope_theta 20000"):
         eval_main(world2, base + ["--resume", theta], monkeypatch)
     # nothing was written for any of these runs

@@ -283,7 +283,7 @@ def test_failures_resume_and_skip_bad(tmp_path, clip_dir, monkeypatch, capsys):
     assert decoded == ["v3", "v4", "v6", "v7"]
     fails = [json.loads(line) for line in open(data / "nextqa" / "failures_nextqa.jsonl")]
     assert [(f["key"], f["reason"].split(":")[0]) for f in fails] == [("v5", "missing"), ("v6", "unreadable"),
-                                                                       ("v7", "empty")]
+                                                                      ("v7", "empty")]
     assert fails[1]["path"] == str(vids / "v6.mp4") and fails[0]["path"] is None
     assert not out.exists() and parts.is_dir()
     # v5 arrives; --skip_bad: only the 3 failed are tried again, the file is written without v6, v7

@@ -64,7 +64,7 @@ MSRVTT = {"info": {}, "videos": [{"video_id": f"video{7010 + i}", "split": "test
                         for i in range(4) for j, c in enumerate(["a man is cooking in a kitchen",
                                                                  f"someone prepares food number {i}"])]}
 VATEX = [{"videoID": f"vid{i}_000010_000020", "enCap": [f"A person plays a guitar on stage {i}.",
-                                                          "Someone is playing music."], "chCap": ["一个人"]}
+                                                        "Someone is playing music."], "chCap": ["一个人"]}
          for i in range(3)]
 
 
@@ -97,7 +97,7 @@ def write_model(root: Path, kind: str, g):
                            rope_theta=500000.0 if llama3 else None, llama2_style=not llama3, seed=1, std=0.1)
     tok = load_tokenizer(root / kind / "tokenizer.model")
     margs = TOPAArgs.from_params_json(mdir / "params.json", adapter_len=10, max_feats=10, bias=3.0,
-                                       vocab_size=tok.n_words)
+                                      vocab_size=tok.n_words)
     model = build_model(margs, load_meta_checkpoint(mdir))
     with torch.no_grad():
         for n, p in model.trainable_parameters():

@@ -118,7 +118,7 @@ VOCAB, TS = 300, 4
 def tiny(kv_heads, impl="sdpa", seed=0):
     torch.manual_seed(seed)
     args = TOPAArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=kv_heads, vocab_size=VOCAB, multiple_of=16,
-                     adapter_len=3, max_feats=TS, bias=3.5)
+                    adapter_len=3, max_feats=TS, bias=3.5)
     return randomize_topa(build_model(args, Transformer(args).state_dict(), attn_impl=impl), seed)
 
 

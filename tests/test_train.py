@@ -338,7 +338,7 @@ def test_textvid_bad_rows_letter_and_missing_file(tmp_path, builder):
 def test_textvid_items_are_seeded_per_epoch_and_balanced(tmp_path, builder):
     tideos = [dict(tideo(i), QAs=[{"question": f"q{j}", "options": ["w", "x", "y", "z", "both w and x"],
                                   "answer": "ABCDE"[j % 5], "answer_open_ended": "an answer"}
-                                 for j in range(5)]) for i in range(40)]
+                                  for j in range(5)]) for i in range(40)]
     write_textvid(tmp_path, tideos, {i: 6 for i in range(40)})
     ds = TextVidDataset(tmp_path, builder, seed=1, answer_balance=True, video_caption=True, openvqa=True,
                         variance=0.05)

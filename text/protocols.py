@@ -126,7 +126,7 @@ def letter_ids(tok: Tokenizer, n: int) -> List[int]:
         ids = tok.encode(ANSWER_TEXT + f"({letter})")
         if ids[:len(head)] != head or len(ids) <= len(head) or tok.decode(ids[len(head):len(head) + 1]) != letter:
             raise TokenizerError(f"tokenizer {tok.path}: the letter {letter} after '(' is not one piece "
-                                  f"({ids[len(head) - 1:]}); the letter-constrained answer needs it to be one")
+                                 f"({ids[len(head) - 1:]}); the letter-constrained answer needs it to be one")
         out.append(ids[len(head)])
     return out
 

@@ -48,7 +48,7 @@ class Tokenizer:
         ids = self.encode("\n" + word)
         if not ids or self.decode(ids[-1:]).strip() != word:
             raise TokenizerError(f"tokenizer {self.path}: '{word}' after a newline is not a single token "
-                             f"(got ids {ids}); the prompt format needs it to be one")
+                                 f"(got ids {ids}); the prompt format needs it to be one")
         return ids[-1]
 
 

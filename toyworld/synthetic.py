@@ -292,7 +292,7 @@ def vocabulary_texts() -> List[str]:
         for f in FAMILIES:
             q = World.question(v, f, rng)
             texts += [q["question"].capitalize() + "?", q["open"]] + [f"({LETTERS[i]}) {o}" for i, o in
-                                                                   enumerate(q["options"])]
+                                                                      enumerate(q["options"])]
     texts += [" ".join(CONCEPTS), " ".join(o + "s" for o in OBJECTS)]
     return texts
 

@@ -100,7 +100,7 @@ def safe_load(path, map_location="cpu", mmap=False):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsafePickleError(f"{path}: refused to unpickle (only tensors, containers and "
-                                     f"argparse.Namespace are allowed): {e}") from None
+                                f"argparse.Namespace are allowed): {e}") from None
     except UNREADABLE as e:
         raise CheckpointError(f"{path}: cannot be read as a torch file (truncated or corrupt?): "
                               f"{type(e).__name__}: {_first_line(e)}") from None

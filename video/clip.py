@@ -80,7 +80,7 @@ class ClipEncoder:
         dim = model.config.projection_dim
         if dim != FEATURE_DIM:
             raise CheckpointError(f"--clip_model {self.name}: projection_dim is {dim}; the feature files hold "
-                             f"{FEATURE_DIM}-d CLIP ViT-L/14 embeddings")
+                                  f"{FEATURE_DIM}-d CLIP ViT-L/14 embeddings")
         self.model = model.to(self.device, dtype).eval()
         self._tokenizer = None
 
