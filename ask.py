@@ -5,12 +5,14 @@
   python ask.py my_video.mp4 --describe --resume vqa_checkpoint/topa_llama2_7b.pth
   python ask.py my_video.mp4 --question "Where are they?" --resume ...          # open question
 
-Needs the optional install: pip install -e ".[video]". engine/ask.py says which prompt each request uses.
+Needs the optional install: pip install -e ".[video]". engine/api.py says which prompt each request uses
+(and is the Python API behind this script: a model loaded once, asked many things).
 """
 import argparse
 
+from engine.api import QAConfig, add_api_args
 from engine.ask import AskConfig, run
-from engine.config import _model_config, add_model_args
+from engine.config import add_model_args
 from util.errors import run_cli
 
 
@@ -21,24 +23,15 @@ def get_args(argv=None):
     g.add_argument("--question", "-q", default=None, help="the question (with --options: multiple choice)")
     g.add_argument("--options", nargs="+", default=[], help="the answer options (2 or more)")
     g.add_argument("--describe", action="store_true", help="describe the video (MSR-VTT's captioning prompt)")
-    g.add_argument("--resume", default=None, help="the TOPA checkpoint")
-    g.add_argument("--clip_model", default="openai/clip-vit-large-patch14",
-                   help="CLIP ViT-L/14 in Hugging Face format: a local folder or a hub name")
-    m = g.add_mutually_exclusive_group()
-    m.add_argument("--memory", action="store_true", default=None, help="project the frames onto the text memory (default)")
-    m.add_argument("--no_memory", dest="memory", action="store_false", help="no memory projection")
-    g.add_argument("--memory_path", default="./data/textvid/memory.pkl", help="the TextVid text-feature memory")
     g.add_argument("--max_new_tokens", type=int, default=None, help="default: the prompt's protocol")
-    g.add_argument("--frames_fps", type=float, default=3.0, help="the frame rate of a frame folder")
+    add_api_args(p)
     add_model_args(p)
     return p.parse_args(argv)
 
 
 def main(args):
-    return run(AskConfig(video=args.video, model=_model_config(args), question=args.question, options=args.options,
-                         describe=args.describe, resume=args.resume, clip_model=args.clip_model, memory=args.memory,
-                         memory_path=args.memory_path, max_new_tokens=args.max_new_tokens,
-                         frames_fps=args.frames_fps, device=args.device))
+    return run(AskConfig(video=args.video, api=QAConfig.from_args(args), question=args.question,
+                         options=args.options, describe=args.describe, max_new_tokens=args.max_new_tokens))
 
 
 if __name__ == "__main__":
