@@ -359,7 +359,7 @@ class TOPAVideoQA:
                 while len(self._cache) > self.cfg.cache_size:
                     self._cache.popitem(last=False)
             return got
-        return self._encode("frames", fps or self.cfg.frames_fps, _array_outcomes(video, self._rules(), fps or self.cfg.frames_fps))
+        return self._encode("frames", fps or self.cfg.frames_fps, _array_outcomes(video, list(self._rules().values()), fps or self.cfg.frames_fps))
 
     def _rules(self):
         return frame_rules(self.T)
