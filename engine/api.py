@@ -121,6 +121,10 @@ class FittedRate:
         return [rows[math.floor(j * m / self.num)] for j in range(self.num)] if m > self.num else rows
 
 
+FRAME_RULES = {"segments": "MVBench's 10 segments", "strided": "frames i*(n//T) (MSR-VTT)",
+               "fps1": "1 frame/s, the T rows eval.py fits (NExT-QA)"}
+
+
 def frame_rules(T: int) -> Dict[str, object]:
     """The frame rules of the request kinds, by name."""
     from video.frames import Segments, Strided
@@ -395,39 +399,43 @@ class TOPAVideoQA:
                                  feats[[row[i] for i in idx]], o[1])
         return VideoFeatures(str(source), fps, rules)
 
-    def _video(self, video, kind: str, memory: Optional[bool]) -> Tuple[torch.Tensor, Optional[Frames]]:
-        """The model's input [T, 768] on the device (fitted, projected per the protocol) and its frames."""
+    def _video(self, video, kind: str, memory: Optional[bool],
+               frames: Optional[str] = None) -> Tuple[torch.Tensor, Optional[Frames]]:
+        """The model's input [T, 768] on the device (fitted, projected per the protocol or `memory`) and
+        the frames it came from (`frames`: a frame_rules name instead of the protocol's)."""
         if torch.is_tensor(video):
             if video.ndim != 2 or video.shape[1] != 768:
                 raise DataError(f"video features must be [n, 768], got {list(video.shape)}")
-            frames, feats = None, video
+            picked, feats = None, video
         else:
-            frames = self.features(video).frames(KINDS[kind].rule)
-            feats = frames.features
+            if frames is not None and frames not in FRAME_RULES:
+                raise ConfigError(f"frames must be one of {', '.join(FRAME_RULES)}, not {frames!r}")
+            picked = self.features(video).frames(frames or KINDS[kind].rule)
+            feats = picked.features
         v = fit_frames(feats, self.T).to(self.device)
         if self.use_memory(kind, memory):
             self.check_memory(kind, memory)
             v = project_to_memory(v, self.memory_tensor())
-        return v, frames
+        return v, picked
 
     # ---- multiple choice by scoring ----
     @_locked
-    def choose(self, video, question: str, options: Sequence[str], memory: Optional[bool] = None,
-               style: PromptStyle = DEFAULT) -> Choice:
-        return self.choose_batch([(video, question, options)], memory=memory, style=style)[0]
+    def choose(self, video, question: str, options: Sequence[str], **kw) -> Choice:
+        return self.choose_batch([(video, question, options)], **kw)[0]
 
     @_locked
     def choose_batch(self, requests: Sequence[Tuple[object, str, Sequence[str]]], memory: Optional[bool] = None,
-                     style: PromptStyle = DEFAULT) -> List[Choice]:
-        """(video, question, options) per request -> a Choice each: eval.py's packed scoring."""
-        items, frames = [], []
+                     frames: Optional[str] = None, style: PromptStyle = DEFAULT) -> List[Choice]:
+        """(video, question, options) per request -> a Choice each: eval.py's packed scoring. `memory`
+        and `frames` (a FRAME_RULES name) replace the protocol's; `style` is a benchmark's wording."""
+        items, picked = [], []
         for i, (video, question, options) in enumerate(requests):
             _check_question(question, options, len(MC_LETTERS))
-            v, f = self._video(video, "choose", memory)
+            v, f = self._video(video, "choose", memory, frames)
             rec = QARecord(vid=str(i), qid=str(i), question=question, options=list(options), answer=None,
                            source="choose")
             items.append(EvalItem(i, rec, v, self.builder.mcqa_options(question, list(options), style=style)))
-            frames.append(f)
+            picked.append(f)
         out = []
         for chunk in _chunks(items, self.cfg.batch_size):
             batch = ScoringCollate("packed")(chunk).to(self.device)
@@ -438,75 +446,72 @@ class TOPAVideoQA:
                 sc, k = r["scores"], r["prediction"]
                 p = torch.softmax(-torch.tensor(sc, dtype=torch.float64), 0).tolist()
                 opts = items[r["index"]].record.options
-                out.append(Choice(k, opts[k], MC_LETTERS[k], sc, p, frames[r["index"]]))
+                out.append(Choice(k, opts[k], MC_LETTERS[k], sc, p, picked[r["index"]]))
         return out
 
     # ---- generation ----
     @_locked
-    def describe(self, video, memory: Optional[bool] = None, max_new_tokens: Optional[int] = None) -> Answer:
-        return self.describe_batch([video], memory=memory, max_new_tokens=max_new_tokens)[0]
+    def describe(self, video, **kw) -> Answer:
+        return self.describe_batch([video], **kw)[0]
 
     @_locked
-    def describe_batch(self, videos: Sequence, memory: Optional[bool] = None,
+    def describe_batch(self, videos: Sequence, memory: Optional[bool] = None, frames: Optional[str] = None,
                        max_new_tokens: Optional[int] = None) -> List[Answer]:
         """MSR-VTT's captioning prompt: "... Answer: It is a video of" + greedy tokens, first sentence."""
         p = MSRVTT
-        return self._generate([self._request(i, v, "describe", memory, p.p1, p.p2, max_new_tokens or p.max_new_tokens,
+        return self._generate([self._request(i, v, "describe", (memory, frames), p.p1, p.p2, max_new_tokens or p.max_new_tokens,
                                              p.mask, p.marker, p.cut) for i, v in enumerate(videos)])
 
     @_locked
-    def answer(self, video, question: str, memory: Optional[bool] = None,
-               max_new_tokens: Optional[int] = None) -> Answer:
-        return self.answer_batch([(video, question)], memory=memory, max_new_tokens=max_new_tokens)[0]
+    def answer(self, video, question: str, **kw) -> Answer:
+        return self.answer_batch([(video, question)], **kw)[0]
 
     @_locked
     def answer_batch(self, requests: Sequence[Tuple[object, str]], memory: Optional[bool] = None,
-                     max_new_tokens: Optional[int] = None) -> List[Answer]:
+                     frames: Optional[str] = None, max_new_tokens: Optional[int] = None) -> List[Answer]:
         """Open questions: MSR-VTT's instruction, "Question: Q\\nAnswer:", greedy to the end of the line."""
         out = []
         for i, (v, q) in enumerate(requests):
             if not str(q).strip():
                 raise ConfigError("the question is empty")
             p2 = OPEN_P2.format(question=normalize_question(q))
-            out.append(self._request(i, v, "answer", memory, MSRVTT.p1, p2, max_new_tokens or OPEN_NEW_TOKENS,
+            out.append(self._request(i, v, "answer", (memory, frames), MSRVTT.p1, p2, max_new_tokens or OPEN_NEW_TOKENS,
                                      False, "Answer:", str.strip, until=("\n",)))
         return self._generate(out)
 
     @_locked
-    def mvbench(self, video, question: str, options: Sequence[str], memory: Optional[bool] = None,
-                max_new_tokens: Optional[int] = None) -> Answer:
-        return self.mvbench_batch([(video, question, options)], memory=memory, max_new_tokens=max_new_tokens)[0]
+    def mvbench(self, video, question: str, options: Sequence[str], **kw) -> Answer:
+        return self.mvbench_batch([(video, question, options)], **kw)[0]
 
     @_locked
     def mvbench_batch(self, requests: Sequence[Tuple[object, str, Sequence[str]]], memory: Optional[bool] = None,
-                      max_new_tokens: Optional[int] = None) -> List[Answer]:
+                      frames: Optional[str] = None, max_new_tokens: Optional[int] = None) -> List[Answer]:
         """MVBench's letter protocol: the option whose letter ranks highest (among the given letters) at
         the first position after "The correct choice is ("; the free generation is kept beside it."""
         p, out = MVBENCH, []
         for i, (v, q, options) in enumerate(requests):
             _check_question(q, options, len(LETTERS))
             p2 = p.p2_text(question=q, choices=choices_text(options))
-            out.append(self._request(i, v, "mvbench", memory, p.p1, p2, max_new_tokens or p.max_new_tokens, p.mask,
+            out.append(self._request(i, v, "mvbench", (memory, frames), p.p1, p2, max_new_tokens or p.max_new_tokens, p.mask,
                                      p.marker, p.cut, n_letters=len(options)))
         return self._generate(out)
 
     @_locked
-    def complete(self, video, context: str, until: Sequence[str] = (), max_new_tokens: int = 32,
-                 memory: Optional[bool] = None, p1: str = MSRVTT.p1) -> Answer:
-        return self.complete_batch([(video, context)], until=until, max_new_tokens=max_new_tokens, memory=memory,
-                                   p1=p1)[0]
+    def complete(self, video, context: str, **kw) -> Answer:
+        return self.complete_batch([(video, context)], **kw)[0]
 
     @_locked
     def complete_batch(self, requests: Sequence[Tuple[object, str]], until: Sequence[str] = (),
-                       max_new_tokens: int = 32, memory: Optional[bool] = None, p1: str = MSRVTT.p1) -> List[Answer]:
+                       max_new_tokens: int = 32, memory: Optional[bool] = None, frames: Optional[str] = None,
+                       p1: str = MSRVTT.p1) -> List[Answer]:
         """Greedy continuation of `[BOS] p1 VIDEO×T context` (no mask), cut at the first `until` string."""
-        return self._generate([self._request(i, v, "complete", memory, p1, ctx, max_new_tokens, False, "",
+        return self._generate([self._request(i, v, "complete", (memory, frames), p1, ctx, max_new_tokens, False, "",
                                              lambda s: s, until=tuple(until)) for i, (v, ctx) in enumerate(requests)])
 
-    def _request(self, i, video, kind, memory, p1, p2, max_new_tokens, mask, marker, cut, until=(), n_letters=0):
+    def _request(self, i, video, kind, how, p1, p2, max_new_tokens, mask, marker, cut, until=(), n_letters=0):
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        v, frames = self._video(video, kind, memory)
+        v, frames = self._video(video, kind, *how)
         g = _Gen(i, prompt_ids(self.tok, p1, p2, self.T), v, max_new_tokens, mask, marker, cut, until, n_letters)
         return g, frames
 
@@ -559,14 +564,13 @@ class TOPAVideoQA:
 
     # ---- likelihood (harnesses) ----
     @_locked
-    def loglikelihood(self, video, context: str, continuation: str, memory: Optional[bool] = None,
-                      p1: str = MSRVTT.p1, with_greedy: bool = False) -> LogLikelihood:
-        return self.loglikelihood_batch([(video, context, continuation)], memory=memory, p1=p1,
-                                        with_greedy=with_greedy)[0]
+    def loglikelihood(self, video, context: str, continuation: str, **kw) -> LogLikelihood:
+        return self.loglikelihood_batch([(video, context, continuation)], **kw)[0]
 
     @_locked
     def loglikelihood_batch(self, requests: Sequence[Tuple[object, str, str]], memory: Optional[bool] = None,
-                            p1: str = MSRVTT.p1, with_greedy: bool = False) -> List[LogLikelihood]:
+                            frames: Optional[str] = None, p1: str = MSRVTT.p1,
+                            with_greedy: bool = False) -> List[LogLikelihood]:
         """NLL of each continuation's tokens after `[BOS] p1 VIDEO×T context`. The continuation's tokens
         are those the encoding of context + continuation adds after the context's (lm-eval's split;
         spaces at the end of the context move to the continuation). `with_greedy` also says whether each
@@ -581,7 +585,7 @@ class TOPAVideoQA:
             if not cont:
                 raise ConfigError(f"the continuation {continuation!r} adds no token to the context")
             seqs.append(Seq(prompt + cont, prompt.index(VIDEO), len(prompt)))
-            videos.append(self._video(video, "loglikelihood", memory)[0])
+            videos.append(self._video(video, "loglikelihood", memory, frames)[0])
         out = []
         for chunk in _chunks(list(range(len(seqs))), self.cfg.batch_size):
             batch = collate_rows([single_row(seqs[i]) for i in chunk], [videos[i] for i in chunk]).to(self.device)
