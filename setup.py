@@ -2,6 +2,8 @@ from setuptools import find_packages, setup
 
 VIDEO = ["transformers>=4.40", "av>=15,<19", "pillow>=9.1"]
 CAPTION = ["pycocoevalcap>=1.2"]  # the COCO caption metrics (MSR-VTT, VATEX); its tokenizer and METEOR need Java
+DEMO = VIDEO + ["gradio>=5", "pandas"]  # app.py (pandas: the probability chart)
+BROWSER = ["playwright"]  # the demo's browser test (with Debian's chromium; no browser download)
 
 setup(
     name="topa",
@@ -17,7 +19,8 @@ setup(
         # Python >= 3.12, so the cap keeps a wheel for every supported Python), images (pillow)
         "video": VIDEO,
         "caption": CAPTION,
-        "test": ["pytest"] + VIDEO + CAPTION,
+        "demo": DEMO,
+        "test": ["pytest"] + VIDEO + CAPTION + DEMO + BROWSER,
         "tensorboard": ["tensorboard"],
     },
 )

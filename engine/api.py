@@ -28,9 +28,10 @@ What each request does (docs/prompts.md has the prompts):
 | loglikelihood / complete | 10 segments | on | `[BOS] P1 VIDEO×T context` (+ continuation): its NLL, or a greedy continuation |
 
 A video file is decoded once for all three frame rules and its features are kept (by path, mtime and
-size) so that another question on it decodes nothing. One caller at a time: every public method
+size; a touched file by its content digest) so that another question on it decodes nothing. One caller at a time: every public method
 holds the instance's lock.
 """
+import hashlib
 import math
 import os
 import threading
@@ -248,6 +249,21 @@ class _Gen:
     n_letters: int = 0
 
 
+@dataclass
+class _Cached:
+    stamp: Tuple[int, int]     # (mtime_ns, size) when last seen
+    digest: Optional[str]      # the file's content digest (None: a frame folder)
+    features: VideoFeatures
+
+
+def _digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _locked(fn):
     @wraps(fn)
     def inner(self, *a, **kw):
@@ -284,7 +300,7 @@ class TOPAVideoQA:
         self._lock = threading.RLock()
         self._model = self._clip = self._memory = None
         self._masked = None
-        self._cache: "OrderedDict[tuple, VideoFeatures]" = OrderedDict()
+        self._cache: "OrderedDict[tuple, _Cached]" = OrderedDict()
         self.stats = {"decoded": 0, "cache_hits": 0}   # videos decoded / answered from the cache
 
     # ---- what is loaded ----
@@ -337,33 +353,35 @@ class TOPAVideoQA:
         return self
 
     # ---- video -> frames -> CLIP ----
-    def _cache_key(self, path: str):
-        st = os.stat(path)
-        return os.path.realpath(path), st.st_mtime_ns, st.st_size, self.cfg.frames_fps
-
     @_locked
     def features(self, video, fps: Optional[float] = None) -> VideoFeatures:
         """CLIP features of the frames each request kind picks (one decoding pass for all of them), with
-        their positions and times; a video file or frame folder is answered from the cache when its
-        path, mtime and size are unchanged. `fps`: the rate of a frame array (default frames_fps)."""
+        their positions and times. A video file or frame folder is answered from the cache when its path,
+        mtime and size are unchanged, or (a file touched since, as Gradio does with the uploads it hands
+        out again) when its size and content digest are. `fps`: the rate of a frame array (default
+        frames_fps)."""
         if isinstance(video, VideoFeatures):
             return video
-        if isinstance(video, (str, os.PathLike)):
-            path = os.fspath(video)
-            if not os.path.exists(path):
-                raise MissingFileError(f"video not found: {path}")
-            key = self._cache_key(path)
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                self.stats["cache_hits"] += 1
-                return self._cache[key]
-            got = self._decode(path)
-            if self.cfg.cache_size:
-                self._cache[key] = got
-                while len(self._cache) > self.cfg.cache_size:
-                    self._cache.popitem(last=False)
-            return got
-        return self._encode("frames", fps or self.cfg.frames_fps, _array_outcomes(video, list(self._rules().values()), fps or self.cfg.frames_fps))
+        if not isinstance(video, (str, os.PathLike)):
+            fps = fps or self.cfg.frames_fps
+            return self._encode("frames", fps, _array_outcomes(video, list(self._rules().values()), fps))
+        path = os.fspath(video)
+        if not os.path.exists(path):
+            raise MissingFileError(f"video not found: {path}")
+        key, st = (os.path.realpath(path), self.cfg.frames_fps), os.stat(path)
+        stamp, hit = (st.st_mtime_ns, st.st_size), self._cache.get(key)
+        if hit is not None and (hit.stamp == stamp or (hit.digest and hit.stamp[1] == st.st_size
+                                                       and _digest(path) == hit.digest)):
+            hit.stamp = stamp
+            self._cache.move_to_end(key)
+            self.stats["cache_hits"] += 1
+            return hit.features
+        got = self._decode(path)
+        if self.cfg.cache_size:
+            self._cache[key] = _Cached(stamp, None if os.path.isdir(path) else _digest(path), got)
+            while len(self._cache) > self.cfg.cache_size:
+                self._cache.popitem(last=False)
+        return got
 
     def _rules(self):
         return frame_rules(self.T)

@@ -95,8 +95,12 @@ def test_generation_equals_ask_py_and_the_cache_decodes_once(world, capsys):
     # every request kind above read the one decoding (three frame rules, one pass)
     assert qa.stats == {"decoded": 1, "cache_hits": 5}
     capsys.readouterr()
-    # a changed file (new mtime) is decoded again; a second video is its own entry
+    # a touched file with the same content is not decoded again; a changed one is; a second video is its own entry
     os.utime(video, ns=(1, 1))
+    qa.describe(video)
+    assert qa.stats == {"decoded": 1, "cache_hits": 6}
+    write_video(world / "changed.mp4", 61, Fraction(25), (80, 60), code=True)
+    os.replace(world / "changed.mp4", video)
     qa.describe(video)
     qa.describe(str(world / "other.mp4"))
     assert qa.stats["decoded"] == 3

@@ -1,0 +1,165 @@
+"""app.py, the web demo, on the toy world (`--toy`: tiny random Llama and CLIP, PyAV example videos):
+through gradio_client (every request kind, bad uploads as messages, a follow-up question that decodes
+nothing) and in a real headless Chromium (upload, ask, see answer, chart and frames; a screenshot).
+
+Needs `pip install -e ".[demo]"` and Debian's `chromium` (.ci/run installs both); no download."""
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+import app as app_script
+from engine.api import FRAME_RULES
+from toyworld.videos import write_video
+
+gradio_client = pytest.importorskip("gradio_client") if not os.environ.get("TOPA_CI") else __import__("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    args = app_script.get_args(["--toy", "--device", "cpu"])
+    app = app_script.build_app(args, str(root))
+    demo = app.build()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=app.examples,
+                            max_file_size="200mb")
+    client = Client(url, verbose=False)
+    yield app, url, client
+    client.close()
+    demo.close()
+
+
+def ask(client, video, mode, question="", options=(), memory="protocol's", frames="protocol's", max_new=0,
+        history=()):
+    opts = list(options) + [""] * (app_script.N_OPTIONS - len(options))
+    video = video if isinstance(video, dict) else handle_file(str(video))
+    return client.predict(video, mode, question, *opts, memory, frames, max_new, list(history),
+                          api_name="/ask")
+
+
+def text_of(message) -> str:
+    c = message["content"]
+    return c if isinstance(c, str) else "".join(part.get("text", "") for part in c)
+
+
+def test_every_request_kind(served):
+    app, _, client = served
+    video = app.examples[0]
+    hist, answer, chart, gallery = ask(client, video, "Multiple choice", "What moves?", ["a ball", "a cat", "a car"])
+    want = app.qa.choose(video, "What moves?", ["a ball", "a cat", "a car"])
+    assert answer == f"({want.letter}) {want.option}"
+    assert chart["visible"] is True
+    probs = [row[1] for row in chart["value"]["data"]]
+    assert [row[0] for row in chart["value"]["data"]] == ["(A) a ball", "(B) a cat", "(C) a car"]
+    assert abs(sum(probs) - 1) < 1e-6 and max(abs(p - q) for p, q in zip(probs, want.probabilities)) < 1e-6
+    assert [g["caption"] for g in gallery] == [f"frame {i} · {t:.2f} s" for i, t in
+                                               zip(want.frames.indices, want.frames.times)]
+    hist, answer, chart, gallery = ask(client, video, "Describe", history=hist)
+    assert answer == f"{app.qa.describe(video).text}" and chart["visible"] is False
+    assert len(gallery) == 10 and len(hist) == 4
+    hist, answer, _, _ = ask(client, video, "Open question", "where is it", max_new=5, history=hist)
+    assert answer == f"{app.qa.answer(video, 'where is it', max_new_tokens=5).text}"
+    hist, answer, _, _ = ask(client, video, "Multiple choice (MVBench letters)", "What moves?", ["a ball", "a cat"],
+                             memory="off", frames=FRAME_RULES["strided"], history=hist)
+    a = app.qa.mvbench(video, "What moves?", ["a ball", "a cat"], memory=False, frames="strided")
+    assert answer.startswith(f"({a.letter}) {['a ball', 'a cat'][a.choice]}")
+    assert [m["role"] for m in hist] == ["user", "assistant"] * 4
+    assert text_of(hist[-2]).startswith("What moves?") and text_of(hist[-1]) == answer
+
+
+def test_a_follow_up_question_decodes_nothing(served, tmp_path):
+    """The page uploads a video once and sends its server path with every question (as here after the
+    first one): the second and third questions are answered from the features of the first decoding."""
+    app, _, client = served
+    video = shutil.copy(app.examples[1], tmp_path / "upload.mp4")
+    before = dict(app.qa.stats)
+    ask(client, video, "Open question", "what is it")
+    assert app.qa.stats["decoded"] == before["decoded"] + 1
+    (uploaded,) = [p for paths in app.sessions.values() for p in paths if p.endswith("upload.mp4")]
+    on_server = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
+    ask(client, on_server, "Multiple choice", "which color", ["green", "red"])
+    ask(client, on_server, "Describe")
+    assert app.qa.stats["decoded"] == before["decoded"] + 1
+    assert app.qa.stats["cache_hits"] == before["cache_hits"] + 2
+
+
+def test_bad_uploads_are_messages(served, tmp_path):
+    app, _, client = served
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video")
+    with pytest.raises(AppError, match="broken.mp4: unreadable"):
+        ask(client, broken, "Describe")
+    short = write_video(tmp_path / "short.mp4", 4, 25, (64, 48))
+    with pytest.raises(AppError, match="too short: 4 frames, 10 needed"):
+        ask(client, short, "Describe")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(AppError, match="notes.txt is a '.txt' file, not a video"):
+        ask(client, text, "Describe")
+    with pytest.raises(AppError, match="at least two options"):
+        ask(client, app.examples[0], "Multiple choice", "What?", ["only"])
+    limit, app.max_upload_mb = app.max_upload_mb, 0.001
+    try:
+        with pytest.raises(AppError, match="over the 0.001 MB limit"):
+            ask(client, app.examples[0], "Describe")
+    finally:
+        app.max_upload_mb = limit
+    # the app still answers
+    assert ask(client, app.examples[0], "Describe")[1] == app.qa.describe(app.examples[0]).text
+
+
+def test_in_a_real_browser(served, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api") if not os.environ.get("TOPA_CI") else \
+        __import__("playwright.sync_api", fromlist=["sync_playwright"])
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
+    app, url, _ = served
+    video = shutil.copy(app.examples[0], tmp_path / "my clip.mp4")
+    shots = Path(os.environ.get("TOPA_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    sessions_before = set(app.sessions)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.get_by_text("This is a random toy model", exact=False).wait_for()
+        page.locator("#video input[type=file]").set_input_files(str(video))
+        page.locator("#video video").wait_for(timeout=60_000)
+        page.get_by_label("Multiple choice", exact=True).check()
+        page.locator("#question textarea").fill("What moves across the picture?")
+        for k, o in enumerate(["a red ball", "a green square", "yellow stripes"]):
+            page.locator(f"#option-{k} textarea").fill(o)
+        page.locator("#ask").click()
+        box = page.locator("#answer textarea")
+        page.wait_for_function("e => e.value.length > 0", arg=box.element_handle(), timeout=120_000)
+        answer = box.input_value()
+        want = app.qa.choose(str(video), "What moves across the picture?", ["a red ball", "a green square",
+                                                                             "yellow stripes"])
+        assert f"({want.letter}) {want.option}" in answer
+        page.locator("#chart canvas, #chart svg").first.wait_for(timeout=60_000)
+        page.locator("#gallery img").first.wait_for()
+        assert page.locator("#gallery img").count() == len(want.frames.indices)
+        assert "What moves across the picture?" in page.locator("#chat").inner_text()
+        page.screenshot(path=str(shots / "demo.png"), full_page=True)
+        uploads = set().union(*(v for k, v in app.sessions.items() if k not in sessions_before))
+        assert uploads and all(os.path.exists(u) for u in uploads)
+        page.close()   # the session ends: its uploads are deleted
+        browser.close()
+    for _ in range(600):   # Gradio notices the closed page by its heartbeat
+        if not any(os.path.exists(u) for u in uploads):
+            break
+        time.sleep(0.1)
+    assert not any(os.path.exists(u) for u in uploads)
+    assert (shots / "demo.png").stat().st_size > 10_000
