@@ -12,6 +12,7 @@ Needs the optional install: pip install -e ".[demo]". One model per process; req
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -215,6 +216,7 @@ def build_app(args, toy_root: Optional[str] = None) -> DemoApp:
 
 def main(args):
     toy_root = tempfile.mkdtemp(prefix="topa_toy_") if args.toy else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` also removes the toy world
     try:
         app = build_app(args, toy_root)
         demo = app.build()

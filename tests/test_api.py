@@ -192,3 +192,25 @@ def test_bad_input_is_one_error_naming_it(world, qa, tmp_path):
     nomem.cfg.memory_path = str(tmp_path / "none.pkl")
     with pytest.raises(MissingFileError, match="none.pkl.*--no_memory"):
         nomem.describe(str(world / "clip.mp4"))
+
+
+def test_one_caller_at_a_time(world):
+    """Threads share one instance: each call holds the lock, so answers equal those of sequential calls
+    and the video is decoded once."""
+    import threading
+    qa = make_api(world)
+    v = str(world / "other.mp4")
+    want = make_api(world).describe(v).text
+    got, errors = [], []
+
+    def worker():
+        try:
+            got.append(qa.describe(v).text)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == [want] * 4 and qa.stats["decoded"] == 1
