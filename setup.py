@@ -3,6 +3,8 @@ from setuptools import find_packages, setup
 VIDEO = ["transformers>=4.40", "av>=15,<19", "pillow>=9.1"]
 CAPTION = ["pycocoevalcap>=1.2"]  # the COCO caption metrics (MSR-VTT, VATEX); its tokenizer and METEOR need Java
 DEMO = VIDEO + ["gradio>=5", "pandas"]  # app.py (pandas: the probability chart)
+# lmms-eval: the harness (model `topa`, engine/lmms.py); filelock 4 breaks its evaluator (docs/lmms_eval.md)
+LMMS = VIDEO + ["lmms-eval==0.7.3", "filelock<4"]
 BROWSER = ["playwright"]  # the demo's browser test (with Debian's chromium; no browser download)
 
 setup(
@@ -20,7 +22,10 @@ setup(
         "video": VIDEO,
         "caption": CAPTION,
         "demo": DEMO,
+        "lmms": LMMS,
         "test": ["pytest"] + VIDEO + CAPTION + DEMO + BROWSER,
         "tensorboard": ["tensorboard"],
     },
+    # `python -m lmms_eval --model topa` (with the lmms extra installed)
+    entry_points={"lmms_eval.models": ["topa = engine.lmms:manifest"]},
 )

@@ -76,6 +76,7 @@ class QAConfig:
     device: str = "auto"                  # auto, cpu, cuda, cuda:N
     batch_size: int = 8                   # requests per device batch (the *_batch methods)
     cache_size: int = 64                  # videos whose features are kept
+    keep_images: bool = True              # keep the 224x224 crops CLIP saw (Frames.images; ~150 KB a frame)
 
     def __post_init__(self):
         if self.frames_fps <= 0:
@@ -414,7 +415,7 @@ class TOPAVideoQA:
                 continue
             idx = list(o[0])
             rules[name] = Frames(idx, [i / fps if fps else float("nan") for i in idx],
-                                 feats[[row[i] for i in idx]], o[1])
+                                 feats[[row[i] for i in idx]], o[1] if self.cfg.keep_images else None)
         return VideoFeatures(str(source), fps, rules)
 
     def _video(self, video, kind: str, memory: Optional[bool],
