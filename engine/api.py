@@ -46,16 +46,17 @@ import torch
 
 from dataloader.base import EvalItem, QARecord, fit_frames
 from dataloader.packing import ScoringCollate, collate_rows, single_row
-from llama.adapter import project_to_memory
 from llama.build import ModelConfig, load_tokenizer_for, load_topa, resolve_dtype
-from llama.checkpoint import load_memory
 from llama.generation import greedy_generate
-from llama.prompts import DEFAULT, VIDEO, LETTERS as MC_LETTERS, PromptBuilder, PromptStyle, Sequence as Seq, normalize_question
-from llama.protocols import (LETTERS, MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
+from llama.memory import load_memory, project_to_memory
+from text.prompts import DEFAULT, LETTERS, VIDEO, PromptBuilder, PromptStyle, Sequence as Seq, normalize_question
+from text.protocols import (MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
                              predicted_letter, prompt_ids)
-from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
+from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
+from video.clip import DEFAULT_MODEL as CLIP_MODEL
 
-from .evaluation import group_mean, prediction_rows, score_batch, token_nll
+from .losses import group_mean, token_nll
+from .scoring import prediction_rows, score_batch
 
 OPEN_P2 = "\nQuestion: {question}\nAnswer:"
 OPEN_NEW_TOKENS = 20
@@ -69,7 +70,7 @@ class QAConfig:
     """What the API is built from: the scripts' settings (ask.py's flags, `add_api_args`)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     resume: Optional[str] = None          # the TOPA checkpoint (None: fresh TOPA tensors, with a warning)
-    clip_model: str = "openai/clip-vit-large-patch14"
+    clip_model: str = CLIP_MODEL
     memory: Optional[bool] = None         # None: each request's protocol (table above)
     memory_path: str = "./data/textvid/memory.pkl"
     frames_fps: float = 3.0               # frame folders and frame arrays
@@ -449,7 +450,7 @@ class TOPAVideoQA:
         and `frames` (a FRAME_RULES name) replace the protocol's; `style` is a benchmark's wording."""
         items, picked = [], []
         for i, (video, question, options) in enumerate(requests):
-            _check_question(question, options, len(MC_LETTERS))
+            _check_question(question, options, len(LETTERS))
             v, f = self._video(video, "choose", memory, frames)
             rec = QARecord(vid=str(i), qid=str(i), question=question, options=list(options), answer=None,
                            source="choose")
@@ -465,7 +466,7 @@ class TOPAVideoQA:
                 sc, k = r["scores"], r["prediction"]
                 p = torch.softmax(-torch.tensor(sc, dtype=torch.float64), 0).tolist()
                 opts = items[r["index"]].record.options
-                out.append(Choice(k, opts[k], MC_LETTERS[k], sc, p, picked[r["index"]]))
+                out.append(Choice(k, opts[k], LETTERS[k], sc, p, picked[r["index"]]))
         return out
 
     # ---- generation ----
@@ -569,7 +570,7 @@ class TOPAVideoQA:
         out = []
         for b, (g, gen) in enumerate(zip(gens, ids)):
             if any(bool(bad[t][b]) for t in range(min(len(gen) + 1, len(bad)))):
-                raise CheckpointError("the model's next-token scores are not finite (its output overflowed or is "
+                raise NonFiniteError("the model's next-token scores are not finite (its output overflowed or is "
                                       "NaN); check the checkpoint's tensors, or run with --precision fp32")
             after, text = generated_text(tok, g.prompt, gen, g.marker)
             for s in g.until:
@@ -616,7 +617,7 @@ class TOPAVideoQA:
                 n = len(seqs[i]) - seqs[i].span_start
                 m = float(mean[j])
                 if not math.isfinite(m):
-                    raise CheckpointError(f"request {i}: the continuation's NLL is not finite (the model's output "
+                    raise NonFiniteError(f"request {i}: the continuation's NLL is not finite (the model's output "
                                           "overflowed or is NaN); try --precision fp32")
                 out.append(LogLikelihood(m, m * n, n, None if greedy[j] is None else bool(greedy[j])))
         return out

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from llama.protocols import LETTERS
+from text.protocols import LETTERS
 from util.errors import ConfigError
 
 from .api import QAConfig, TOPAVideoQA

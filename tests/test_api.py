@@ -14,7 +14,7 @@ import torch
 from dataloader import benchmarks
 from engine.api import QAConfig, TOPAVideoQA
 from llama.build import ModelConfig
-from llama.prompts import VIDEO
+from text.prompts import VIDEO
 from toyworld.videos import save_random_clip, write_video
 from util.errors import ConfigError, DataError, MissingFileError
 from video.frames import Segments, Strided
@@ -182,7 +182,7 @@ def test_bad_input_is_one_error_naming_it(world, qa, tmp_path):
     with pytest.raises(DataError, match="short.mp4: too short: 4 frames, 10 needed"):
         qa.describe(str(short))
     assert qa.mvbench(str(short), "What?", ["a", "b"]).letter in "AB"   # MVBench's segments take any length
-    with pytest.raises(ConfigError, match="2 to 5 options"):
+    with pytest.raises(ConfigError, match="give 2 to 26 options"):
         qa.choose(str(world / "clip.mp4"), "What?", ["only one"])
     with pytest.raises(ConfigError, match="option 2 is empty"):
         qa.mvbench(str(world / "clip.mp4"), "What?", ["a", " "])

@@ -60,8 +60,9 @@ def write_mp4(path, frames: np.ndarray, fps: int = 12) -> Path:
 
 def build_toy(root, seed: int = 0) -> dict:
     from llama.adapter import TOPAArgs, build_model
-    from llama.checkpoint import load_meta_checkpoint, save_atomic
-    from llama.tokenizer import load_tokenizer
+    from llama.checkpoint import load_meta_checkpoint
+    from text.tokenizer import load_tokenizer
+    from util.files import save_atomic
 
     from .tiny import make_tiny_llama, train_sentencepiece
     from .videos import save_random_clip
