@@ -57,6 +57,12 @@ def _opt(v, cast):
     return None if v is None or str(v).strip().lower() in ("", "none") else cast(v)
 
 
+def _batch_size(v) -> int:
+    """lmms-eval's --batch_size (default 1; "auto" / "auto:N" mean QAConfig's)."""
+    s = str(v or "").strip().lower()
+    return int(s) if s.isdigit() and int(s) > 0 else QAConfig.batch_size
+
+
 def model_config(args: Dict[str, object]) -> QAConfig:
     """--model_args (strings) -> QAConfig; an unknown key is a ConfigError naming it."""
     a = dict(args)
@@ -73,7 +79,7 @@ def model_config(args: Dict[str, object]) -> QAConfig:
                    memory_path=str(a.pop("memory_path", QAConfig.memory_path)),
                    frames_fps=float(a.pop("frames_fps", QAConfig.frames_fps)),
                    device=str(a.pop("device", None) or "auto"),
-                   batch_size=int(a.pop("batch_size", None) or QAConfig.batch_size),
+                   batch_size=_batch_size(a.pop("batch_size", None)),
                    cache_size=10 ** 9, keep_images=False)
     a.pop("max_batch_size", None)   # lmms-eval passes these to every model
     if a:

@@ -33,7 +33,7 @@ def world(tmp_path_factory, one_thread):
     (root / "broken.mp4").write_bytes(b"not a video")
     args = {"llama_model_path": w["llama_model_path"], "model": "tiny", "adapter_len": "10",
             "resume": w["resume"], "clip_model": w["clip_model"], "memory_path": w["memory_path"],
-            "device": "cpu", "precision": "fp32", "batch_size": "3"}
+            "device": "cpu", "precision": "fp32"}
     return {"root": root, "args": args, "qa": TOPAVideoQA(model_config(args), warn=lambda m: None)}
 
 
@@ -44,7 +44,7 @@ def run_lmms(world, tasks, out, model_args=None, torchrun=0):
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                                     str(torchrun)] if torchrun else [])
     cmd = launcher + ["-m", "lmms_eval", "--model", "topa", "--model_args", args, "--tasks", tasks,
-                      "--include_path", str(TASKS), "--output_path", str(out), "--log_samples",
+                      "--include_path", str(TASKS), "--output_path", str(out), "--log_samples", "--batch_size", "3",
                       "--verbosity", "DEBUG"]
     return subprocess.run(cmd, cwd=TASKS, env=env, capture_output=True, text=True, timeout=900)
 
@@ -54,30 +54,50 @@ def samples(out, task):
     return [json.loads(line) for line in open(path)]
 
 
+def answer(sample) -> str:
+    r = sample["filtered_resps"]
+    return r[0] if isinstance(r, list) else r
+
+
 def test_the_entry_point_registers_topa():
     eps = {ep.name: ep.value for ep in entry_points(group="lmms_eval.models")}
     assert eps.get("topa") == "engine.lmms:manifest", "pip install -e .[lmms] registers the entry point"
 
 
-def test_tasks_run_through_lmms_eval_and_answer_as_the_api(world, tmp_path):
-    p = run_lmms(world, "topa_toy_mc,topa_toy_open", tmp_path / "out")
+@pytest.fixture(scope="module")
+def single(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lmms_out") / "one"
+    p = run_lmms(world, "topa_toy_mc,topa_toy_open", out)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    (results,) = (tmp_path / "out").rglob("*_results.json")
+    return out
+
+
+def test_tasks_run_through_lmms_eval_and_answer_as_the_api(world, single):
+    (results,) = single.rglob("*_results.json")
     res = json.loads(results.read_text())["results"]
     assert {"topa_toy_mc", "topa_toy_open"} <= set(res)
     docs = json.loads((TASKS / "docs.json").read_text())
     qa, root = world["qa"], world["root"]
-    mc = sorted(samples(tmp_path / "out", "topa_toy_mc"), key=lambda s: s["doc_id"])
+    mc = sorted(samples(single, "topa_toy_mc"), key=lambda s: s["doc_id"])
     assert len(mc) == len(docs)
-    got = [s["resps"][0][0] if isinstance(s["resps"][0], list) else s["resps"][0] for s in mc]
+    got = [answer(s) for s in mc]
     want = [qa.mvbench(str(root / d["video"]), d["question"], d["candidates"]).letter for d in docs]
     assert got == want
     assert abs(res["topa_toy_mc"]["accuracy,none"] - sum(g == d["answer"] for g, d in zip(got, docs)) / len(docs)) < 1e-9
-    op = sorted(samples(tmp_path / "out", "topa_toy_open"), key=lambda s: s["doc_id"])
-    got = [s["resps"][0][0] if isinstance(s["resps"][0], list) else s["resps"][0] for s in op]
+    op = sorted(samples(single, "topa_toy_open"), key=lambda s: s["doc_id"])
+    got = [answer(s) for s in op]
     want = [qa.complete(str(root / d["video"]), f"Question: {d['question']}\nAnswer:", until=("\n",),
                         max_new_tokens=6).text for d in docs]
     assert got == want
+
+
+def test_torchrun_two_processes_equal_one(world, single, tmp_path):
+    p = run_lmms(world, "topa_toy_mc,topa_toy_open", tmp_path / "two", torchrun=2)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    for task in ("topa_toy_mc", "topa_toy_open"):
+        one = {s["doc_id"]: answer(s) for s in samples(single, task)}
+        two = {s["doc_id"]: answer(s) for s in samples(tmp_path / "two", task)}
+        assert one == two and len(one) == 4
 
 
 def test_a_broken_video_or_model_argument_fails_the_run(world, tmp_path):
@@ -91,7 +111,7 @@ def test_a_broken_video_or_model_argument_fails_the_run(world, tmp_path):
 
 
 def test_loglikelihood_equals_the_api(world):
-    model = TOPALmms(**world["args"])
+    model = TOPALmms(**world["args"], batch_size=2)
     root = world["root"]
     docs = {0: {"video": "red_ball.mp4"}, 1: {"video": "green_square.mp4"}}
     model.task_dict = {"t": {"test": docs}}
@@ -104,6 +124,7 @@ def test_loglikelihood_equals_the_api(world):
     for (loss, greedy), (c, t, d) in zip(got, reqs):
         want = world["qa"].loglikelihood(str(root / docs[d]["video"]), c, t, with_greedy=True)
         assert abs(loss - want.mean) <= 1e-5 and greedy == want.greedy
+    assert model.qa.stats["decoded"] == 2   # three requests, two videos: each decoded once
     with pytest.raises(NotImplementedError, match="multi-round"):
         model.generate_until_multi_round(inst)
 
