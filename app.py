@@ -1,5 +1,7 @@
-"""A web demo of TOPA (Gradio): upload a video or pick an example, ask an open question, a multiple-choice
-question or for a description, and see the answer, the option probabilities and the frames the model saw.
+"""A web demo of TOPA (Gradio): ask about a video, see the answer and the frames the model saw.
+
+Upload a video or pick an example, ask an open question, a multiple-choice question or for a
+description, and see the answer, the option probabilities and the frames the model saw.
 
   python app.py --resume vqa_checkpoint/topa_llama2_7b.pth --llama_model_path pretrained/llama2/ --model 7B \\
       --memory_path data/textvid/memory.pkl            # then open http://127.0.0.1:7860
