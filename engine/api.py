@@ -19,17 +19,21 @@ Every method has a batched form (`*_batch`: lists in, lists out, run on the devi
 
 What each request does (docs/prompts.md has the prompts):
 
-| method | frames | memory | how |
-|---|---|---|---|
-| choose | 1 frame/s (the NExT-QA/EgoSchema features), the T rows eval.py fits from them | off (eval.py's default) | every option's mean NLL over its span, shared prefix once (eval.py's scoring); argmin; probabilities softmax(-score) |
-| mvbench | MVBench's 10 segments | on | MVBench's prompt; the option of the letter ranked highest after "The correct choice is (" |
-| describe | i*(n//T) (MSR-VTT) | on | MSR-VTT's prompt, 10 greedy tokens, first sentence |
-| answer | i*(n//T) | on | open-QA prompt "Question: Q\\nAnswer:", up to 20 greedy tokens, to the end of the line |
-| loglikelihood / complete | 10 segments | on | `[BOS] P1 VIDEO×T context` (+ continuation): its NLL, or a greedy continuation |
+  choose         frames: 1 frame/s (the NExT-QA / EgoSchema features), the T rows eval.py fits from
+                 them; memory off (eval.py's default); every option's mean NLL over its span, shared
+                 prefix once (eval.py's scoring); the argmin; probabilities softmax(-score)
+  mvbench        MVBench's 10 segments; memory on; MVBench's prompt; the option of the letter ranked
+                 highest after "The correct choice is ("
+  describe       frames i*(n//T) (MSR-VTT); memory on; MSR-VTT's prompt, 10 greedy tokens, first sentence
+  answer         frames i*(n//T); memory on; the open-QA prompt "Question: Q\\nAnswer:", up to 20
+                 greedy tokens, to the end of the line
+  loglikelihood  10 segments; memory on; `[BOS] P1 VIDEO×T context continuation`: the continuation's NLL
+  complete       10 segments; memory on; a greedy continuation of `[BOS] P1 VIDEO×T context`
 
-A video file is decoded once for all three frame rules and its features are kept (by path, mtime and
-size; a touched file by its content digest) so that another question on it decodes nothing. One caller at a time: every public method
-holds the instance's lock.
+`memory=` and `frames=` (a FRAME_RULES name) replace the protocol's in every request. A video file is
+decoded once for all three frame rules and its features are kept (by path, mtime and size; a touched
+file by its content digest) so that another question on it decodes nothing. One caller at a time:
+every public method holds the instance's lock.
 """
 import hashlib
 import math
@@ -46,12 +50,13 @@ import torch
 
 from dataloader.base import EvalItem, QARecord, fit_frames
 from dataloader.packing import ScoringCollate, collate_rows, single_row
-from llama.build import ModelConfig, load_tokenizer_for, load_topa, resolve_dtype
+from llama.build import ModelConfig, load_tokenizer_for, load_topa
 from llama.generation import greedy_generate
 from llama.memory import load_memory, project_to_memory
 from text.prompts import DEFAULT, LETTERS, VIDEO, PromptBuilder, PromptStyle, Sequence as Seq, normalize_question
 from text.protocols import (MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
-                             predicted_letter, prompt_ids)
+                            predicted_letter, prompt_ids)
+from util import dist
 from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
 from video.clip import DEFAULT_MODEL as CLIP_MODEL
 
@@ -274,14 +279,6 @@ def _locked(fn):
     return inner
 
 
-def _resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return torch.device(spec)
-
-
 def _chunks(xs: list, n: int):
     return [xs[i:i + n] for i in range(0, len(xs), n)]
 
@@ -295,7 +292,7 @@ class TOPAVideoQA:
     def __init__(self, cfg: Optional[QAConfig] = None, warn: Callable[[str], None] = print):
         self.cfg = cfg or QAConfig()
         self.T = self.cfg.model.max_feats
-        self.device = _resolve_device(self.cfg.device)
+        self.device = dist.select_device(self.cfg.device)
         self.tok = load_tokenizer_for(self.cfg.model)
         self.builder = PromptBuilder(self.tok, self.T)
         self.warn = warn
@@ -310,8 +307,9 @@ class TOPAVideoQA:
     @_locked
     def model(self):
         if self._model is None:
-            dtype = resolve_dtype(self.cfg.model.precision, self.device)
-            self._model, _, _ = load_topa(self.cfg.model, self.device, dtype, tokenizer=self.tok, resume=self.cfg.resume)
+            dtype = dist.resolve_dtype(self.cfg.model.precision, self.device)
+            self._model, _, _ = load_topa(self.cfg.model, self.device, dtype, tokenizer=self.tok,
+                                          resume=self.cfg.resume)
             self._model.eval()
             if self.cfg.resume is None:
                 self.warn("warning: no --resume checkpoint: answering with freshly initialised TOPA parameters")
@@ -322,7 +320,7 @@ class TOPAVideoQA:
     def clip(self):
         if self._clip is None:
             from video.clip import ClipEncoder
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+            dtype = dist.resolve_dtype(None, self.device, gpu_default="fp16")  # as the published features
             self._clip = ClipEncoder(self.cfg.clip_model, self.device, dtype)
         return self._clip
 
@@ -479,8 +477,9 @@ class TOPAVideoQA:
                        max_new_tokens: Optional[int] = None) -> List[Answer]:
         """MSR-VTT's captioning prompt: "... Answer: It is a video of" + greedy tokens, first sentence."""
         p = MSRVTT
-        return self._generate([self._request(i, v, "describe", (memory, frames), p.p1, p.p2, max_new_tokens or p.max_new_tokens,
-                                             p.mask, p.marker, p.cut) for i, v in enumerate(videos)])
+        new = max_new_tokens or p.max_new_tokens
+        return self._generate([self._request(i, v, "describe", (memory, frames), p.p1, p.p2, new, p.mask, p.marker,
+                                             p.cut) for i, v in enumerate(videos)])
 
     @_locked
     def answer(self, video, question: str, **kw) -> Answer:
@@ -512,8 +511,8 @@ class TOPAVideoQA:
         for i, (v, q, options) in enumerate(requests):
             _check_question(q, options, len(LETTERS))
             p2 = p.p2_text(question=q, choices=choices_text(options))
-            out.append(self._request(i, v, "mvbench", (memory, frames), p.p1, p2, max_new_tokens or p.max_new_tokens, p.mask,
-                                     p.marker, p.cut, n_letters=len(options)))
+            out.append(self._request(i, v, "mvbench", (memory, frames), p.p1, p2, max_new_tokens or p.max_new_tokens,
+                                     p.mask, p.marker, p.cut, n_letters=len(options)))
         return self._generate(out)
 
     @_locked
@@ -571,7 +570,7 @@ class TOPAVideoQA:
         for b, (g, gen) in enumerate(zip(gens, ids)):
             if any(bool(bad[t][b]) for t in range(min(len(gen) + 1, len(bad)))):
                 raise NonFiniteError("the model's next-token scores are not finite (its output overflowed or is "
-                                      "NaN); check the checkpoint's tensors, or run with --precision fp32")
+                                     "NaN); check the checkpoint's tensors, or run with --precision fp32")
             after, text = generated_text(tok, g.prompt, gen, g.marker)
             for s in g.until:
                 after = after.split(s)[0]
@@ -618,7 +617,7 @@ class TOPAVideoQA:
                 m = float(mean[j])
                 if not math.isfinite(m):
                     raise NonFiniteError(f"request {i}: the continuation's NLL is not finite (the model's output "
-                                          "overflowed or is NaN); try --precision fp32")
+                                         "overflowed or is NaN); try --precision fp32")
                 out.append(LogLikelihood(m, m * n, n, None if greedy[j] is None else bool(greedy[j])))
         return out
 
@@ -626,7 +625,8 @@ class TOPAVideoQA:
         """Per group, whether every scored token is its position's argmax."""
         h = self.model.hidden(batch.tokens, batch.positions, batch.mask, batch.video, batch.video_start)
         top = self.model.logits(h.flatten(0, 1)[batch.t_pred]).argmax(-1)[batch.t_inv]
-        wrong = torch.zeros(batch.n_groups, device=top.device).index_add_(0, batch.t_group, (top != batch.t_tgt).float())
+        wrong = torch.zeros(batch.n_groups, device=top.device)
+        wrong.index_add_(0, batch.t_group, (top != batch.t_tgt).float())
         return (wrong == 0).cpu()
 
 

@@ -19,7 +19,7 @@ each rank its share of the documents.
 """
 import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
@@ -105,7 +105,7 @@ def split_options(context: str) -> Optional[Tuple[str, List[str]]]:
             options.append(m.group(2))
         if len(options) < 2:
             continue
-        before = [l.strip() for l in lines[:start] if l.strip() and l.strip().lower() not in LABELS]
+        before = [t.strip() for t in lines[:start] if t.strip() and t.strip().lower() not in LABELS]
         if not before:
             return None
         question = before[-1]
@@ -195,8 +195,8 @@ class TOPALmms(lmms):
             reqs.append((self._doc_video(doc_to_visual, doc_id, task, split), context, str(continuation)))
         out = []
         for k in tqdm(range(0, len(reqs), self.batch_size), disable=self.rank != 0, desc="TOPA loglikelihood"):
-            out += [(r.mean, r.greedy) for r in self.qa.loglikelihood_batch(reqs[k:k + self.batch_size],
-                                                                             with_greedy=True)]
+            got = self.qa.loglikelihood_batch(reqs[k:k + self.batch_size], with_greedy=True)
+            out += [(r.mean, r.greedy) for r in got]
         return out
 
     def generate_until_multi_round(self, requests) -> List[str]:

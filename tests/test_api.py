@@ -4,7 +4,6 @@ features, the generation requests give ask.py's text, a second question on a vid
 the batched forms equal one request at a time, and bad input is one InputError naming it."""
 import os
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np

@@ -145,8 +145,8 @@ def test_in_a_real_browser(served, tmp_path):
         box = page.locator("#answer textarea")
         page.wait_for_function("e => e.value.length > 0", arg=box.element_handle(), timeout=120_000)
         answer = box.input_value()
-        want = app.qa.choose(str(video), "What moves across the picture?", ["a red ball", "a green square",
-                                                                             "yellow stripes"])
+        options = ["a red ball", "a green square", "yellow stripes"]
+        want = app.qa.choose(str(video), "What moves across the picture?", options)
         assert f"({want.letter}) {want.option}" in answer
         page.locator("#chart canvas, #chart svg").first.wait_for(timeout=60_000)
         page.locator("#gallery img").first.wait_for()

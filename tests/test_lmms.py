@@ -83,7 +83,8 @@ def test_tasks_run_through_lmms_eval_and_answer_as_the_api(world, single):
     got = [answer(s) for s in mc]
     want = [qa.mvbench(str(root / d["video"]), d["question"], d["candidates"]).letter for d in docs]
     assert got == want
-    assert abs(res["topa_toy_mc"]["accuracy,none"] - sum(g == d["answer"] for g, d in zip(got, docs)) / len(docs)) < 1e-9
+    accuracy = sum(g == d["answer"] for g, d in zip(got, docs)) / len(docs)
+    assert abs(res["topa_toy_mc"]["accuracy,none"] - accuracy) < 1e-9
     op = sorted(samples(single, "topa_toy_open"), key=lambda s: s["doc_id"])
     got = [answer(s) for s in op]
     want = [qa.complete(str(root / d["video"]), f"Question: {d['question']}\nAnswer:", until=("\n",),
@@ -115,7 +116,9 @@ def test_loglikelihood_equals_the_api(world):
     root = world["root"]
     docs = {0: {"video": "red_ball.mp4"}, 1: {"video": "green_square.mp4"}}
     model.task_dict = {"t": {"test": docs}}
-    visual = lambda doc: [str(root / doc["video"])]  # noqa: E731
+
+    def visual(doc):
+        return [str(root / doc["video"])]
     reqs = [("Question: what moves?\nAnswer:", " a red ball", 0), ("Question: what moves?\nAnswer:", " a cat", 0),
             ("What color is it? ", "green", 1)]
     inst = [Instance("loglikelihood", (c, t, visual, d, "t", "test"), i, {"task": "t", "doc_id": d, "repeats": 1})
