@@ -56,7 +56,7 @@ from torch import nn
 from util.errors import CheckpointError
 
 from .checkpoint import StateDict
-from .model import Attention, LayerCache, ModelArgs, Transformer, TransformerBlock, repeat_kv
+from .model import Attention, LayerCache, ModelArgs, Transformer, TransformerBlock, repeat_kv, skip_init
 
 
 @dataclass
@@ -293,14 +293,14 @@ def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
     """Build a TOPA model without ever allocating random backbone weights or holding the model twice.
 
     backbone: a weight source (`llama.checkpoint.MetaShards`, `llama.hf.HFSafetensors`) or a Meta state
-    dict. The model is built on the `meta` device; then each backbone tensor in turn is allocated on
+    dict. The model is built on the `meta` device without random initialisation (`skip_init`); then each backbone tensor in turn is allocated on
     `device` in `dtype` and filled from the source, so the device's peak is the weights themselves (plus
     one slice when a copy needs a contiguous staging buffer) and the host holds at most one tensor in
     transit. The TOPA tensors are fp32 on `device`, fresh
     (gate1 = 0, gate2 = -bias) or from `trainable` (a TOPA checkpoint's `model` dict). Missing or extra
     keys and wrong shapes are errors naming `source` and the key."""
     weights = StateDict(backbone) if isinstance(backbone, Mapping) else backbone
-    with torch.device("meta"):
+    with torch.device("meta"), skip_init():
         model = TOPA(args, attn_impl)
     expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
     check_shapes(weights.shapes, expected, source)

@@ -3,8 +3,8 @@
 Knows nothing about video: TOPA's additions live in `llama/adapter.py`. Differences from Meta's
 inference code: positions are explicit per token (so packed sequences and per-row offsets work), the
 attention mask is explicit (bool, True = may attend; None = causal in token order), and nothing global
-is touched (no default tensor type, no `.cuda()`); build on the `meta` device and load weights with
-`assign=True`.
+is touched (no default tensor type, no `.cuda()`); build on the `meta` device under `skip_init()` (no
+random initialisation that the weights overwrite) and load weights with `assign=True`.
 
 Attention runs `torch.nn.functional.scaled_dot_product_attention` ("sdpa", the default) or the
 explicit fp32-softmax math ("eager", the reference the fused path is tested against); the choice is
@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 
@@ -95,6 +96,25 @@ def _valid_param(key: str, v) -> bool:
     if key in INT_PARAMS:
         return isinstance(v, int) and (v >= 1 or (key == "vocab_size" and v == -1))
     return isinstance(v, (int, float)) and v > 0
+
+
+class skip_init(TorchFunctionMode):
+    """`with torch.device("meta"), skip_init(): model = ...`: modules are built without their random
+    initialisation (`reset_parameters`' `nn.init` calls and in-place random fills return their tensor
+    as it is). For weights that are loaded next: a random fill on the `meta` device computes nothing
+    but costs a process 1.5-3 s the first time (`normal_` on `meta` imports torch's decompositions).
+    Scoped to the `with` block and the current thread; factories (`torch.ones`, `torch.full`) still run."""
+
+    INITS = frozenset([getattr(nn.init, n) for n in (
+        "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
+        "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")]
+        + [torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_])
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.INITS:
+            return args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+        return func(*args, **kwargs)
 
 
 class RMSNorm(nn.Module):

@@ -3,6 +3,8 @@ memory measured), Hugging Face folders (the same model as the Meta folder, and t
 transformers' own Llama), how folders and tokenizers are found and what is refused, the fp16 memory
 bank, and the bf16 capability check."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -408,3 +410,43 @@ def test_bf16_on_a_gpu_without_bf16_is_a_clear_error(monkeypatch):
     assert resolve_dtype(None, cuda) == resolve_dtype("bf16", cuda) == torch.bfloat16
     assert resolve_dtype(None, torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_fresh_topa_tensors_keep_torch_default_init():
+    """Building skips every random initialisation that loading overwrites, but TOPA's own fresh tensors
+    are exactly what torch's default init gave them before (same seed, same order): adapter_query and
+    temporal_emb ~ N(0, 1) (nn.Embedding), visual_proj kaiming-uniform (nn.Linear), gate1 = 0,
+    gate2 = -bias. Holds on the old code path too: the meta-device init it skipped drew no CPU random
+    numbers."""
+    args = TOPAArgs(dim=64, n_layers=3, n_heads=4, vocab_size=97, multiple_of=16, adapter_len=5,
+                    adapter_layer=2, max_feats=4, bias=2.5)
+    state = random_llama_state(args)
+    torch.manual_seed(1234)
+    model = build_model(args, state)
+    torch.manual_seed(1234)  # the old construction, on the CPU: torch's defaults for these modules
+    ref = {"adapter_query.weight": torch.nn.Embedding(args.adapter_len * args.adapter_layer, args.dim).weight,
+           "visual_proj.weight": torch.nn.Linear(args.clip_dim, args.dim, bias=False).weight,
+           "temporal_emb.weight": torch.nn.Embedding(args.max_feats, args.dim).weight}
+    got = model.trainable_state_dict()
+    for k, v in ref.items():
+        assert torch.equal(got[k], v.detach()), k
+    for i in (1, 2):
+        assert torch.equal(got[f"layers.{i}.attention.gate1"], torch.zeros(1, 4, 1, 1))
+        assert torch.equal(got[f"layers.{i}.attention.gate2"], torch.full((1, 4, 1, 1), -2.5))
+
+
+def test_building_the_model_does_no_meta_device_random_init():
+    """A fresh process that builds a model never runs `normal_` on the meta device, whose first call
+    imports torch's decompositions (torch._dynamo: 1.5-3 s of every eval, test and demo process).
+    On the old code path (`with torch.device("meta")` without `skip_init`) torch._dynamo is imported."""
+    code = ("import sys, torch\n"
+            "from llama.adapter import TOPAArgs, build_model\n"
+            "from toyworld.tiny import random_llama_state\n"
+            "args = TOPAArgs(dim=32, n_layers=2, n_heads=4, vocab_size=50, multiple_of=16, adapter_len=3, max_feats=2)\n"
+            "assert 'torch._dynamo' not in sys.modules\n"
+            "build_model(args, random_llama_state(args))\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
