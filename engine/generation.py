@@ -89,17 +89,18 @@ def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: Ge
     video = project(torch.stack([it.video for it in its]).to(device), memory)
     first, bad = [], []
 
-    def observe(t, logits):  # [B, vocab] after masking
-        bad.append((~torch.isfinite(logits).all(-1)).cpu())
+    def observe(t, logits):  # [B, vocab] after masking; kept on the device (no host sync per token)
+        bad.append(~torch.isfinite(logits).all(-1))
         if t == 0 and letters:
-            first.append(logits[:, letters].float().cpu())
+            first.append(logits[:, letters].float())
 
     ids = greedy_generate(model, [it.prompt for it in its], video, max_new_tokens=protocol.max_new_tokens,
                           eos_id=tok.eos_id, masked_ids=masked, use_cache=kv_cache, observe=observe)
+    bad = torch.stack(bad, 1).tolist()  # [B, steps]
+    first = first[0].cpu() if first else None
     rows, error = [], None
     for b, (it, gen) in enumerate(zip(its, ids)):
-        picked = min(len(gen) + 1, len(bad))  # the steps whose pick this row took (an EOS step too)
-        if any(bool(bad[t][b]) for t in range(picked)):
+        if any(bad[b][:len(gen) + 1]):  # the steps whose pick this row took (an EOS step too)
             error = error or NonFiniteError(
                 f"{it.record.source}: item {it.record.key}: the model's next-token scores are not finite (its "
                 "output overflowed or is NaN), so it has no answer; check the checkpoint's tensors, or run "
@@ -108,7 +109,7 @@ def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: Ge
         after, text = generated_text(tok, it.prompt, gen, protocol.marker)
         o = {"index": it.index, "ids": gen, "after": after, "answer": protocol.cut(after), "text": text}
         if letters:
-            o["letter"] = LETTERS[int(first[0][b, :len(it.record.candidates)].argmax())]
+            o["letter"] = LETTERS[int(first[b, :len(it.record.candidates)].argmax())]
         rows.append(o)
     return rows, error
 

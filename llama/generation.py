@@ -57,41 +57,63 @@ def greedy_generate(model: TOPA, prompts: Sequence[Sequence[int]], videos=None, 
         if video.shape[0] != B:
             raise ValueError(f"{B} prompts but {video.shape[0]} videos")
     starts = [video_slot(p, None if video is None else video.shape[1]) for p in prompts]
-    eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    eos = sorted({eos_id} if isinstance(eos_id, int) else set(eos_id or ()))
     stops = list(stop) if isinstance(stop, (list, tuple)) else [stop] * B
     if len(stops) != B:
         raise ValueError(f"{B} prompts but {len(stops)} stop callbacks")
-    masked = torch.tensor(list(masked_ids), dtype=torch.long, device=device)
-    out: List[List[int]] = [[] for _ in range(B)]
-    picked: List[list] = [[] for _ in range(B)]
     if max_new_tokens <= 0 or not B:
+        out = [[] for _ in range(B)]
         return (out, [torch.empty(0, model.args.vocab_size, device=device)] * B) if return_logits else out
-    done = [False] * B
     run = (CachedRun if use_cache else FullRun)(model, prompts, video, starts, max_new_tokens, gate2)
-    logits = run.logits
+    picks, lives, logits_per_step = decode_loop(run, max_new_tokens, torch.tensor(eos, dtype=torch.long, device=device),
+                                                torch.tensor(list(masked_ids), dtype=torch.long, device=device),
+                                                stops, observe, return_logits)
+    picked, live = torch.stack(picks, 1).tolist(), torch.stack(lives, 1).tolist()  # [B, steps]: one transfer
+    out = [[i for i, keep in zip(picked[b], live[b]) if keep] for b in range(B)]
+    if not return_logits:
+        return out
+    steps = torch.stack(lives, 1)
+    return out, [torch.stack(logits_per_step, 1)[b][steps[b]] for b in range(B)]
+
+
+SYNC_EVERY = 4  # decoding steps between the host's checks whether every row is done
+
+
+def decode_loop(run, max_new_tokens: int, eos: torch.Tensor, masked: torch.Tensor, stops, observe,
+                keep_logits: bool = False):
+    """The greedy steps, on the device: the host waits for the device only every `SYNC_EVERY` steps
+    (to end the loop once every row is done), or every step when a row has a Python `stop` callback.
+    Returns per step the picked ids [B], whether each row keeps its pick [B] (not done, not EOS) and,
+    with `keep_logits`, the logits [B, vocab] (after masking)."""
+    logits, B = run.logits, len(stops)
+    done = torch.zeros(B, dtype=torch.bool, device=logits.device)
+    picks, lives, per_step = [], [], []
+    host = [[] for _ in range(B)] if any(stops) else None  # the rows' ids so far, for the callbacks
     for t in range(max_new_tokens):  # logits [B, vocab]; rows that are done are ignored
         if len(masked):
-            logits[:, masked] = -100.0
+            logits.index_fill_(1, masked, -100.0)
         if observe is not None:
             observe(t, logits)
-        ids = logits.argmax(-1).tolist()
-        for b in range(B):
-            if done[b]:
-                continue
-            if ids[b] in eos:
-                done[b] = True
-                continue
-            out[b].append(ids[b])
-            if return_logits:
-                picked[b].append(logits[b])
-            done[b] = bool(stops[b] and stops[b](list(out[b])))
-        if all(done) or t == max_new_tokens - 1:
+        ids = logits.argmax(-1)
+        live = ~(done | torch.isin(ids, eos))  # EOS is not returned and ends the row
+        picks.append(ids)
+        lives.append(live)
+        if keep_logits:
+            per_step.append(logits)
+        done = ~live
+        if host is not None:
+            ended = []
+            for b, (i, keep) in enumerate(zip(ids.tolist(), live.tolist())):
+                if keep:
+                    host[b].append(i)
+                ended.append(bool(keep and stops[b] and stops[b](list(host[b]))))
+            done = done | torch.tensor(ended, device=done.device)
+        if t == max_new_tokens - 1:
+            break
+        if (host is not None or t % SYNC_EVERY == SYNC_EVERY - 1) and bool(done.all()):
             break
         logits = run.step(ids, done)
-    if return_logits:
-        vocab = model.args.vocab_size
-        return out, [torch.stack(p) if p else torch.empty(0, vocab, device=device) for p in picked]
-    return out
+    return picks, lives, per_step
 
 
 class CachedRun:
@@ -114,9 +136,9 @@ class CachedRun:
                                                 video, vstart, gate2, capacity=L + max(max_new_tokens - 1, 0))
         self.pos = torch.tensor(lens, device=device)  # position of the next token of each row
 
-    def step(self, ids: List[int], done: List[bool]) -> torch.Tensor:
-        """Feed every row its last id (finished rows too: they are ignored) -> logits [B, vocab]."""
-        logits = self.model.decode(torch.tensor(ids, device=self.device), self.pos, self.cache)
+    def step(self, ids: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """Feed every row its last id [B] (finished rows too: they are ignored) -> logits [B, vocab]."""
+        logits = self.model.decode(ids, self.pos, self.cache)
         self.pos = self.pos + 1
         return logits
 
@@ -148,7 +170,8 @@ class FullRun:
         logits[torch.tensor(rows, device=dev)] = self.model.logits(last)
         return logits
 
-    def step(self, ids: List[int], done: List[bool]) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        ids, done = ids.tolist(), done.tolist()
         rows = [b for b in range(len(self.seqs)) if not done[b]]
         for b in rows:
             self.seqs[b].append(ids[b])

@@ -7,10 +7,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from llama.adapter import TOPAArgs, build_model
 from llama.checkpoint import load_meta_checkpoint
-from llama.generation import greedy_generate
+from llama.generation import SYNC_EVERY, greedy_generate
 from llama.model import Transformer
 from text.prompts import VIDEO
 from text.tokenizer import load_tokenizer
@@ -236,3 +237,27 @@ def test_bad_prompts_and_caches_are_clear_errors():
                              torch.ones(1, L, dtype=torch.bool), capacity=L + 1)
     with pytest.raises(ValueError, match="attn_impl='sdpa'"):
         model.set_attn_impl("eager").decode(torch.tensor([3]), torch.tensor([L]), cache)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that make the host wait for the device's values."""
+    READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.cpu, torch.Tensor.numpy}
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.n += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_cached_decoding_reads_the_device_every_few_steps_only():
+    """Without Python stop callbacks the decoding loop stays on the device: the host reads it to end
+    the loop every SYNC_EVERY steps and once at the end, not per token (the old loop read every
+    step's ids: 12+ reads for 12 tokens). The tokens are those of the per-step loop (full recompute)."""
+    model, prompts, vids = tiny(2), tiny_prompts(), tiny_videos(3)
+    with HostReads() as reads:
+        cached = greedy_generate(model, prompts, vids, max_new_tokens=12, masked_ids=[5])
+    assert reads.n <= 12 // SYNC_EVERY + 2, reads.n
+    assert cached == greedy_generate(model, prompts, vids, max_new_tokens=12, masked_ids=[5], use_cache=False)
