@@ -246,29 +246,50 @@ class TOPA(Transformer):
 
     @torch.no_grad()
     def prefill(self, tokens, positions, key_mask, video=None, video_start=None, gate2=True,
-                capacity: Optional[int] = None):
+                capacity: Optional[int] = None, prefix: Optional[KVCache] = None):
         """Run left-padded prompts once, keeping every layer's keys/values for `decode`.
 
         tokens, positions [B, L] (each row's prompt right-aligned, positions counting from 0 at its first
         real token); key_mask [B, L] bool, True at real tokens; video [B, T, clip_dim] at indices
-        video_start[b] .. +T-1; capacity: positions the cache holds (prompt + tokens to decode; default L).
+        video_start[b] .. +T-1; capacity: positions the cache holds (prefix + prompt + tokens to decode;
+        default: prefix + L). prefix: a `prefill_shared` cache of the text that starts every row: the
+        rows then hold only what follows it (positions counting on from the prefix's length).
         Returns (logits at index L-1 [B, vocab] fp32, cache)."""
         B, L = tokens.shape
-        cap = capacity or L
+        P = prefix.n if prefix is not None else 0
+        cap = capacity or P + L
         ar = torch.arange(L, device=tokens.device)
         mask = (ar[:, None] >= ar) & (key_mask[:, None, :] | (ar[:, None] == ar))  # [B, L, L]: padding sees itself
+        mask = torch.cat([mask.new_ones(B, L, P), mask], -1)                         # the prefix: real keys
         real = key_mask.new_zeros(B, cap)
-        real[:, :L] = key_mask
+        real[:, :P] = True
+        real[:, P:P + L] = key_mask
         flags = key_video = text_from = None
         if video is not None and gate2:
             text, vid = self.video_flags(positions, video_start, video.shape[1])
-            flags = (text, vid & key_mask)
             key_video = key_mask.new_zeros(B, cap)
-            key_video[:, :L] = flags[1]
+            key_video[:, P:P + L] = vid & key_mask
+            flags = (text, key_video[:, :P + L])
             text_from = positions.gather(1, video_start[:, None]) + video.shape[1]
-        cache = KVCache([LayerCache(cap) for _ in self.layers], real, key_video, text_from, self.attn_impl)
+        layers = [LayerCache(cap) for _ in self.layers] if prefix is None else \
+            [lc.seeded(B, cap) for lc in prefix.layers]
+        cache = KVCache(layers, real, key_video, text_from, self.attn_impl)
         h = self.run_adapted(self.embed(tokens, video, video_start), positions, mask[:, None], flags, cache)
         return self.logits(h[:, -1]), cache
+
+    @torch.no_grad()
+    def prefill_shared(self, tokens, video: bool = True) -> KVCache:
+        """The cache of one row of text (tokens [P], positions 0..P-1) that starts every prompt of a batch,
+        before any video: computed once, it seeds `prefill(prefix=...)` of all rows. Its keys and values
+        do not depend on what follows (causal attention; gate2 only acts on queries after the video).
+        video: the batch has a video with gate2, so the keys carry the (zero) gate2 channels too."""
+        P = tokens.shape[0]
+        positions = torch.arange(P, device=tokens.device)[None]
+        no = torch.zeros(1, P, dtype=torch.bool, device=tokens.device)
+        flags = (no, no) if video else None
+        cache = KVCache([LayerCache(P) for _ in self.layers], ~no, no if video else None, None, self.attn_impl)
+        self.run_adapted(self.tok_embeddings(tokens[None]), positions, None, flags, cache)
+        return cache
 
     @torch.no_grad()
     def decode(self, tokens, positions, cache: KVCache):

@@ -6,8 +6,8 @@ after the logits of `masked_ids` are set to -100, under the same attention as sc
 bias from text to the video). Rows of a batch run together and finish independently: at EOS (which
 is not returned) or when `stop(ids)` says so (that token is returned).
 
-`use_cache=True` prefills the left-padded prompts once and then decodes one token at a time from a KV
-cache (`TOPA.prefill` / `TOPA.decode`); `use_cache=False` recomputes every unfinished row's whole
+`use_cache=True` prefills the left-padded prompts once (the text that starts every prompt once for the
+batch) and then decodes one token at a time from a KV cache (`TOPA.prefill` / `TOPA.decode`); `use_cache=False` recomputes every unfinished row's whole
 sequence for each token through `TOPA.hidden` (right-padded, the scoring path): the reference.
 """
 from typing import Callable, List, Optional, Sequence, Union
@@ -116,25 +116,48 @@ def decode_loop(run, max_new_tokens: int, eos: torch.Tensor, masked: torch.Tenso
     return picks, lives, per_step
 
 
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the text that starts every prompt, before any VIDEO id, leaving each prompt at least
+    its last token (0 for a single prompt: nothing to share)."""
+    if len(prompts) < 2:
+        return 0
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - 1
+    if VIDEO in first:
+        n = min(n, first.index(VIDEO))
+    for i in range(n):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return max(n, 0)
+
+
 class CachedRun:
-    """Prefill the left-padded prompts once (`logits`: next-token logits [B, vocab]), then `step(ids)`
-    decodes one token per row from the KV cache."""
+    """Prefill the prompts once (`logits`: next-token logits [B, vocab]), then `step(ids)` decodes one
+    token per row from the KV cache. The text that starts every prompt (the protocol's instruction) runs
+    once for the batch (`TOPA.prefill_shared`); the rest of each prompt is left-padded behind it."""
 
     def __init__(self, model: TOPA, prompts, video, starts, max_new_tokens: int, gate2: bool):
-        B, lens = len(prompts), [len(p) for p in prompts]
-        L, device = max(lens), model.tok_embeddings.weight.device
+        device = model.tok_embeddings.weight.device
+        P = shared_prefix(prompts)
+        prefix = None
+        if P:
+            prefix = model.prefill_shared(torch.tensor(list(prompts[0][:P]), device=device),
+                                          video is not None and gate2)
+        B, lens = len(prompts), [len(p) - P for p in prompts]
+        L = max(lens)
         tokens = torch.zeros(B, L, dtype=torch.long)
         positions = torch.zeros(B, L, dtype=torch.long)
         key_mask = torch.zeros(B, L, dtype=torch.bool)
         for b, p in enumerate(prompts):  # every row's last prompt token at index L-1
-            tokens[b, L - len(p):] = torch.tensor([0 if t == VIDEO else t for t in p])
-            positions[b, L - len(p):] = torch.arange(len(p))
-            key_mask[b, L - len(p):] = True
-        vstart = None if video is None else torch.tensor([L - n + s for n, s in zip(lens, starts)], device=device)
+            tokens[b, L - lens[b]:] = torch.tensor([0 if t == VIDEO else t for t in p[P:]])
+            positions[b, L - lens[b]:] = torch.arange(P, len(p))
+            key_mask[b, L - lens[b]:] = True
+        vstart = None if video is None else torch.tensor([L - n + s - P for n, s in zip(lens, starts)], device=device)
         self.model, self.device = model, device
         self.logits, self.cache = model.prefill(tokens.to(device), positions.to(device), key_mask.to(device),
-                                                video, vstart, gate2, capacity=L + max(max_new_tokens - 1, 0))
-        self.pos = torch.tensor(lens, device=device)  # position of the next token of each row
+                                                video, vstart, gate2, capacity=P + L + max(max_new_tokens - 1, 0),
+                                                prefix=prefix)
+        self.pos = torch.tensor([len(p) for p in prompts], device=device)  # position of each row's next token
 
     def step(self, ids: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
         """Feed every row its last id [B] (finished rows too: they are ignored) -> logits [B, vocab]."""

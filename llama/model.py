@@ -192,6 +192,17 @@ class LayerCache:
         self.capacity, self.n = capacity, 0
         self.k = self.v = self.prompt_kv = None
 
+    def seeded(self, rows: int, capacity: int) -> "LayerCache":
+        """A cache of `rows` rows and `capacity` positions that starts with this one-row cache's keys
+        and values (a prompt prefix that every row shares) and its `prompt_kv`."""
+        c = LayerCache(capacity)
+        c.k = self.k.new_zeros(rows, self.k.shape[1], capacity, self.k.shape[3])
+        c.v = self.v.new_zeros(rows, self.v.shape[1], capacity, self.v.shape[3])
+        c.k[:, :, :self.n] = self.k[:, :, :self.n]
+        c.v[:, :, :self.n] = self.v[:, :, :self.n]
+        c.n, c.prompt_kv = self.n, self.prompt_kv
+        return c
+
     def update(self, k, v, mask):
         """Append k, v [B, Hkv, L, e]; return every key and value so far [B, Hkv, n, e]. `mask` is the
         call's attention mask: None (causal in token order) only fits a call on an empty cache."""

@@ -11,7 +11,7 @@ from torch.overrides import TorchFunctionMode
 
 from llama.adapter import TOPAArgs, build_model
 from llama.checkpoint import load_meta_checkpoint
-from llama.generation import SYNC_EVERY, greedy_generate
+from llama.generation import SYNC_EVERY, greedy_generate, shared_prefix
 from llama.model import Transformer
 from text.prompts import VIDEO
 from text.tokenizer import load_tokenizer
@@ -261,3 +261,22 @@ def test_cached_decoding_reads_the_device_every_few_steps_only():
         cached = greedy_generate(model, prompts, vids, max_new_tokens=12, masked_ids=[5])
     assert reads.n <= 12 // SYNC_EVERY + 2, reads.n
     assert cached == greedy_generate(model, prompts, vids, max_new_tokens=12, masked_ids=[5], use_cache=False)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_shared_prefix_runs_once_and_changes_nothing(impl):
+    """The text that starts every prompt (before the video) is prefilled once for the batch and seeds
+    every row's cache: tokens and logits equal full recomputation and each row alone (no prefix)."""
+    model = tiny(2, impl)
+    head = [1, 17, 18, 19, 20, 21]
+    prompts, vids = [head + p[1:] for p in tiny_prompts()], tiny_videos(3)
+    assert shared_prefix(prompts) == len(head) and shared_prefix(prompts + [head[:3] + [40]]) == 3
+    assert shared_prefix([head + [VIDEO] * TS, head + [VIDEO] * TS]) == len(head)
+    assert shared_prefix([head, head]) == len(head) - 1 and shared_prefix([head]) == 0
+    kw = dict(max_new_tokens=5, masked_ids=[5], return_logits=True)
+    cached = greedy_generate(model, prompts, vids, **kw)
+    check_same(cached, greedy_generate(model, prompts, vids, use_cache=False, **kw))
+    for b in range(3):
+        check_same(greedy_generate(model, prompts[b:b + 1], vids[b:b + 1], **kw), ([cached[0][b]], [cached[1][b]]))
+    check_same(greedy_generate(model, [head + [40], head + [41, 42]], None, **kw),
+               greedy_generate(model, [head + [40], head + [41, 42]], None, use_cache=False, **kw))
