@@ -3,7 +3,9 @@
 - `TaskBatchSampler`: the epoch's shuffled, rank-sharded batches, each tagged with its kind ("vqa" or,
   with probability `caption_prob`, "caption"). Seeded by (seed, epoch): `--resume` replays the exact
   order and kinds, and every rank sees the same kind at the same step. `set_epoch(e, start=k)` skips the
-  epoch's first k batches (resuming a mid-epoch checkpoint) without building their items.
+  epoch's first k batches (resuming a mid-epoch checkpoint) without building their items. With item
+  lengths (`--group_by_length`) each step's items have similar lengths (less padding), and every rank
+  gets the same number of items of similar lengths at every step.
 - `MCQATrainDataset`: a benchmark's `MCQADataset` as training items: the answer's mcqa sequence, plus
   the flipped sequences (vaq, qav) when asked for.
 - `TrainCollate`: `TrainItem`s -> `TrainBatch`, one padded `Batch` per task (vqa / caption / vaq / qav),
@@ -12,7 +14,7 @@
 """
 import math
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset, Sampler
@@ -20,6 +22,9 @@ from torch.utils.data import Dataset, Sampler
 from .base import TrainItem
 from .mcqa import MCQADataset
 from .packing import Batch, collate_rows, single_row
+
+
+GROUP_STEPS = 64  # --group_by_length: steps whose items are sorted by length together
 
 
 class TaskBatchSampler(Sampler):
@@ -33,13 +38,17 @@ class TaskBatchSampler(Sampler):
     lr schedule counts on it), also when `start` skips the first batches."""
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 caption_prob: float = 0.0, shuffle: bool = True, drop_last: bool = False):
+                 caption_prob: float = 0.0, shuffle: bool = True, drop_last: bool = False,
+                 lengths: Optional[Sequence[int]] = None):
         if n <= 0:
             raise ValueError("the training set is empty")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} items")
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world_size
         self.seed, self.caption_prob, self.shuffle, self.drop_last = seed, caption_prob, shuffle, drop_last
+        self.lengths = None if lengths is None else np.asarray(lengths)
         self.epoch = self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0):
@@ -58,21 +67,50 @@ class TaskBatchSampler(Sampler):
     def _rng(self, stream: int) -> np.random.Generator:
         return np.random.default_rng([int(self.seed) & 0xFFFFFFFF, self.epoch, stream])
 
-    def __iter__(self):
+    def _order(self) -> np.ndarray:
+        """The epoch's permutation, padded by repeating its start to a multiple of the world size."""
         order = self._rng(1).permutation(self.n) if self.shuffle else np.arange(self.n)
         total = self.per_rank * self.world
         if total > self.n:
             order = np.concatenate([order, np.resize(order, total - self.n)])
-        mine = order[self.rank::self.world]
-        n_batches = len(self)
-        caption = self._rng(2).random(n_batches) < self.caption_prob
-        for j in range(self.start, n_batches):
+        return order
+
+    def _batches(self) -> List[np.ndarray]:
+        """This rank's batches of the epoch (item indices). Plain: rank r takes every world-th item of the
+        permutation. Grouped by length: the permutation is cut into windows of GROUP_STEPS steps, each
+        window sorted by length (longest first, ties in permutation order) and cut into steps of world x
+        batch_size items; the items of a step are dealt round-robin over the ranks (equal counts, similar
+        lengths), and the steps are shuffled (the epoch's generator)."""
+        order, bs = self._order(), self.batch_size
+        if self.lengths is None:
+            mine = order[self.rank::self.world]
+            return [mine[j * bs:(j + 1) * bs] for j in range(len(self))]
+        step = bs * self.world
+        window = step * GROUP_STEPS
+        steps = []
+        for w in range(0, len(order), window):
+            chunk = order[w:w + window]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            steps += [chunk[i:i + step] for i in range(0, len(chunk), step)]
+        if self.drop_last:
+            steps = [s for s in steps if len(s) == step]
+        if len(steps) > 1 and len(steps[-1]) < step:  # the short step stays last (as in the plain order)
+            steps = [steps[i] for i in self._rng(3).permutation(len(steps) - 1)] + steps[-1:]
+        elif self.shuffle:
+            steps = [steps[i] for i in self._rng(3).permutation(len(steps))]
+        return [s[self.rank::self.world] for s in steps]
+
+    def __iter__(self):
+        batches = self._batches()
+        caption = self._rng(2).random(len(batches)) < self.caption_prob
+        for j in range(self.start, len(batches)):
             kind = "caption" if caption[j] else "vqa"
-            yield [(self.epoch, int(i), kind) for i in mine[j * self.batch_size:(j + 1) * self.batch_size]]
+            yield [(self.epoch, int(i), kind) for i in batches[j]]
 
     def state_dict(self) -> dict:
         return {"seed": int(self.seed), "epoch": self.epoch, "n": self.n, "batch_size": self.batch_size,
-                "world_size": self.world, "caption_prob": float(self.caption_prob)}
+                "world_size": self.world, "caption_prob": float(self.caption_prob),
+                "group_by_length": self.lengths is not None}
 
 
 class MCQATrainDataset(Dataset):
@@ -85,6 +123,11 @@ class MCQATrainDataset(Dataset):
 
     def __len__(self):
         return len(self.ds)
+
+    def lengths(self) -> List[int]:
+        """Per item, the tokens of its training sequences (what its rows cost; `--group_by_length`)."""
+        tasks = ["mcqa"] + [t for t in ("vaq", "qav") if getattr(self, t)]
+        return [sum(len(self.ds.sequences(r, t)) for t in tasks) for r in self.ds.records]
 
     def __getitem__(self, key) -> TrainItem:
         index = key[1] if isinstance(key, tuple) else key

@@ -187,9 +187,11 @@ TRAIN_FLAGS = {
     "seed": "the data order changes from here on", "dataset": "training continues on other data",
     "train_split": "training continues on other data", "sub": "the training prompts change from here on",
     "truncate_dialogue": "the training prompts change from here on",
+    "group_by_length": "the data order changes from here on",
 }
 # what fixes a mid-epoch position: the rest of the epoch must be the rest of the same permutation
-DATA_ORDER = ("batch_size", "world_size", "seed", "dataset", "train_split", "video_caption", "items")
+DATA_ORDER = ("batch_size", "world_size", "seed", "dataset", "train_split", "video_caption", "items",
+              "group_by_length")
 
 
 def _show(v) -> str:

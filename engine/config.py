@@ -155,6 +155,7 @@ class TrainConfig:
     overwrite: bool = False           # a new run may delete the previous run's files in output_dir
     save_every: int = 0               # mid-epoch checkpoint every N iterations (0: epoch checkpoints only)
     grad_checkpointing: bool = False  # recompute the backbone blocks in backward (activation memory)
+    group_by_length: bool = False     # batches of similar lengths (benchmark finetuning; another data order)
 
     def __post_init__(self):
         if self.textvid and str(self.data.dataset or "textvid").lower() != "textvid":
@@ -168,6 +169,9 @@ class TrainConfig:
             self.data.dataset = benchmarks.get(self.data.dataset or "nextqa").name
             if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
                 raise ConfigError(f"--sub is for TVQA, not {self.data.dataset}")
+        if self.group_by_length and self.textvid:
+            raise ConfigError("--group_by_length is for benchmark finetuning: a TextVid item's length is drawn "
+                              "anew every epoch (its QA, caption or open answer)")
         if self.finetune and not self.resume:
             raise ConfigError("--finetune needs --resume <TOPA checkpoint> (without a checkpoint it is the baseline)")
         self.eval_datasets = [benchmarks.get(n).name for n in self.eval_datasets]
@@ -369,5 +373,9 @@ def train_parser(description: str = None) -> argparse.ArgumentParser:
     g.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute each backbone block in backward instead of storing its activations "
                         "(less memory for long prompts, e.g. TVQA with --sub; about one more forward of time)")
+    g.add_argument("--group_by_length", action="store_true",
+                   help="benchmark finetuning: each step's items have similar lengths (less padding; every rank "
+                        "gets as many items of similar lengths). Another data order than the published recipe's, "
+                        "the same for the same --seed; recorded in the checkpoint")
     g.add_argument("--no_tensorboard", action="store_true")
     return p

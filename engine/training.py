@@ -395,7 +395,7 @@ def build_train_data(cfg: TrainConfig, builder: PromptBuilder, rank: int, world:
                                              dialogue_max_len=cfg.data.dialogue_max_len(cfg.data.dataset))
         ds = MCQATrainDataset(base, vaq=cfg.vaq, qav=cfg.qav)
     sampler = TaskBatchSampler(len(ds), cfg.data.batch_size, rank, world, seed=cfg.run.seed,
-                               caption_prob=cfg.caption_prob)
+                               caption_prob=cfg.caption_prob, lengths=ds.lengths() if cfg.group_by_length else None)
     # its own generator (seeded per epoch in `run`) draws the workers' seeds, so that starting an
     # epoch's iterator does not advance the global RNG that checkpoints save and restore
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollate(cfg.data.max_seq_len),

@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -915,3 +916,66 @@ def test_eval_split_without_answers_is_refused(world, tiny_model, tmp_path):
                                                          "--data_root", data, "--eval_split", "test")))
     with pytest.raises(ConfigError, match="--eval_datasets nextqa --eval_split test: no question"):
         build_eval_sets(cfg, tiny_model[1])
+
+
+# ---------------------------------------------------------------- length-grouped batches
+
+def test_length_grouped_sampler_pads_less_keeps_ranks_equal_and_replays():
+    """--group_by_length: every item once per epoch (the permutation padded as before), every rank the
+    same number of items at every step, each step's items of similar length (padding well below the
+    plain order's), the same order for the same seed and epoch, another per seed and epoch, and
+    set_epoch(start=k) continues with batch k (a mid-epoch resume). The plain order is unchanged."""
+    g = np.random.default_rng(0)
+    n, bs, world = 203, 4, 3
+    lengths = g.integers(20, 200, n)
+
+    def epoch(e, start=0, seed=3, lens=lengths):
+        out = []
+        for r in range(world):
+            s = TaskBatchSampler(n, bs, r, world, seed=seed, caption_prob=0.5, lengths=lens)
+            s.set_epoch(e, start)
+            out.append(list(s))
+        return out
+
+    def pad(batches):
+        real = sum(lengths[i] for b in batches for _, i, _ in b)
+        return 1 - real / sum(max(lengths[i] for _, i, _ in b) * len(b) for b in batches)
+
+    ranks = epoch(1)
+    assert [len(b) for b in ranks[0]] == [len(b) for b in ranks[1]] == [len(b) for b in ranks[2]]
+    assert len(ranks[0]) == len(TaskBatchSampler(n, bs, 0, world)) == 17
+    assert all(len({b[0][2] for b in step}) == 1 for step in zip(*ranks))      # one kind per step
+    seen = sorted(i for r in ranks for b in r for _, i, _ in b)
+    plain = TaskBatchSampler(n, bs, 0, world, seed=3)
+    plain.set_epoch(1)
+    order = plain._order()
+    assert seen == sorted(order.tolist()) and set(seen) == set(range(n))
+    grouped, ungrouped = pad([b for r in ranks for b in r]), pad(list(plain))
+    assert grouped < 0.1 < 0.2 < ungrouped, (grouped, ungrouped)
+    assert epoch(1) == ranks and epoch(2) != ranks and epoch(1, seed=4) != ranks
+    assert [r[5:] for r in ranks] == epoch(1, start=5)
+    assert [list(b) for b in plain] == [[(1, int(i), k) for i in order[0::world][j * bs:(j + 1) * bs]]
+                                        for j, k in zip(range(17), [b[0][2] for b in plain])]
+    assert plain.state_dict()["group_by_length"] is False
+    assert TaskBatchSampler(n, bs, lengths=lengths).state_dict()["group_by_length"] is True
+
+
+def test_group_by_length_resumes_exactly(world, tmp_path):
+    """Finetuning with --group_by_length: 2 epochs straight == 1 epoch, then --resume for the second;
+    the flag is recorded, and a mid-epoch checkpoint refuses to continue without it."""
+    common = ["--dataset", "nextqa", "--vaq", "--batch_size", 3, "--epochs", 2, "--lr", 1e-3, "--warmup_epochs", 0,
+              "--eval_datasets", "none", "--log_every", 1, "--group_by_length"]
+    a, b = tmp_path / "A", tmp_path / "B"
+    train.main(train.get_args(base_args(world, a, *common)))
+    train.main(train.get_args(base_args(world, b, *common, "--stop_after", 1)))
+    train.main(train.get_args(base_args(world, b, *common, "--resume", b / "checkpoint_0.pth")))
+    assert log_lines(b, "iter") == log_lines(a, "iter")
+    ca, cb = load_topa_checkpoint(a / "checkpoint_1.pth"), load_topa_checkpoint(b / "checkpoint_1.pth")
+    assert max_diff(ca["model"], cb["model"]) <= 1e-6
+    assert ca["sampler"]["group_by_length"] is True and vars(ca["args"])["group_by_length"] is True
+    mid = load_topa_checkpoint(a / "checkpoint_0.pth")
+    mid["iteration"], mid["sampler"]["batches_done"] = 2, 2
+    torch.save(mid, tmp_path / "mid.pth")
+    plain = [x for x in common if x != "--group_by_length"]
+    with pytest.raises(ConfigError, match="mid-epoch checkpoint.*--group_by_length"):
+        train.main(train.get_args(base_args(world, tmp_path / "C", *plain, "--resume", tmp_path / "mid.pth")))
