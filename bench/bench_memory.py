@@ -162,12 +162,25 @@ def video(rows):
     return [torch.zeros(T, CLIP) for _ in range(rows)]
 
 
+def eval_batch(questions: int, prefix: int, scoring: str):
+    """One scoring batch of `questions` x 5 options sharing a `prefix` ("packed" or "full" rows)."""
+    qs = [options(prefix) for _ in range(questions)]
+    rows = [pack_options(q) for q in qs] if scoring == "packed" else [single_row(s) for q in qs for s in q]
+    return collate_rows(rows, video(len(rows)))
+
+
+def finetune_parts(batch_size: int, L: int) -> dict:
+    """The three parts of a --vaq --qav finetuning batch of rows of length L."""
+    return {"vqa": collate_rows([single_row(sequence(L, 17, 4))] * batch_size, video(batch_size)),
+            "vaq": collate_rows([single_row(sequence(L, 17, 15))] * batch_size, video(batch_size)),
+            "qav": collate_rows([single_row(sequence(L, L - T - 1, 0), scored=False)] * batch_size,
+                                video(batch_size))}
+
+
 def eval_peak(args, impl, questions, prefix, scoring):
     """Peak activation bytes of scoring one batch of `questions` (5 options each, under no_grad)."""
     model = meta_model(args, impl)
-    qs = [options(prefix) for _ in range(questions)]
-    rows = [pack_options(q) for q in qs] if scoring == "packed" else [single_row(s) for q in qs for s in q]
-    batch = collate_rows(rows, video(len(rows))).to("meta")
+    batch = eval_batch(questions, prefix, scoring).to("meta")
     kernels = fused_kernels() if impl == "sdpa" else contextlib.nullcontext()
     with torch.no_grad(), kernels, LiveBytes(list(model.parameters()) + batch_tensors(batch)) as live:
         token_nll(model, batch, batch.video)
@@ -183,11 +196,7 @@ def train_peak(args, impl, batch_size, L, checkpointing):
         for layer in model.layers:
             layer.forward = (lambda *a, f=layer.forward, **k:
                              checkpoint(f, *a, use_reentrant=False, preserve_rng_state=False, **k))
-    parts = {"vqa": collate_rows([single_row(sequence(L, 17, 4))] * batch_size, video(batch_size)),
-             "vaq": collate_rows([single_row(sequence(L, 17, 15))] * batch_size, video(batch_size)),
-             "qav": collate_rows([single_row(sequence(L, L - T - 1, 0), scored=False)] * batch_size,
-                                 video(batch_size))}
-    parts = {k: b.to("meta") for k, b in parts.items()}
+    parts = {k: b.to("meta") for k, b in finetune_parts(batch_size, L).items()}
     known = list(model.parameters()) + [t for b in parts.values() for t in batch_tensors(b)]
     kernels = fused_kernels() if impl == "sdpa" else contextlib.nullcontext()
     with kernels, LiveBytes(known) as live:
