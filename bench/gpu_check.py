@@ -7,6 +7,7 @@ one JSON file and one markdown table:
   sdpa       which kernel `scaled_dot_product_attention` ran (flash / memory-efficient / cuDNN, or the
              math fallback), read from the profiler's op names, for the masked (packed scoring), causal
              (training rows) and decoding calls
+  (the speed checks run in bf16 on GPU, in fp32 on CPU)
   eval       questions/s, shared-prefix vs full per-option scoring (bench/bench_eval.py's run)
   train      finetuning tokens/s (vqa + vaq + qav, bench/bench_train.py's items) and MFU, with and
              without gradient checkpointing. MFU counts 4 x backbone params FLOPs per token (forward 2N,
@@ -272,14 +273,15 @@ def check_shape(name, shape, device, fix, tiny: bool) -> dict:
     train_batches = [collate(train_items[i:i + train_bs]) for i in range(0, len(train_items), train_bs)]
     gen_items = bench_generate.caption_items(tok, MSRVTT, n_gen, torch.Generator().manual_seed(0))
     res, t0 = {"params": {k: v for k, v in shape.items()}}, time.perf_counter()
-    model = make_model(args, torch.float32, device)
-    fp32 = scores_and_losses(model, eval_items[:n_num], train_batches[0], device)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    model = make_model(args, torch.bfloat16, device)
-    bf16 = scores_and_losses(model, eval_items[:n_num], train_batches[0], device)
-    res["numerics"] = numerics(fp32, bf16)
+    got, model = {}, None
+    for dtype in ((torch.bfloat16, torch.float32) if tiny else (torch.float32, torch.bfloat16)):
+        del model  # the speed checks keep the last: bf16 on GPU, fp32 on CPU (what runs there)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        model = make_model(args, dtype, device)
+        got[dtype] = scores_and_losses(model, eval_items[:n_num], train_batches[0], device)
+    res["numerics"] = numerics(got[torch.float32], got[torch.bfloat16])
+    res["speed_dtype"] = str(dtype).replace("torch.", "")
     res["sdpa"] = sdpa_backends(model, eval_items[:eval_bs], train_batches[0], gen_items, tok, device)
     res["eval"] = eval_speed(model, eval_items, eval_bs, device)
     n_backbone = sum(p.numel() for n, p in model.named_parameters() if not is_trainable(n))
