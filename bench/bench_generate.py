@@ -15,7 +15,8 @@ with random gates; the memory is a random unit-norm bank (`--memory_rows`). Timi
 interleaved pass by pass, best of `--repeat`, one CPU thread by default (the machine is shared).
 
   python bench/bench_generate.py --fixtures $TOPA_FIXTURES
-  python bench/bench_generate.py --fixtures $TOPA_FIXTURES --device cuda --precision bf16 --dim 4096 --layers 32 --heads 32
+  python bench/bench_generate.py --fixtures $TOPA_FIXTURES --device cuda --precision bf16 --dim 4096 \
+      --layers 32 --heads 32
 
 Measured on the shared 2-core CPU machine (fp32, 1 thread, Llama-2 tokenizer, batch 16, dim 512 x 8
 layers, 65536 memory rows, 48 items per set, best of 2; load average 6-8, so absolute times are slow):

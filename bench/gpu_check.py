@@ -326,8 +326,15 @@ def vit_speed(device, tiny: bool) -> dict:
 
 # ---------------------------------------------------------------- outputs
 
+def fmt(x, p: int = 3) -> str:
+    return "-" if x is None else f"{x:.{p}g}" if isinstance(x, float) else str(x)
+
+
+def mfu(d: dict) -> str:
+    return f"{d['tokens_per_s']:.0f} ({fmt(d['mfu'], 2)})"
+
+
 def markdown(res: dict) -> str:
-    f = lambda x, p=3: "-" if x is None else f"{x:.{p}g}" if isinstance(x, float) else str(x)  # noqa: E731
     lines = [f"GPU check on {res['device']} (torch {res['torch']}), {res['seconds']:.0f} s", "",
              "| shape | scores bf16-fp32 | losses bf16-fp32 | fused-eager fp32 (scores / losses) | SDPA kernels "
              "masked / causal / decode | eval q/s shared / full | train tok/s (MFU) plain / ckpt | gen tok/s b1 "
@@ -336,9 +343,8 @@ def markdown(res: dict) -> str:
     for name, r in res["shapes"].items():
         n, s, e, t, g = r["numerics"], r["sdpa"], r["eval"], r["train"], r["generate"]
         kernels = " / ".join(",".join(ops) or "none" for k, ops in s.items() if k != "math_fallback")
-        mfu = lambda d: f"{d['tokens_per_s']:.0f} ({f(d['mfu'], 2)})"  # noqa: E731
-        lines.append(f"| {name} | {f(n['scores_bf16_vs_fp32'])} | {f(n['losses_bf16_vs_fp32'])} | "
-                     f"{f(n['scores_fused_vs_eager_fp32'])} / {f(n['losses_fused_vs_eager_fp32'])} | {kernels} | "
+        lines.append(f"| {name} | {fmt(n['scores_bf16_vs_fp32'])} | {fmt(n['losses_bf16_vs_fp32'])} | "
+                     f"{fmt(n['scores_fused_vs_eager_fp32'])} / {fmt(n['losses_fused_vs_eager_fp32'])} | {kernels} | "
                      f"{e['questions_per_s_shared_prefix']:.1f} / {e['questions_per_s_full']:.1f} | "
                      f"{mfu(t['plain'])} / {mfu(t['grad_checkpointing'])} | "
                      f"{g['batch1_kv_cache_tokens_per_s']:.0f} / {g['batch1_full_tokens_per_s']:.0f} | "
@@ -348,7 +354,7 @@ def markdown(res: dict) -> str:
     for name, r in res["shapes"].items():
         for k, m in r.get("memory", {}).items():
             lines.append(f"- {name} peak activation memory, {k}: computed {m['computed_gib']:.3g} GiB, measured "
-                         f"{f(m['measured_gib'])} GiB")
+                         f"{fmt(m['measured_gib'])} GiB")
     return "\n".join(lines) + "\n"
 
 
@@ -371,7 +377,7 @@ def main(argv=None):
     if args.shapes:
         shapes = {k: shapes[k] for k in args.shapes.split(",")}
     t0 = time.perf_counter()
-    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor()})",
+    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
            "torch": torch.__version__, "tiny": args.tiny, "shapes": {}}
     for name, shape in shapes.items():
         res["shapes"][name] = check_shape(name, shape, device, args.fixtures, args.tiny)

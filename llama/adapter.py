@@ -314,10 +314,10 @@ def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
     """Build a TOPA model without ever allocating random backbone weights or holding the model twice.
 
     backbone: a weight source (`llama.checkpoint.MetaShards`, `llama.hf.HFSafetensors`) or a Meta state
-    dict. The model is built on the `meta` device without random initialisation (`skip_init`); then each backbone tensor in turn is allocated on
-    `device` in `dtype` and filled from the source, so the device's peak is the weights themselves (plus
-    one slice when a copy needs a contiguous staging buffer) and the host holds at most one tensor in
-    transit. The TOPA tensors are fp32 on `device`, fresh
+    dict. The model is built on the `meta` device without random initialisation (`skip_init`); then
+    each backbone tensor in turn is allocated on `device` in `dtype` and filled from the source, so the
+    device's peak is the weights themselves (plus one slice when a copy needs a contiguous staging
+    buffer) and the host holds at most one tensor in transit. The TOPA tensors are fp32 on `device`, fresh
     (gate1 = 0, gate2 = -bias) or from `trainable` (a TOPA checkpoint's `model` dict). Missing or extra
     keys and wrong shapes are errors naming `source` and the key."""
     weights = StateDict(backbone) if isinstance(backbone, Mapping) else backbone

@@ -7,8 +7,9 @@ bias from text to the video). Rows of a batch run together and finish independen
 is not returned) or when `stop(ids)` says so (that token is returned).
 
 `use_cache=True` prefills the left-padded prompts once (the text that starts every prompt once for the
-batch) and then decodes one token at a time from a KV cache (`TOPA.prefill` / `TOPA.decode`); `use_cache=False` recomputes every unfinished row's whole
-sequence for each token through `TOPA.hidden` (right-padded, the scoring path): the reference.
+batch) and then decodes one token at a time from a KV cache (`TOPA.prefill` / `TOPA.decode`), the loop
+on the device; `use_cache=False` recomputes every unfinished row's whole sequence for each token
+through `TOPA.hidden` (right-padded, the scoring path): the reference.
 """
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -65,9 +66,8 @@ def greedy_generate(model: TOPA, prompts: Sequence[Sequence[int]], videos=None, 
         out = [[] for _ in range(B)]
         return (out, [torch.empty(0, model.args.vocab_size, device=device)] * B) if return_logits else out
     run = (CachedRun if use_cache else FullRun)(model, prompts, video, starts, max_new_tokens, gate2)
-    picks, lives, logits_per_step = decode_loop(run, max_new_tokens, torch.tensor(eos, dtype=torch.long, device=device),
-                                                torch.tensor(list(masked_ids), dtype=torch.long, device=device),
-                                                stops, observe, return_logits)
+    ids = [torch.tensor(list(x), dtype=torch.long, device=device) for x in (eos, masked_ids)]
+    picks, lives, logits_per_step = decode_loop(run, max_new_tokens, *ids, stops, observe, return_logits)
     picked, live = torch.stack(picks, 1).tolist(), torch.stack(lives, 1).tolist()  # [B, steps]: one transfer
     out = [[i for i, keep in zip(picked[b], live[b]) if keep] for b in range(B)]
     if not return_logits:
