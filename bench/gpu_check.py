@@ -377,7 +377,8 @@ def main(argv=None):
     if args.shapes:
         shapes = {k: shapes[k] for k in args.shapes.split(",")}
     t0 = time.perf_counter()
-    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
            "torch": torch.__version__, "tiny": args.tiny, "shapes": {}}
     for name, shape in shapes.items():
         res["shapes"][name] = check_shape(name, shape, device, args.fixtures, args.tiny)
