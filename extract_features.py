@@ -53,6 +53,10 @@ def get_args(argv=None):
     r.add_argument("--batch_size", type=int, default=256, help="frames (or sentences) per CLIP forward pass")
     r.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader workers decoding videos (0: decode in this process)")
+    r.add_argument("--group", type=int, default=None,
+                   help="videos (tideos) encoded together: their frames, in order, are cut into --batch_size "
+                        "batches, so features never depend on where a run was interrupted; a group is saved, "
+                        "and redone after an interruption, as a whole (default: batch_size // 16)")
     r.add_argument("--save_every", type=int, default=100, help="save finished results every N videos")
     r.add_argument("--skip_bad", action="store_true",
                    help="write the output without the videos that failed (they are still listed)")
@@ -68,6 +72,11 @@ def get_args(argv=None):
         p.error("--num_frames is for --dataset folder (the benchmarks have their own rules)")
     if args.fps is not None and args.fps <= 0:
         p.error("--fps must be positive")
+    for name in ("batch_size", "group", "save_every", "max_videos", "num_frames"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.num_workers < 0:
+        p.error(f"--num_workers must be >= 0, got {args.num_workers}")
     return args
 
 

@@ -375,17 +375,3 @@ def prepare_resume_dir(output_dir, resume: str, position: Tuple[int, float]):
     if dropped or evals or stale:
         print(f"resume: dropped what was written after the checkpoint: {dropped} log line(s), {len(evals)} "
               f"evaluation folder(s), {len(stale)} temporary file(s) of an interrupted save", flush=True)
-
-
-def on_main(fn, *args):
-    """`fn(*args)` on rank 0 only; an input error there is raised on every rank with the same message
-    (so that no rank goes on alone)."""
-    err = None
-    if dist.is_main():
-        try:
-            fn(*args)
-        except InputError as e:
-            err = (type(e), str(e))
-    err = dist.gather_objects(err)[0]
-    if err is not None:
-        raise err[0](err[1])

@@ -2,7 +2,8 @@
 runs, multiple-choice scoring (engine/scoring.py) and generation (engine/generation.py).
 
     check     what the task needs before anything starts (the caption metrics' Java)
-    open      processes (torchrun or one), seed, dtype, the output folder, the tokenizer
+    open      processes (torchrun or one), seed, dtype, the output folder (rank 0 locks it for this run
+              until it ends: a second run into it is refused at once; util/lock.py), the tokenizer
     items     the task's annotations and features, all read and checked before the model loads
     load      the memory (when the run uses it: `EvalConfig.use_memory`), then the TOPA checkpoint,
               then the backbone (minutes for 13B)
@@ -34,7 +35,8 @@ from llama.memory import load_memory
 from text.tokenizer import Tokenizer
 from util import dist
 from util.errors import InputError, one_line
-from util.files import prepare_output_dir
+from util.files import LineWriter, prepare_output_dir
+from util.lock import OutputLock
 
 from .config import EvalConfig, config_dict
 
@@ -52,6 +54,14 @@ class Run:
     dtype: torch.dtype
     out: Path
     tok: Tokenizer
+    lock: Optional[OutputLock] = None   # rank 0: the output folder's, held until the run ends
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
 
     def settings(self, **extra) -> dict:
         """The run's settings, as result files record them."""
@@ -75,12 +85,19 @@ def output_names(name: str, split: str) -> Dict[str, str]:
 
 
 def open_run(cfg: EvalConfig) -> Run:
-    """Processes, seed, dtype, the output folder (rank 0 checks it can write there), the tokenizer."""
+    """Processes, seed, dtype, the output folder (rank 0 checks that it can write there and locks it; an
+    error there ends every rank), the tokenizer. The Run is a context that releases the lock."""
     _, world, device = dist.init_distributed(cfg.run.device)
     torch.manual_seed(cfg.run.seed)
     dtype = resolve_dtype(cfg.model.precision, device)
-    out = prepare_output_dir(cfg.run.output_dir) if dist.is_main() else Path(cfg.run.output_dir)
-    return Run(cfg, benchmarks.get(cfg.data.dataset), world, device, dtype, out, load_tokenizer_for(cfg.model))
+    lock = dist.on_main(prepare_output_dir, cfg.run.output_dir)
+    try:
+        tok = load_tokenizer_for(cfg.model)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Run(cfg, benchmarks.get(cfg.data.dataset), world, device, dtype, Path(cfg.run.output_dir), tok, lock)
 
 
 def load_model(run: Run):
@@ -129,16 +146,16 @@ def gather_steps(steps: Iterator[StepRows], n_steps: int, n_items: int, *,
 
 class PredictionStream:
     """Rank 0's predictions file while a run is under way: started afresh, each step's rows appended
-    (as `to_line` turns them into file rows) and flushed. Other ranks get a stream that writes nothing."""
+    (as `to_line` turns them into file rows) as whole lines (`LineWriter`: a full disk leaves the lines
+    before it and a "disk full" error). Other ranks get a stream that writes nothing."""
 
     def __init__(self, path: Path, to_line: Callable[[dict], dict]):
         self.path, self.to_line = path, to_line
-        self.file = open(path, "w", encoding="utf-8") if dist.is_main() else None
+        self.file = LineWriter(path) if dist.is_main() else None
 
     def __call__(self, rows: List[dict]):
         if self.file is not None:
             self.file.write(jsonl(self.to_line(r) for r in rows))
-            self.file.flush()
 
     def __enter__(self):
         return self
@@ -153,19 +170,19 @@ def run(cfg: EvalConfig, task_for: Callable[[EvalConfig], object]) -> Optional[d
     (rank 0)."""
     task = task_for(cfg)
     task.check()
-    r = open_run(cfg)
-    items = task.items(r)
-    model, memory = load_model(r)
-    names = output_names(r.bench.name, cfg.split)
-    if dist.is_main():  # a previous run's results must not sit beside this run's streamed predictions
-        for kind in ("accuracy", "metrics", "skipped", "submission"):
-            (r.out / names[kind]).unlink(missing_ok=True)
-    batches, n_steps = my_batches(task.batches(items))
-    with PredictionStream(r.out / names["predictions"], lambda row: task.row(items, row)) as stream:
-        with torch.no_grad():
-            rows = gather_steps(task.steps(r, model, memory, items, batches), n_steps, len(items), stream=stream,
-                                desc=f"{r.bench.name}/{cfg.split}", done=task.done)
-    result = task.finish(r, items, rows) if dist.is_main() else None
-    dist.barrier()
+    with open_run(cfg) as r:
+        items = task.items(r)
+        model, memory = load_model(r)
+        names = output_names(r.bench.name, cfg.split)
+        if dist.is_main():  # a previous run's results must not sit beside this run's streamed predictions
+            for kind in ("accuracy", "metrics", "skipped", "submission"):
+                (r.out / names[kind]).unlink(missing_ok=True)
+        batches, n_steps = my_batches(task.batches(items))
+        with PredictionStream(r.out / names["predictions"], lambda row: task.row(items, row)) as stream:
+            with torch.no_grad():
+                rows = gather_steps(task.steps(r, model, memory, items, batches), n_steps, len(items),
+                                    stream=stream, desc=f"{r.bench.name}/{cfg.split}", done=task.done)
+        result = task.finish(r, items, rows) if dist.is_main() else None
+        dist.barrier()
     dist.cleanup()
     return result

@@ -23,11 +23,12 @@ from llama.memory import load_memory
 from text.prompts import PromptBuilder
 from util import dist
 from util.errors import ConfigError
+from util.files import claim_output_dir
 from util.logging import RunLogger
 from util.schedule import lr_at, param_groups, set_lr
 
 from . import scoring
-from .checkpointing import (Resumed, check_output_dir, checkpoint_name, on_main, prepare_resume_dir, resume_training,
+from .checkpointing import (Resumed, check_output_dir, checkpoint_name, prepare_resume_dir, resume_training,
                             save_checkpoint, training_state)
 from .config import TrainConfig
 from .losses import TrainStep, total_loss
@@ -43,6 +44,7 @@ def _reduce_sums(values: List[float], device) -> List[float]:
 
 LOSS_PARTS = ("vqa", "caption", "vaq", "qav")
 SYNC_EVERY = 50   # iterations between host syncs of the loss values when --log_every is 0
+CHECKPOINT_SPACE = 512 << 20  # free bytes an --output_dir needs (a 13B checkpoint with its optimizer: ~200 MB)
 SKIP_LIMIT = 25   # fp16: optimizer steps skipped in a row (loss scale / 2**25) before the run stops
 
 
@@ -434,13 +436,15 @@ def evaluate_epoch(cfg: TrainConfig, model, eval_sets, memory, device, epoch: in
         res = scoring.evaluate(model, ds, batch_size=cfg.eval_batch_size or cfg.data.batch_size, device=device,
                                memory=memory, max_seq_len=cfg.data.max_seq_len,
                                num_workers=cfg.data.num_workers, desc=f"eval {name}")
-        if dist.is_main():
+
+        def write(name=name, res=res):
             acc = scoring.write_eval_outputs(res, out / "eval" / f"epoch_{epoch}", name, cfg.eval_split,
                                              benchmarks.get(name).type_groups)
             evals[name] = acc["total"]["acc"]
             print(scoring.format_table(acc, f"epoch {epoch} {name} {cfg.eval_split}"), flush=True)
             logger.write("eval", {"epoch": epoch, "dataset": name, **{f"acc_{k}": v["acc"] for k, v in acc.items()}},
                          step=epoch)
+        dist.on_main(write)  # rank 0 writes; its error (a full disk) ends every rank with the same line
     return evals
 
 
@@ -480,7 +484,7 @@ def build_training(cfg: TrainConfig, out: Path, world: int, device, dtype) -> Tr
     resumed = Resumed(cfg.start_epoch)
     if ckpt is not None and cfg.resume is not None and not cfg.finetune:
         resumed = resume_training(ckpt, cfg.resume, model, optimizer, scaler, sampler, cfg, world, device)
-        on_main(prepare_resume_dir, out, cfg.resume, resumed.position)
+        dist.on_main(prepare_resume_dir, out, cfg.resume, resumed.position)
     elif ckpt is not None and dist.is_main():
         print(f"finetuning from {cfg.resume} (weights only)", flush=True)
     return Training(model, step, optimizer, scaler, loader, sampler, eval_sets, memory, resumed)
@@ -510,14 +514,19 @@ def run(cfg: TrainConfig) -> Optional[dict]:
     --save_every iterations). Returns the best evaluation record (rank 0; None without --eval_datasets).
 
     The output folder belongs to one run: checked before the model loads (`check_output_dir`), and on
-    `--resume` cut back to the checkpoint (`prepare_resume_dir`)."""
+    `--resume` cut back to the checkpoint (`prepare_resume_dir`); it is locked for this run until it ends
+    (`claim_output_dir`: a second run into it is refused at once)."""
     rank, world, device = dist.init_distributed(cfg.run.device)
-    out, main_rank = Path(cfg.run.output_dir), dist.is_main()
-    on_main(check_output_dir, out, cfg.resume, cfg.resume is not None and not cfg.finetune, cfg.overwrite)
+    with claim_output_dir(cfg.run.output_dir, need_bytes=CHECKPOINT_SPACE) as out:
+        return _train(cfg, out, rank, world, device)
+
+
+def _train(cfg: TrainConfig, out: Path, rank: int, world: int, device) -> Optional[dict]:
+    main_rank = dist.is_main()
+    dist.on_main(check_output_dir, out, cfg.resume, cfg.resume is not None and not cfg.finetune, cfg.overwrite)
     seed_everything(cfg.run.seed)  # same on every rank: fresh TOPA parameters start equal (DDP checks it)
     dtype = resolve_dtype(cfg.model.precision, device)
     if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
         print(f"{'finetune' if cfg.finetune else 'resume' if cfg.resume else 'train'}: world size {world}, "
               f"device {device}, backbone {dtype}, lr {cfg.optim.absolute_lr(cfg.data.batch_size, world):.3e} "
               f"(effective batch {cfg.data.batch_size * cfg.optim.accum_iter * world})", flush=True)
@@ -525,10 +534,11 @@ def run(cfg: TrainConfig) -> Optional[dict]:
     resumed, best = t.resumed, t.resumed.best
 
     def save_mid_epoch(epoch: int, done: int, totals: EpochTotals):
-        if main_rank:
+        def save():
             state = training_state(t.model, t.optimizer, t.scaler, epoch, cfg, t.sampler.state_dict(), best,
                                    iteration=done, epoch_totals=asdict(totals))
             tqdm.write(f"saved {save_checkpoint(out, state, ('last',))}")
+        dist.on_main(save)  # rank 0 writes; its error (a full disk) ends every rank with the same line
 
     logger = RunLogger(out, enabled=main_rank, tensorboard=cfg.tensorboard)
     epochs = cfg.optim.epochs
@@ -544,9 +554,8 @@ def run(cfg: TrainConfig) -> Optional[dict]:
                                 start=first, totals=totals, save=partial(save_mid_epoch, epoch))
         evals = evaluate_epoch(cfg, t.model, t.eval_sets, t.memory, device, epoch, out, logger)
         t.step.train()
-        if main_rank:
-            best = end_epoch(cfg, t, epoch, stats, evals, best, out, logger)
-        dist.barrier()
+        new_best = dist.on_main(end_epoch, cfg, t, epoch, stats, evals, best, out, logger)  # as save_mid_epoch
+        best = new_best if main_rank else best
     logger.close()
     dist.barrier()
     dist.cleanup()

@@ -419,3 +419,88 @@ def test_cli_errors_are_one_line(tmp_path, clip_dir, capsys):
     assert "unknown MVBench task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         extract_features.get_args(["--dataset", "nextqa", "--num_frames", "8"])
+
+
+# ---- faults that lose nothing, output that does not depend on interruptions ----
+
+def test_any_exception_in_one_video_is_its_failure(tmp_path, clip_dir, monkeypatch):
+    """A frame that PIL refuses with an error that is no OSError (a decompression bomb) fails that video
+    only: the others are written, the failure is listed with the exception's type and message."""
+    import PIL.Image
+    data, vids = tmp_path / "data", tmp_path / "videos"
+    nextqa_csv(data / "nextqa" / "val.csv", ["a", "bomb", "c"])
+    write_video(vids / "a.mp4", 30, 25, (64, 48))
+    write_frame_folder(vids / "bomb", 6, size=(400, 300))
+    write_video(vids / "c.mp4", 30, 25, (64, 48))
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 40000)  # 400x300 frames are > 2x that: a "bomb"
+    argv = ["--dataset", "nextqa", "--data_root", data, "--video_dir", vids, "--skip_bad"]
+    assert extract(clip_dir, *argv) == 0
+    assert list(DictFeatures(data / "nextqa" / "clipvitl14.pth").feats) == ["a", "c"]
+    fails = [json.loads(line) for line in open(data / "nextqa" / "failures_nextqa.jsonl")]
+    assert [f["key"] for f in fails] == ["bomb"]
+    assert fails[0]["reason"].startswith("unreadable: DecompressionBombError: Image size (120000 pixels) exceeds")
+
+
+def test_resumed_extraction_equals_an_uninterrupted_one_bit_for_bit(tmp_path, clip_dir, monkeypatch):
+    """Videos of different lengths, encoded in groups of 3 in batches of 7 frames: a run stopped by
+    --max_videos, and one stopped by Ctrl-C in the middle of a group, each resumed, write exactly the
+    file an uninterrupted run writes."""
+    vids = tmp_path / "videos"
+    names = [f"v{i}" for i in range(8)]
+    for i, v in enumerate(names):
+        write_video(vids / f"{v}.mp4", 25 * (2 + i % 3), 25, (64, 48), code=False)
+
+    def root(name):
+        data = tmp_path / name
+        nextqa_csv(data / "nextqa" / "val.csv", names)
+        return data
+
+    def argv(data, *more):
+        return ["--dataset", "nextqa", "--data_root", data, "--video_dir", vids, "--batch_size", 7, "--group", 3,
+                "--save_every", 1, *more]
+
+    def feats(data):
+        return safe_load(data / "nextqa" / "clipvitl14.pth")
+
+    whole = root("whole")
+    assert extract(clip_dir, *argv(whole)) == 0
+    # stopped after one group, then resumed
+    cut = root("cut")
+    assert extract(clip_dir, *argv(cut, "--max_videos", 2)) == 0
+    assert sum(len(safe_load(p)) for p in (cut / "nextqa" / "clipvitl14.pth.parts").glob("part-*.pth")) == 3
+    assert extract(clip_dir, *argv(cut)) == 0
+    # Ctrl-C while v4 (the middle of the second group) is read: the first group is kept
+    real = video.extract.read_frames
+
+    def stop_at_v4(p, *a, **k):
+        if Path(p).stem == "v4":
+            raise KeyboardInterrupt
+        return real(p, *a, **k)
+
+    killed = root("killed")
+    monkeypatch.setattr(video.extract, "read_frames", stop_at_v4)
+    with pytest.raises(KeyboardInterrupt):
+        extract(clip_dir, *argv(killed))
+    monkeypatch.setattr(video.extract, "read_frames", real)
+    assert extract(clip_dir, *argv(killed)) == 0
+    want = feats(whole)
+    assert list(want) == names
+    for data in (cut, killed):
+        got = feats(data)
+        assert list(got) == names and all(torch.equal(got[k], want[k]) for k in names)
+        assert (data / "nextqa" / "clipvitl14.pth").read_bytes() == (whole / "nextqa" / "clipvitl14.pth").read_bytes()
+
+
+def test_second_extraction_into_one_output_is_refused(tmp_path, clip_dir, capsys):
+    """An output another run holds is refused at once, naming that run (the lock is `.<file>.lock`)."""
+    from util.lock import OutputLock
+    data, vids = tmp_path / "data", tmp_path / "videos"
+    nextqa_csv(data / "nextqa" / "val.csv", ["a"])
+    write_video(vids / "a.mp4", 30, 25, (64, 48))
+    out = data / "nextqa" / "clipvitl14.pth"
+    with OutputLock(out.parent / ".clipvitl14.pth.lock", "x"):
+        assert extract(clip_dir, "--dataset", "nextqa", "--data_root", data, "--video_dir", vids) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"extract_features.py: error: --output {out} is in use by another run (pid {os.getpid()}")
+    assert not out.exists()
+    assert extract(clip_dir, "--dataset", "nextqa", "--data_root", data, "--video_dir", vids) == 0

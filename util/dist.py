@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from util.errors import ConfigError
+from util.errors import ConfigError, InputError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -21,9 +21,28 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def check_device(device: str):
+    """--device names a device this machine has: auto, cpu, cuda, cuda:N (or another torch device); a CUDA
+    device without CUDA is a one-line error now, not a torch assertion later."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu or auto")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def select_device(device: str = "auto") -> torch.device:
     """auto: CUDA when there is a GPU, else the CPU. Under torchrun a CUDA device is this process's GPU
-    (LOCAL_RANK), made the current one."""
+    (LOCAL_RANK), made the current one. A device this machine lacks is a ConfigError (`check_device`)."""
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" or (device.startswith("cuda") and env_world() > 1):
@@ -108,3 +127,18 @@ def gather_objects(obj):
 def cleanup():
     if is_dist():
         dist.destroy_process_group()
+
+
+def on_main(fn, *args):
+    """`fn(*args)` on rank 0 only (its result there, None elsewhere); an input error there is raised on
+    every rank with the same message (so that no rank goes on alone, and every rank ends with one line)."""
+    err = out = None
+    if is_main():
+        try:
+            out = fn(*args)
+        except InputError as e:
+            err = (type(e), str(e))
+    err = gather_objects(err)[0]
+    if err is not None:
+        raise err[0](err[1])
+    return out

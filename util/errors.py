@@ -4,9 +4,14 @@
 malformed file, row, tensor or flag. Its message names the file (and row / question id / key). The
 entry points print it as one line on stderr and exit 1. Every other exception is a bug in this project
 and keeps its traceback. `TOPA_TRACEBACK=1` shows the traceback of input errors too.
+
+SIGTERM ends an entry point as Ctrl-C does: the exception unwinds the run (open files are closed whole,
+finished work is saved) and the process exits with status 143; DataLoader workers (daemonic children)
+are terminated on the way out, so no process is left behind.
 """
 import os
 import pickle
+import signal
 import sys
 
 
@@ -43,6 +48,10 @@ class ConfigError(InputError, ValueError):
     """Flags that contradict each other or the data."""
 
 
+class OutputError(InputError, OSError):
+    """An output that cannot be written: a full disk, a read-only folder, a folder another run holds."""
+
+
 def one_line(e: BaseException) -> str:
     """The message of `e` on one line. An error raised in a DataLoader worker arrives with torch's
     "Caught X in DataLoader worker process N. Original Traceback ..." text around it: the original
@@ -56,8 +65,23 @@ def one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
+def _on_sigterm(prog: str, pid: int):
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a forked child (a DataLoader worker): die as without the handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        signal.signal(signum, signal.SIG_IGN)  # once: the unwinding is not interrupted again
+        print(f"{prog}: stopped by SIGTERM; what was finished is kept (run the same command to resume)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    return handler
+
+
 def run_cli(main, args, prog: str):
-    """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1."""
+    """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1;
+    SIGTERM unwinds the run like Ctrl-C and exits with 143 (module docstring)."""
+    before = signal.signal(signal.SIGTERM, _on_sigterm(prog, os.getpid()))
     try:
         return main(args)
     except InputError as e:
@@ -65,3 +89,5 @@ def run_cli(main, args, prog: str):
             raise
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .files import write_text_atomic
+from .files import append_lines, write_text_atomic
 
 LOG_NAME = "log.jsonl"
 
@@ -38,8 +38,7 @@ class RunLogger:
         if not self.enabled:
             return
         line = {"type": kind, "time": round(time.time(), 3), **{k: _finite(v) for k, v in record.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line, allow_nan=False) + "\n")
+        append_lines(self.path, json.dumps(line, allow_nan=False) + "\n")
         if self.tb is not None and step is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):

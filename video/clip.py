@@ -112,9 +112,3 @@ class ClipEncoder:
         tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         out = _embedding(self.model.get_text_features(**tok)).float()
         return F.normalize(out, dim=-1)
-
-
-def encode_in_batches(fn, items: List, batch_size: int) -> torch.Tensor:
-    """fn over consecutive chunks of `items` (a list or a tensor), results concatenated on the CPU."""
-    outs = [fn(items[i:i + batch_size]).cpu() for i in range(0, len(items), batch_size)]
-    return torch.cat(outs) if outs else torch.zeros(0, FEATURE_DIM)

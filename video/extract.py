@@ -5,6 +5,7 @@ video/run.py; text datasets are video/text.py.
   plan(args)      -> Task: the jobs of a benchmark (video/sources.py) and its output (video/store.py)
   main(args)      -> exit status of extract_features.py
 """
+import itertools
 import os
 import time
 from typing import List, Tuple
@@ -15,12 +16,12 @@ from torch.utils.data import DataLoader, Dataset
 from dataloader import benchmarks
 from dataloader.benchmarks import Benchmark
 from util.dist import DTYPES, resolve_precision
-from util.errors import ConfigError, MissingFileError
+from util.errors import ConfigError, MissingFileError, one_line
 
 from . import sources
 from .clip import FEATURE_DIM, ClipEncoder, preprocess
 from .frames import FixedRate, Segments, Strided, VideoError, as_fraction, read_frames
-from .run import Batcher, Procs, Task, run_task
+from .run import Batcher, Procs, Task, group_size, run_task
 from .store import DictOutput, FileDirOutput
 
 FOLDER_DEFAULT_FPS = 1  # --dataset folder (the benchmarks: their frame rule in the benchmark table)
@@ -51,6 +52,8 @@ class _Decoded(Dataset):
             outcomes = read_frames(job.path, [r for _, r in wants], preprocess, folder_fps=job.folder_fps)
         except VideoError as e:
             return i, out + [(k, str(e)) for k, _ in wants]
+        except Exception as e:  # anything else a decoder or image library raises fails this video only
+            return i, out + [(k, f"unreadable: {type(e).__name__}: {one_line(e)}") for k, _ in wants]
         for (k, _), o in zip(wants, outcomes):
             out.append((k, str(o) if isinstance(o, VideoError) else torch.from_numpy(o[1])))
         return i, out
@@ -68,8 +71,11 @@ def make_encoder(args, procs: Procs, text: bool = False) -> ClipEncoder:
     return encoder
 
 
-def process_videos(jobs: List[sources.Job], output, encoder: ClipEncoder, args, bar):
-    """Decode (workers) -> encode (batches) -> output.add; returns (failures, frames encoded)."""
+def process_videos(groups: List[List[sources.Job]], output, encoder: ClipEncoder, args, bar):
+    """Decode (workers) -> encode (a group's frames in batches) -> output.add at the end of each group;
+    returns (failures, frames encoded)."""
+    jobs = [j for g in groups for j in g]
+    ends = set(itertools.accumulate(len(g) for g in groups))
     batcher = Batcher(encoder.images, args.batch_size)
     loader = DataLoader(_Decoded(jobs), batch_size=None, shuffle=False, num_workers=args.num_workers,
                         collate_fn=_identity, pin_memory=encoder.device.type == "cuda",
@@ -82,13 +88,13 @@ def process_videos(jobs: List[sources.Job], output, encoder: ClipEncoder, args, 
                 failures.append({"key": key, "path": job.path, "reason": got})
                 continue
             n_frames += got.shape[0]
-            for k, feats in batcher.add(key, got):
+            batcher.add(key, got)
+        if i + 1 in ends:
+            for k, feats in batcher.end_group():
                 output.add(k, feats)
         bar.update(1)
         dt = max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix_str(f"{n_frames / dt:.1f} frames/s, {len(failures)} failed", refresh=False)
-    for k, feats in batcher.flush():
-        output.add(k, feats)
     return failures, n_frames
 
 
@@ -181,7 +187,8 @@ def plan(args, procs: Procs) -> Task:
     out = _dict_or_dir(args.output or default, _settings(args, ds, how, _precision(args, procs)), args.save_every)
     if isinstance(out, FileDirOutput) and any("/" in k for j in jobs for k in j.keys):
         raise ConfigError(f"--output {out.folder}: {ds} keys hold '/', so they need a .pth output")
-    return Task(ds, jobs, out, process_videos, note=note, key_order=key_order)
+    return Task(ds, jobs, out, process_videos, note=note, key_order=key_order, group=group_size(args))
+
 
 
 def main(args) -> int:

@@ -3,9 +3,14 @@ is skipped on resume, and what happens to the ones that fail.
 
   run_task(task, args, procs, encoder) -> exit status:
      1. every process checks the existing results' settings; process 0 deletes them with --overwrite;
-     2. keys already done (in the output, or in the parts of an interrupted run) are skipped;
-     3. process r of N (torchrun) takes every N-th remaining unit and runs `task.process` on it, which
-        encodes in large batches (`Batcher`) and hands features to the output as it goes;
+     1b. process 0 locks the output (one run writes it; util/lock.py) and checks that it is writable
+        and that its file system has room for it (roughly);
+     2. units come in groups of `task.group` consecutive units (`Batcher`: encoded together, in
+        batches that depend only on the group's data); groups whose keys are all done (in the output,
+        or in the parts of an interrupted run) are skipped, the others are done again whole;
+     3. process r of N (torchrun) takes every N-th remaining group and runs `task.process` on them,
+        which hands each group's features to the output as the group ends (a reading error of any kind
+        is a failure of that unit, never the end of the run);
      4. process 0 lists failures (`failures_<dataset>.jsonl` beside the output: key, path, reason) and,
         if nothing failed or with --skip_bad, writes the final file once and removes the parts.
         Otherwise the parts stay, the status is 1, and a rerun (after fixing the videos, or with
@@ -13,7 +18,7 @@ is skipped on resume, and what happens to the ones that fail.
 """
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, List, Optional
 
@@ -21,8 +26,7 @@ import torch
 
 from util import dist
 
-from .clip import ClipEncoder, encode_in_batches
-from .sources import Job
+from .clip import ClipEncoder
 from .store import DictOutput, write_failures
 
 
@@ -63,6 +67,8 @@ class Task:
     item_word: str = "frames"               # what a unit is made of (what gets encoded)
     note: str = ""
     key_order: Optional[List[str]] = None   # every key, in the order of the output (default: unit order)
+    group: int = 1                 # units encoded together, saved and redone as a whole (`Batcher`)
+    bytes_per_key: int = 64 << 10  # a rough size of one key's features (the free-space check)
 
     @property
     def failures_path(self) -> str:
@@ -71,49 +77,72 @@ class Task:
         return str(base / f"failures_{self.name}.jsonl")
 
 
-def _pending(unit, done: set):
-    """`unit` with its done keys left out, or None if nothing is left."""
-    if isinstance(unit, Job):
-        wants = [(k, r) for k, r in unit.wants if k not in done]
-        return replace(unit, wants=wants) if wants else None
-    keys = [k for k in unit.keys if k not in done]
-    return unit if keys else None
+def groups_of(units: list, size: int) -> List[list]:
+    """The encoding groups: `size` consecutive units of the task's full list (see `Batcher`)."""
+    return [units[i:i + size] for i in range(0, len(units), size)]
+
+
+def group_size(args) -> int:
+    """--group, or batch_size // 16 units (16 frames a video fill a batch on average)."""
+    return args.group or max(1, args.batch_size // 16)
+
+
+def _take(groups: List[list], max_units: Optional[int]) -> List[list]:
+    """Whole groups, until `max_units` units are taken (all with None)."""
+    if max_units is None:
+        return groups
+    out, n = [], 0
+    for g in groups:
+        if n >= max_units:
+            break
+        out.append(g)
+        n += len(g)
+    return out
 
 
 def run_task(task: Task, args, procs: Procs, encoder: ClipEncoder) -> int:
     """Steps 1-4 of the module docstring; returns the exit status (the same in every process)."""
     fresh = bool(args.overwrite)
     task.output.check(fresh)
-    if procs.main:
-        task.output.prepare(fresh)
-    procs.barrier()
     all_keys = [k for u in task.units for k in u.keys]
     if len(set(all_keys)) != len(all_keys):
         raise AssertionError(f"{task.name}: the job list repeats a feature key")
+    lock = dist.on_main(task.output.claim, len(all_keys) * task.bytes_per_key)
+    try:
+        return _run_locked(task, args, procs, encoder, all_keys, fresh)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(task: Task, args, procs: Procs, encoder: ClipEncoder, all_keys: List[str], fresh: bool) -> int:
+    if procs.main:
+        task.output.prepare(fresh)
+    procs.barrier()
     if task.key_order is not None:
         if sorted(task.key_order) != sorted(all_keys):
             raise AssertionError(f"{task.name}: key_order does not list every key of the jobs once")
         all_keys = list(task.key_order)
     done = task.output.done_keys(all_keys) & set(all_keys)
     procs.barrier()
-    pending = [p for p in (_pending(u, done) for u in task.units) if p is not None]
-    mine = pending[procs.rank::procs.world]
-    if args.max_videos is not None:
-        mine = mine[:args.max_videos]
+    # a group with a key to do is done again whole: its batches are those of an uninterrupted run
+    pending = [g for g in groups_of(task.units, task.group) if any(k not in done for u in g for k in u.keys)]
+    n_pending = sum(len(g) for g in pending)
+    mine = _take(pending[procs.rank::procs.world], args.max_videos)
     if procs.main:
         what = f"{task.name}: {len(task.units)} {task.unit_word}, {len(all_keys)} feature keys"
         if done:
             what += f"; {len(done)} keys already done (resuming)"
-        print(f"{what}; {len(pending)} {task.unit_word} to do in {procs.world} process(es) -> "
+        print(f"{what}; {n_pending} {task.unit_word} to do in {procs.world} process(es) -> "
               f"{task.output.describe()}" + (f"\n{task.note}" if task.note else ""), flush=True)
     t0 = time.perf_counter()
-    bar = _progress(len(mine), task.unit_word, disable=not procs.main or args.quiet)
+    bar = _progress(sum(len(g) for g in mine), task.unit_word, disable=not procs.main or args.quiet)
     try:
         failures, n_frames = task.process(mine, task.output, encoder, args, bar)
     finally:
         task.output.flush()
         bar.close()
-    left = len(pending[procs.rank::procs.world]) - len(mine)
+    left = sum(len(g) for g in pending[procs.rank::procs.world]) - sum(len(g) for g in mine)
     reports = procs.gather({"failures": failures, "frames": n_frames, "left": left,
                             "seconds": time.perf_counter() - t0})
     procs.barrier()
@@ -121,7 +150,7 @@ def run_task(task: Task, args, procs: Procs, encoder: ClipEncoder) -> int:
     left = sum(r["left"] for r in reports)
     status = 0
     if procs.main:
-        status = _finish(task, args, all_keys, failures, len(pending), left, reports)
+        status = _finish(task, args, all_keys, failures, n_pending, left, reports)
     procs.barrier()
     return procs.gather(status)[0]
 
@@ -167,25 +196,36 @@ def _progress(total: int, unit: str, disable: bool):
 
 
 class Batcher:
-    """Collects (key, items) until `batch_size` items (frames [n, 224, 224, 3], or sentences) wait, then
-    encodes them together, so short videos still fill large batches, and hands back (key, features
-    [n, 768]) for each key."""
+    """Encodes the items (frames [n, 224, 224, 3], or sentences) of one group of units at a time: the
+    group's items, concatenated in the order they are added, are cut into batches of `batch_size` (the
+    last one holds the rest). Short units still fill large batches, and a batch's composition depends
+    only on the group's data, never on where a run started or was interrupted, so features are the same
+    to the bit however a run was resumed (a model's output for an item can depend on its batch).
+    `end_group()` hands back (key, features [n, 768]) for each key of the group."""
 
     def __init__(self, encode: Callable, batch_size: int, join: Callable = torch.cat):
         self.encode, self.batch_size, self.join = encode, batch_size, join
-        self.pending, self.n = [], 0
+        self._keys, self._waiting, self._n, self._feats = [], [], 0, []
 
-    def add(self, key: str, items) -> list:
-        self.pending.append((key, items))
-        self.n += len(items)
-        return self.flush() if self.n >= self.batch_size else []
+    def add(self, key: str, items):
+        self._keys.append((key, len(items)))
+        self._waiting.append(items)
+        self._n += len(items)
+        while self._n >= self.batch_size:
+            self._encode(self.batch_size)
 
-    def flush(self) -> list:
-        if not self.pending:
+    def _encode(self, n: int):
+        items = self._waiting[0] if len(self._waiting) == 1 else self.join(self._waiting)
+        self._feats.append(self.encode(items[:n]).cpu())
+        rest = items[n:]
+        self._waiting, self._n = ([rest] if len(rest) else []), len(rest)
+
+    def end_group(self) -> list:
+        if self._n:
+            self._encode(self._n)
+        if not self._keys:
             return []
-        keys = [k for k, _ in self.pending]
-        sizes = [len(x) for _, x in self.pending]
-        items = self.join([x for _, x in self.pending])               # sum(sizes) frames or sentences
-        feats = encode_in_batches(self.encode, items, self.batch_size)  # [sum(sizes), 768]
-        self.pending, self.n = [], 0
-        return list(zip(keys, torch.split(feats, sizes)))
+        feats = torch.cat(self._feats)                                # [sum(sizes), 768]
+        out = list(zip([k for k, _ in self._keys], torch.split(feats, [n for _, n in self._keys])))
+        self._keys, self._feats = [], []
+        return out

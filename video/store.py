@@ -28,8 +28,8 @@ import torch
 
 from dataloader.base import load_json
 from util.errors import ConfigError
-from util.files import safe_load, save_atomic
-from util.files import write_atomic, write_text_atomic
+from util.files import prepare_output_dir, safe_load, save_atomic, write_atomic, write_text_atomic
+from util.lock import OutputLock
 
 
 class SettingsMismatch(ConfigError):
@@ -63,11 +63,16 @@ class DictOutput:
         self.save_every, self.save_seconds = save_every, save_seconds
         self._buffer: Dict[str, torch.Tensor] = {}
         self._last_save = time.monotonic()
-        self._run_id = uuid.uuid4().hex[:12]
+        self._run_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # later runs' parts sort last
         self._seq = 0
 
     def describe(self) -> str:
         return str(self.path)
+
+    def claim(self, need_bytes: int) -> OutputLock:
+        """Lock this output for one run (`<file>.lock` beside it) and check its folder (rank 0)."""
+        return prepare_output_dir(self.path.parent, "--output", need_bytes, lock_name=f".{self.path.name}.lock",
+                                  what=f"--output {self.path}")
 
     def check(self, fresh: bool) -> None:
         """Raise SettingsMismatch if what is there was made otherwise (read-only; every process)."""
@@ -155,6 +160,10 @@ class FileDirOutput:
 
     def describe(self) -> str:
         return f"{self.folder}/<key>{self.suffix}"
+
+    def claim(self, need_bytes: int) -> OutputLock:
+        """Lock this folder for one run and check it (rank 0)."""
+        return prepare_output_dir(self.folder, "--output", need_bytes)
 
     def file(self, key: str) -> Path:
         return self.folder / f"{key}{self.suffix}"

@@ -20,7 +20,7 @@ from util.errors import ConfigError, DataError, MissingFileError
 from util.files import safe_load, save_atomic
 
 from .clip import FEATURE_DIM
-from .run import Batcher, Task
+from .run import Batcher, Task, group_size
 from .store import DictOutput, FileDirOutput
 
 CHUNK = 4096
@@ -106,20 +106,20 @@ class TensorOutput(DictOutput):
         return len(keys)
 
 
-def process_texts(units: List[TextUnit], output, encoder, args, bar):
-    """Encode each unit's texts (batched across units) -> output.add; returns (failures, rows)."""
+def process_texts(groups: List[List[TextUnit]], output, encoder, args, bar):
+    """Encode each group's texts (`Batcher`) -> output.add; returns (failures, rows)."""
     batcher = Batcher(encoder.texts, args.batch_size, join=lambda parts: [s for p in parts for s in p])
     failures, rows = [], 0
-    for u in units:
-        if u.problem is not None:
-            failures.append({"key": u.keys[0], "path": None, "reason": u.problem})
-        else:
-            rows += len(u.texts)
-            for k, feats in batcher.add(u.keys[0], u.texts):
-                output.add(k, feats)
-        bar.update(1)
-    for k, feats in batcher.flush():
-        output.add(k, feats)
+    for group in groups:
+        for u in group:
+            if u.problem is not None:
+                failures.append({"key": u.keys[0], "path": None, "reason": u.problem})
+            else:
+                rows += len(u.texts)
+                batcher.add(u.keys[0], u.texts)
+            bar.update(1)
+        for k, feats in batcher.end_group():
+            output.add(k, feats)
     return failures, rows
 
 
@@ -130,11 +130,13 @@ def plan(args, settings: dict) -> Task:
         path = args.annotations or os.path.join(root, "textvid", "textvid.json")
         units = read_tideos(path)
         out = FileDirOutput(args.output or os.path.join(root, "textvid", "features"), settings, suffix=".pkl")
-        return Task("textvid", units, out, process_texts, unit_word="tideos", item_word="sentences")
+        return Task("textvid", units, out, process_texts, unit_word="tideos", item_word="sentences",
+                    group=group_size(args))
     if not args.sentences:
         raise ConfigError("--dataset memory needs --sentences (a .txt file, one sentence a line, or a .json list)")
     sentences = read_sentences(args.sentences)
     digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()[:16]
     settings = dict(settings, sentences=f"{len(sentences)} sentences, sha256 {digest}")
     out = TensorOutput(args.output or os.path.join(root, "textvid", "memory.pkl"), settings, args.save_every)
-    return Task("memory", memory_units(sentences), out, process_texts, unit_word="chunks", item_word="sentences")
+    return Task("memory", memory_units(sentences), out, process_texts, unit_word="chunks", item_word="sentences",
+                bytes_per_key=2 * CHUNK * FEATURE_DIM * 2)  # parts and the final file
