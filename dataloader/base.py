@@ -97,13 +97,24 @@ class TrainItem:
 FEATURE_DIM = 768  # CLIP ViT-L/14 features, the width of every feature file (video/clip.py reads it here)
 
 
-def check_feature_shape(shape, vid: str, where: str) -> int:
-    """-> number of rows of a [n, 768] feature tensor; DataError naming the vid and file otherwise."""
+def check_feature_shape(shape, vid: str, where: str, dtype) -> int:
+    """-> number of rows of a [n, 768] floating-point feature tensor (or array); DataError naming the vid
+    and file otherwise."""
     shape = tuple(shape)
     if len(shape) != 2 or shape[1] != FEATURE_DIM:
         raise DataError(f"{where}: features of video '{vid}' have shape {list(shape)}, "
                         f"expected [n, {FEATURE_DIM}]")
+    check_float(dtype, f"video '{vid}'", where)
     return int(shape[0])
+
+
+def check_float(dtype, what: str, where: str):
+    """Features are floating point: a bool, integer or string tensor (array) is a DataError naming the
+    file, never used as numbers."""
+    ok = dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.floating)
+    if not ok:
+        raise DataError(f"{where}: features of {what} are {dtype}, not floating-point numbers (CLIP features "
+                        "are fp16 or fp32)")
 
 
 def check_finite_rows(feats: torch.Tensor, what: str, where: str):
@@ -138,7 +149,7 @@ class DictFeatures:
         t = self.feats[vid]
         if not isinstance(t, torch.Tensor):
             raise DataError(f"{self.path}: features of video '{vid}' are a {type(t).__name__}, not a tensor")
-        n = check_feature_shape(t.shape, vid, self.path)
+        n = check_feature_shape(t.shape, vid, self.path, t.dtype)
         check_finite_rows(t, f"video '{vid}'", self.path)
         return n
 
@@ -169,10 +180,10 @@ class NpyDirFeatures:
         """Reads the .npy header only (memory-mapped, no data read)."""
         p = self.path(vid)
         try:
-            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
+            head = np.load(p, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise DataError(f"{p}: not a readable .npy file for video '{vid}' (truncated or empty?): {e}") from None
-        return check_feature_shape(shape, vid, p)
+        return check_feature_shape(head.shape, vid, p, head.dtype)
 
     def __call__(self, vid: str) -> torch.Tensor:
         """The video's rows, read now; a NaN or Inf is a DataError naming the file and row."""
@@ -181,7 +192,7 @@ class NpyDirFeatures:
             arr = np.load(p, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise DataError(f"{p}: cannot load features of video '{vid}' (truncated or empty?): {e}") from None
-        check_feature_shape(arr.shape, vid, p)
+        check_feature_shape(arr.shape, vid, p, arr.dtype)
         feats = torch.from_numpy(np.ascontiguousarray(arr))
         check_finite_rows(feats, f"video '{vid}'", p)
         return feats
@@ -272,6 +283,19 @@ def parse_answer(value, n_options: int, where: str, rid, allow_none: bool) -> Op
     if not 0 <= a < n_options:
         raise DataError(f"{where}: question {rid}: answer {a} is not in 0..{n_options - 1}")
     return a
+
+
+def gold_index(options: Seq, answer, where: str, rid, item: str = "question") -> int:
+    """The index of the option whose text is `answer` (formats that give the gold answer as text: STAR,
+    MVBench). An answer matching no option, or several (the gold index is then ambiguous: never the first
+    copy), is a DataError naming the file row and the question."""
+    hits = [k for k, o in enumerate(options) if o == answer]
+    if not hits:
+        raise DataError(f"{where}: {item} {rid}: answer {answer!r} is not among its options {list(options)!r}")
+    if len(hits) > 1:
+        raise DataError(f"{where}: {item} {rid}: answer {answer!r} matches options {hits} (the same text "
+                        f"{len(hits)} times), so the gold option is ambiguous; make the options distinct")
+    return hits[0]
 
 
 def read_csv_rows(path, required: Seq[str], id_key: str):

@@ -71,18 +71,17 @@ def make_mcqa_dataset(records: List[QARecord], features, builder: PromptBuilder,
     its clip overlaps the feature rows, and (training) an answer exists. Questions without usable
     features are a DataError naming them, or with `skip_missing` dropped with a one-line warning; the
     dataset's `skipped` lists their ids (dropping every question is an error)."""
-    seen, dups = set(), []
+    seen = {}
     for r in records:
         if r.qid in seen:
-            dups.append(r.qid)
-        seen.add(r.qid)
+            raise DataError(f"{r.source}: question id {r.qid} repeats the one of {seen[r.qid].source} (ids must be "
+                            "unique: predictions and submissions are keyed by them)")
+        seen[r.qid] = r
         if not str(r.question).strip():
             raise DataError(f"{r.source}: question {r.qid}: the question text is empty")
         for k, o in enumerate(r.options):
             if not str(o).strip():
                 raise DataError(f"{r.source}: question {r.qid}: option {k} is empty")
-    if dups:
-        raise DataError(f"{what}: duplicate question ids: {_id_list(dups)}")
     if train:
         no_ans = [r for r in records if r.answer is None]
         if no_ans:

@@ -13,7 +13,7 @@ from typing import List, Optional
 from text.protocols import LETTERS, choices_text
 from util.errors import ConfigError, DataError, MissingFileError
 
-from .base import json_objects
+from .base import gold_index, json_objects
 
 SPLITS = ("test",)
 
@@ -95,9 +95,10 @@ def read_task(path: str, task: str, stem: str) -> List[MVBenchRecord]:
                             f"got {cands!r}")
         if len(cands) > len(LETTERS):
             raise DataError(f"{where}: item {stem}/{i} has {len(cands)} candidates (at most {len(LETTERS)})")
-        if not _scalar(ans) or ans not in cands:
+        if not _scalar(ans):
             raise DataError(f"{where}: item {stem}/{i}: answer {ans!r} is not one of the candidates {cands!r}")
-        out.append(MVBenchRecord(task, stem, i, item["video"], q, cands, LETTERS[cands.index(ans)], where,
+        gold = gold_index(cands, ans, where, f"{stem}/{i}", item="item")
+        out.append(MVBenchRecord(task, stem, i, item["video"], q, cands, LETTERS[gold], where,
                                  _seconds(item.get("start")), _seconds(item.get("end"))))
     return out
 

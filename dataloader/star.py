@@ -5,7 +5,7 @@ from typing import List
 
 from util.errors import MissingFileError
 
-from .base import DataError, QARecord, json_objects, require
+from .base import DataError, QARecord, gold_index, json_objects, require
 
 N_OPTIONS = 4
 
@@ -63,10 +63,7 @@ def read_records(root, split) -> List[QARecord]:
             if not split.startswith("test"):
                 raise DataError(f"{where}: question {qid}: missing 'answer'")
         else:
-            if answer not in options:
-                raise DataError(f"{where}: question {qid}: answer {answer!r} is not among its choices "
-                                f"{options!r}")
-            answer = options.index(answer)
+            answer = gold_index(options, answer, where, qid)
         records.append(QARecord(vid=vid, qid=str(qid), question=question, options=options, answer=answer,
                                 qtype=str(qid).split("_", 1)[0], clip=(a, b), source=where))
     return records

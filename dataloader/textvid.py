@@ -27,7 +27,7 @@ from text.prompts import LETTERS, PromptBuilder
 from util.errors import InputError, MissingFileError
 from util.files import load_pickled_tensor
 
-from .base import FEATURE_DIM, DataError, TrainItem, check_finite_rows, fit_frames, fuse_text_frames, load_json
+from .base import FEATURE_DIM, DataError, TrainItem, check_finite_rows, check_float, fit_frames, fuse_text_frames, load_json
 
 OPTION_LETTERS = LETTERS[:5]  # a TextVid QA holds 5 options, A..E (docs/formats.md)
 
@@ -166,6 +166,7 @@ class TextVidDataset(Dataset):
         if rows.ndim != 2 or rows.shape[1] != FEATURE_DIM or rows.shape[0] != want:
             raise DataError(f"{path}: features of tideo {t.idx} have shape {list(rows.shape)}, but its "
                             f"{len(t.counts)} frames have {want} entries in all: expected [{want}, {FEATURE_DIM}]")
+        check_float(rows.dtype, f"tideo {t.idx}", path)
         check_finite_rows(rows, f"tideo {t.idx}", path)
         gen = None
         if self.variance > 0:

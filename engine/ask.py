@@ -33,6 +33,18 @@ class AskConfig:
     def __post_init__(self):
         if self.describe == (self.question is not None):
             raise ConfigError("give either --question (with or without --options) or --describe")
+        dist.check_device(self.device)
+        if self.question is not None and not self.question.strip():
+            raise ConfigError("--question: the question text is empty")
+        empty = [k for k, o in enumerate(self.options) if not o.strip()]
+        if empty:
+            raise ConfigError(f"--options: option {empty[0]} is empty")
+        seen = {}
+        for k, o in enumerate(self.options):
+            if o.strip() in seen:
+                raise ConfigError(f"--options: options {seen[o.strip()]} and {k} are the same text {o.strip()!r}: "
+                                  "the answer could not tell them apart")
+            seen[o.strip()] = k
         if self.options and len(self.options) < 2:
             raise ConfigError(f"--options needs at least 2 options, got {len(self.options)}")
         if len(self.options) > len(LETTERS):

@@ -9,12 +9,14 @@ Checkpoints store `flat_args(cfg)` (an argparse.Namespace with the flag names, a
 wrote) and `asdict(cfg)` (plain nested dicts); both load with the safe loader.
 """
 import argparse
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import List, Optional
 
 from dataloader import benchmarks
 from llama.build import DTYPES, ModelConfig
+from util.dist import check_device
 from util.errors import ConfigError
 from util.schedule import absolute_lr
 
@@ -53,6 +55,9 @@ class RunConfig:
     output_dir: str = "./output"
     device: str = "auto"              # auto, cpu, cuda
     seed: int = 0
+
+    def __post_init__(self):
+        check_device(self.device)
 
 
 @dataclass
@@ -123,6 +128,10 @@ class OptimConfig:
             raise ConfigError("--accum_iter must be >= 1")
         if self.epochs < 1 or self.warmup_epochs < 0:
             raise ConfigError(f"--epochs ({self.epochs}) must be >= 1 and --warmup_epochs ({self.warmup_epochs}) >= 0")
+        positive(blr=self.blr, lr=self.lr, clip_grad=self.clip_grad)
+        at_least_zero(min_lr=self.min_lr, weight_decay=self.weight_decay, weight_captioning=self.weight_captioning)
+        if self.lr is not None and self.min_lr > self.lr:
+            raise ConfigError(f"--min_lr ({self.min_lr}) is above --lr ({self.lr}): the schedule decays to --min_lr")
 
     def absolute_lr(self, batch_size: int, world_size: int) -> float:
         return self.lr if self.lr is not None else absolute_lr(self.blr, batch_size, self.accum_iter, world_size)
@@ -179,6 +188,10 @@ class TrainConfig:
             raise ConfigError(f"--stop_after must be >= 1, got {self.stop_after}")
         if self.log_every < 0:
             raise ConfigError(f"--log_every must be >= 0, got {self.log_every}")
+        positive(tau=self.tau)
+        at_least_zero(variance=self.variance, start_epoch=self.start_epoch)
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"--eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.save_every < 0 or self.save_every % self.optim.accum_iter:
             raise ConfigError(f"--save_every ({self.save_every}) must be a multiple of --accum_iter "
                               f"({self.optim.accum_iter}): checkpoints are written between optimizer steps")
@@ -198,6 +211,20 @@ class TrainConfig:
         return cls(model=_model_config(a), data=_build(DataConfig, a), run=_build(RunConfig, a),
                    optim=_build(OptimConfig, a), eval_datasets=evals, tensorboard=not a.no_tensorboard,
                    **{k: getattr(a, k) for k in own})
+
+
+def positive(**flags):
+    """Each flag given (not None) is a finite number > 0; else a ConfigError naming it."""
+    for name, v in flags.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"--{name} must be a positive number, got {v}")
+
+
+def at_least_zero(**flags):
+    """Each flag is a finite number >= 0; else a ConfigError naming it."""
+    for name, v in flags.items():
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"--{name} must be a number >= 0, got {v}")
 
 
 def _build(cls, a: argparse.Namespace):

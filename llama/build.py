@@ -19,6 +19,7 @@ when `P` is the model folder that is the file inside it). Hugging Face folders u
 A TOPA checkpoint given with `resume` is read, and the settings it records are compared with the run's
 (`check_recorded_settings`), before any backbone weight is read.
 """
+import math
 import re
 import sys
 import dataclasses
@@ -66,6 +67,12 @@ class ModelConfig:
             raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}, not {self.precision!r}")
         if self.adapter_len < 1 or self.max_feats < 1:
             raise ConfigError(f"--adapter_len ({self.adapter_len}) and --max_feats ({self.max_feats}) must be >= 1")
+        if self.adapter_layer is not None and self.adapter_layer < 1:
+            raise ConfigError(f"--adapter_layer must be >= 1, got {self.adapter_layer}")
+        if self.rope_theta is not None and not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ConfigError(f"--rope_theta must be a positive number, got {self.rope_theta}")
+        if not math.isfinite(self.bias):
+            raise ConfigError(f"--bias must be a finite number, got {self.bias}")
 
 
 @dataclass
@@ -263,6 +270,29 @@ def _print_notes(notes: List[str]):
             print(f"note: {n}", file=sys.stderr, flush=True)
 
 
+def check_width(ckpt: dict, source: str, cfg: ModelConfig, args, backbone: Backbone):
+    """A TOPA checkpoint made for a backbone of another width (e.g. 13B's 5120 on 7B's 4096) is an error
+    naming both, before the backbone is read; it names the checkpoint's --model only where it differs."""
+    aq = ckpt["model"].get("adapter_query.weight") if isinstance(ckpt.get("model"), dict) else None
+    if not isinstance(aq, torch.Tensor) or aq.ndim != 2 or aq.shape[1] == args.dim:
+        return
+    rec = (recorded_flags(ckpt) or {}).get("model")
+    hint = (f": it records --model {rec}, this run has --model {cfg.model}" if rec and str(rec) != cfg.model else
+            ": evaluate it with the backbone it was trained with")
+    raise CheckpointError(f"{source} was trained on a backbone of width {aq.shape[1]} ('adapter_query.weight' is "
+                          f"{tuple(aq.shape)}), but {backbone.folder} has width {args.dim}{hint}")
+
+
+def check_vocab(shapes: dict, tok: Tokenizer, backbone: Backbone):
+    """The tokenizer and the backbone's embedding agree on the vocabulary size; otherwise an error naming
+    both files, before the weights are read."""
+    emb = shapes.get("tok_embeddings.weight")
+    if emb is not None and int(emb[0]) != tok.n_words:
+        raise CheckpointError(f"the tokenizer {tok.path} has {tok.n_words} tokens but the backbone {backbone.folder} "
+                              f"has an embedding for {int(emb[0])}: they do not belong together (a tokenizer.model "
+                              "beside the model folder, or inside it, is used; see docs/getting_started.md)")
+
+
 def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokenizer: Optional[Tokenizer] = None,
               resume: Optional[str] = None):
     """The model of `cfg` with fresh TOPA tensors, or those of the TOPA checkpoint `resume`, whose
@@ -277,7 +307,10 @@ def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokeni
         native = args.rope_theta if cfg.rope_theta is None else \
             model_args(dataclasses.replace(cfg, rope_theta=None), backbone, tok).rope_theta
         check_recorded_settings(ckpt, cfg, str(resume), args, native_theta=native)
-    model = build_model(args, open_weights(backbone), dtype=dtype, device=device, source=str(backbone.folder),
+        check_width(ckpt, str(resume), cfg, args, backbone)
+    weights = open_weights(backbone)
+    check_vocab(weights.shapes, tok, backbone)
+    model = build_model(args, weights, dtype=dtype, device=device, source=str(backbone.folder),
                         attn_impl=cfg.attn_impl)
     if ckpt is not None:
         load_trainable(model, ckpt["model"], str(resume), trained_with=recorded_flags(ckpt))

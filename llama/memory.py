@@ -4,7 +4,9 @@ text features). One home for the memory: reading the file (`load_memory`) and th
 (`project_to_memory`, `project`). Whether a run uses it is `EvalConfig.use_memory` (the flags, else the
 benchmark's protocol).
 """
+import math
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -33,7 +35,32 @@ def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor
         raise DataError(f"{path}: memory row {bad[0][0]} holds a non-finite value ({bad[1]})")
     if out.untyped_storage().nbytes() > out.nbytes:  # an fp16 view of a longer file: keep only its rows
         out = out.clone()
+    check_memory_rows(out, path)
     return out
+
+
+def check_memory_rows(mem: torch.Tensor, path, chunk: int = 65536):
+    """A memory the projection can use: no zero row and not every row alike (either makes every score
+    ignore the video: an error naming the row); rows of unit norm, as CLIP text features are stored and
+    the projection's temperature (100) assumes (otherwise a warning with the norms found)."""
+    lo, hi, first = math.inf, 0.0, mem[0].float()
+    alike = mem.shape[0] > 1
+    for start in range(0, mem.shape[0], chunk):
+        m = mem[start:start + chunk].float()
+        norms = m.norm(dim=-1)
+        zero = (norms == 0).nonzero()
+        if len(zero):
+            raise DataError(f"{path}: memory row {start + int(zero[0])} is all zeros (a memory holds CLIP text "
+                            "features, one sentence a row)")
+        lo, hi = min(lo, norms.min().item()), max(hi, norms.max().item())
+        alike = alike and bool((m == first).all())
+    if alike:
+        raise DataError(f"{path}: all {mem.shape[0]} memory rows are the same vector, so the projection gives "
+                        "every frame that vector (a memory holds CLIP text features of different sentences)")
+    if lo < 0.99 or hi > 1.01:  # fp16 rounding of unit-norm rows stays within 1e-3
+        print(f"warning: {path}: memory rows are not unit-norm (norms {lo:.3g} .. {hi:.3g}); the published "
+              "memory holds unit-norm CLIP text features and the projection's temperature assumes them",
+              file=sys.stderr)
 
 
 def project_to_memory(v: torch.Tensor, memory: torch.Tensor, temperature: float = 100.0,

@@ -53,19 +53,26 @@ class VideoIndex:
         if not os.path.isdir(self.root):
             raise MissingFileError(f"--video_dir {self.root}: no such folder")
         self.by_name: Dict[str, List[str]] = defaultdict(list)
-        self._walk(self.root)
+        self._walk(self.root, ())
 
-    def _walk(self, folder: str):
+    def _walk(self, folder: str, above: Tuple[Tuple[int, int], ...]):
+        """`above`: (device, inode) of the folders from the root down to `folder`'s parent; a folder
+        (reached through a symbolic link) that is one of them is a loop, an error naming the link."""
         try:
+            st = os.stat(folder)
             entries = list(os.scandir(folder))
         except OSError as e:
-            raise OSError(f"{folder}: cannot list: {e}") from None
+            raise ConfigError(f"--video_dir {self.root}: cannot list {folder}: {e.strerror or e}") from None
+        if (st.st_dev, st.st_ino) in above:
+            raise ConfigError(f"--video_dir {self.root}: {folder} is a symbolic link to "
+                              f"{os.path.realpath(folder)}, a folder above it (a loop); remove the link")
+        above = above + ((st.st_dev, st.st_ino),)
         has_images = has_videos = False
-        for e in entries:
+        for e in sorted(entries, key=lambda e: e.name):
             if e.name.startswith("."):   # hidden files (e.g. macOS "._clip.mp4") are not videos
                 continue
             if e.is_dir():
-                self._walk(e.path)
+                self._walk(e.path, above)
                 continue
             stem, ext = os.path.splitext(e.name)
             ext = ext.lower()

@@ -9,13 +9,14 @@
     the file's order. Done in chunks of CHUNK sentences, each saved as it is done, so it resumes too.
 """
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 
-from dataloader.base import load_json
+from dataloader.base import load_json, read_text
 from util.errors import ConfigError, DataError, MissingFileError
 from util.files import safe_load, save_atomic
 
@@ -64,15 +65,25 @@ def read_tideos(path: str) -> List[TextUnit]:
 
 
 def read_sentences(path: str) -> List[str]:
+    """The sentences of a .txt (UTF-8, one a line, empty lines skipped) or .json (a list of strings)
+    file; a file that is not UTF-8 (naming the line), holds no sentence, or an empty JSON string is a
+    DataError naming it."""
     if not os.path.isfile(path):
         raise MissingFileError(f"--sentences {path}: no such file")
     if path.endswith(".json"):
         raw = load_json(path)
         if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
             raise DataError(f"{path}: expected a JSON list of strings")
-        return raw
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+        empty = [i for i, s in enumerate(raw) if not s.strip()]
+        if empty:
+            raise DataError(f"{path}[{empty[0]}]: the sentence is empty")
+        sentences = raw
+    else:
+        lines = io.StringIO(read_text(path), newline=None)  # universal newlines, as open() reads
+        sentences = [line.rstrip("\n") for line in lines if line.strip()]
+    if not sentences:
+        raise DataError(f"--sentences {path}: no sentences in the file (the memory needs at least one)")
+    return sentences
 
 
 def memory_units(sentences: List[str]) -> List[TextUnit]:
