@@ -131,8 +131,8 @@ def gather_steps(steps: Iterator[StepRows], n_steps: int, n_items: int, *,
         step = dist.gather_objects((mine, None if error is None else (type(error), one_line(error))))
         for step_rows, _ in step:
             rows.extend(step_rows)
-            if stream is not None and dist.is_main():
-                stream(step_rows)
+            if stream is not None:
+                dist.on_main(stream, step_rows)  # a full disk ends every rank with the same line
         errors = [e for _, e in step if e is not None]
         if errors:
             cls, msg = errors[0]
@@ -182,7 +182,7 @@ def run(cfg: EvalConfig, task_for: Callable[[EvalConfig], object]) -> Optional[d
             with torch.no_grad():
                 rows = gather_steps(task.steps(r, model, memory, items, batches), n_steps, len(items),
                                     stream=stream, desc=f"{r.bench.name}/{cfg.split}", done=task.done)
-        result = task.finish(r, items, rows) if dist.is_main() else None
+        result = dist.on_main(task.finish, r, items, rows)
         dist.barrier()
     dist.cleanup()
     return result

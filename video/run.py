@@ -25,6 +25,7 @@ from typing import Callable, List, Optional
 import torch
 
 from util import dist
+from util.errors import InputError, one_line
 
 from .clip import ClipEncoder
 from .store import DictOutput, write_failures
@@ -137,22 +138,24 @@ def _run_locked(task: Task, args, procs: Procs, encoder: ClipEncoder, all_keys: 
               f"{task.output.describe()}" + (f"\n{task.note}" if task.note else ""), flush=True)
     t0 = time.perf_counter()
     bar = _progress(sum(len(g) for g in mine), task.unit_word, disable=not procs.main or args.quiet)
+    failures, n_frames, error = [], 0, None
     try:
-        failures, n_frames = task.process(mine, task.output, encoder, args, bar)
-    finally:
-        task.output.flush()
-        bar.close()
+        try:
+            failures, n_frames = task.process(mine, task.output, encoder, args, bar)
+        finally:
+            task.output.flush()  # what is finished is saved, however the run ends
+            bar.close()
+    except InputError as e:  # e.g. a full disk: every process ends with this one line
+        error = (type(e), one_line(e))
     left = sum(len(g) for g in pending[procs.rank::procs.world]) - sum(len(g) for g in mine)
-    reports = procs.gather({"failures": failures, "frames": n_frames, "left": left,
+    reports = procs.gather({"failures": failures, "frames": n_frames, "left": left, "error": error,
                             "seconds": time.perf_counter() - t0})
-    procs.barrier()
+    errors = [r["error"] for r in reports if r["error"] is not None]
+    if errors:
+        raise errors[0][0](errors[0][1])
     failures = [f for r in reports for f in r["failures"]]
     left = sum(r["left"] for r in reports)
-    status = 0
-    if procs.main:
-        status = _finish(task, args, all_keys, failures, n_pending, left, reports)
-    procs.barrier()
-    return procs.gather(status)[0]
+    return procs.gather(dist.on_main(_finish, task, args, all_keys, failures, n_pending, left, reports))[0]
 
 
 def _finish(task: Task, args, all_keys, failures, pending, left, reports) -> int:
