@@ -371,3 +371,161 @@ def test_finetune_compares_the_recorded_settings_before_the_backbone(world, tmp_
                tmp_path / "llama2.pth")
     with pytest.raises(CheckpointError, match=r"consolidated\.00\.pth"):
         train.main(train.get_args(cmd + ["--resume", str(tmp_path / "llama2.pth")]))
+
+
+# ---------------------------------------------------------------- what a file must be, not only its shape
+
+def test_features_that_are_not_floating_point_are_refused(tmp_path, builder):
+    """A boolean or string .npy, or a dict of integer tensors: an error naming the file and the video,
+    found when the annotations are checked (before any model), never features of 1.0."""
+    np.save(tmp_path / "u1.npy", np.ones((20, 768), dtype=bool))
+    with pytest.raises(DataError, match=r"u1\.npy: features of video 'u1' are bool, not floating-point"):
+        NpyDirFeatures(tmp_path).n_rows("u1")
+    np.save(tmp_path / "u2.npy", np.full((20, 768), "0.5"))
+    with pytest.raises(DataError, match=r"u2\.npy: features of video 'u2' are <U3, not floating-point"):
+        NpyDirFeatures(tmp_path).n_rows("u2")
+    root = nextqa_root(tmp_path / "w", nextqa_csv([nextqa_row("100", "0"), nextqa_row("101", "1")]))
+    torch.save({"100": torch.randn(12, 768), "101": torch.ones(12, 768, dtype=torch.int64)},
+               root / "nextqa" / "clipvitl14.pth")
+    with pytest.raises(DataError, match=r"clipvitl14\.pth: features of video '101' are torch\.int64"):
+        build_mcqa_dataset("nextqa", root, "val", builder)
+
+
+def test_degenerate_and_non_unit_memory(tmp_path, capsys):
+    """Zero rows or rows all alike make every score ignore the video: errors naming the file (and row);
+    rows that are not unit-norm: a warning (the projection's temperature assumes unit norm)."""
+    good = torch.nn.functional.normalize(torch.randn(50, 768), dim=-1)
+    zero = good.clone()
+    zero[17] = 0
+    torch.save(zero, tmp_path / "zero.pkl")
+    with pytest.raises(DataError, match=r"zero\.pkl: memory row 17 is all zeros"):
+        load_memory(tmp_path / "zero.pkl")
+    torch.save(good[3].repeat(50, 1), tmp_path / "same.pkl")
+    with pytest.raises(DataError, match=r"same\.pkl: all 50 memory rows are the same vector"):
+        load_memory(tmp_path / "same.pkl")
+    torch.save(torch.ones(50, 768, dtype=torch.bool), tmp_path / "bool.pkl")
+    with pytest.raises(CheckpointError, match=r"bool\.pkl: memory must hold float features"):
+        load_memory(tmp_path / "bool.pkl")
+    torch.save(good * 3, tmp_path / "long.pkl")
+    capsys.readouterr()
+    assert load_memory(tmp_path / "long.pkl").shape == (50, 768)
+    assert "long.pkl: memory rows are not unit-norm (norms 3 .. 3)" in capsys.readouterr().err
+    torch.save(good, tmp_path / "good.pkl")
+    load_memory(tmp_path / "good.pkl")
+    assert capsys.readouterr().err == ""
+
+
+def star_item(qid, answer, texts):
+    return {"question_id": qid, "video_id": "v1", "question": "What did the person do?", "start": 0, "end": 5,
+            "answer": answer, "choices": [{"choice_id": i, "choice": t} for i, t in enumerate(texts)]}
+
+
+def test_gold_text_matching_two_options_is_an_error_naming_the_item(tmp_path):
+    """STAR and MVBench give the answer as text: when it matches two options the gold option is not
+    known (it used to be the first copy)."""
+    from dataloader import mvbench, star
+    (tmp_path / "star").mkdir()
+    items = [star_item("Interaction_T1_1", "took the cup", ["took the cup", "sat down", "ran", "ate"]),
+             star_item("Interaction_T1_2", "took the cup", ["sat down", "took the cup", "ran", "took the cup"])]
+    (tmp_path / "star" / "STAR_val.json").write_text(json.dumps(items))
+    with pytest.raises(DataError, match=r"STAR_val\.json\[1\]: question Interaction_T1_2: answer 'took the cup' "
+                                        r"matches options \[1, 3\]"):
+        star.read_records(tmp_path, "val")
+    (tmp_path / "act.json").write_text(json.dumps([
+        {"video": "a.mp4", "question": "What happens?", "candidates": ["x", "y"], "answer": "y"},
+        {"video": "b.mp4", "question": "What happens?", "candidates": ["y", "x", "y"], "answer": "y"}]))
+    with pytest.raises(DataError, match=r"act\.json\[1\]: item act/1: answer 'y' matches options \[0, 2\]"):
+        mvbench.read_task(str(tmp_path / "act.json"), "Action Sequence", "act")
+
+
+def test_repeated_question_id_names_file_and_rows(tmp_path, builder):
+    root = nextqa_root(tmp_path, nextqa_csv([nextqa_row("100", "0"), nextqa_row("101", "1"), nextqa_row("100", "0")]))
+    with pytest.raises(DataError, match=r"val\.csv:4: question id 100_0 repeats the one of .*val\.csv:2"):
+        build_mcqa_dataset("nextqa", root, "val", builder)
+
+
+def test_ask_applies_the_question_and_option_rules():
+    from engine.ask import AskConfig
+    for kw, msg in ((dict(question=" "), "--question: the question text is empty"),
+                    (dict(question="Why?", options=["a", " "]), "--options: option 1 is empty"),
+                    (dict(question="Why?", options=["a", "b", "a "]), "--options: options 0 and 2 are the same text"),
+                    (dict(describe=True, device="cuda:0"), "--device cuda:0: ")):
+        if "cuda" in msg and torch.cuda.is_available():
+            continue
+        with pytest.raises(ConfigError, match=msg):
+            AskConfig(video="v.mp4", **kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("prog", ["eval.py", "train.py", "extract_features.py", "ask.py"])
+def test_device_cuda_without_cuda_is_one_line(prog, tmp_path):
+    """Every entry point: one line naming --device (it was a torch assertion), before anything loads."""
+    args = {"eval.py": ["--output_dir", tmp_path / "out"], "train.py": ["--output_dir", tmp_path / "out"],
+            "extract_features.py": ["--dataset", "folder", "--video_dir", tmp_path, "--output", tmp_path / "f.pth"],
+            "ask.py": ["v.mp4", "--describe"]}[prog]
+    p = subprocess.run([sys.executable, str(REPO / prog), "--device", "cuda", *map(str, args)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 1
+    line = error_line(p.stderr, prog)
+    assert "--device cuda: this torch is built without CUDA" in line or "--device cuda: no CUDA device" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "-1"), ("--blr", "0"), ("--min_lr", "nan"), ("--weight_decay", "-0.1"),
+                                        ("--clip_grad", "-1"), ("--tau", "0"), ("--variance", "-1"),
+                                        ("--rope_theta", "-5"), ("--adapter_layer", "0"), ("--eval_batch_size", "0")])
+def test_numeric_flags_are_checked_with_the_config(flag, value):
+    """A flag out of range is a ConfigError when the config is built (before any file is read)."""
+    from engine.config import TrainConfig, train_parser
+    a = train_parser().parse_args([flag, value])
+    with pytest.raises(ConfigError, match=rf"^{flag} must be "):
+        TrainConfig.from_args(a)
+
+
+def test_tokenizer_of_another_vocabulary_names_both_files(tiny_world, tmp_path):
+    """A tokenizer.model that does not belong to the backbone: one line naming both (it named the
+    embedding tensor), before the weights are read."""
+    if not FIX:
+        pytest.skip("TOPA_FIXTURES not set")
+    d = tmp_path / "llama2"
+    shutil.copytree(tiny_world["root"] / "pretrained" / "llama2" / "tiny", d / "tiny")
+    shutil.copy(Path(FIX) / "llama2" / "tokenizer.model", d / "tokenizer.model")
+    with pytest.raises(CheckpointError, match=rf"the tokenizer {d}/tokenizer\.model has 32000 tokens but the "
+                                              rf"backbone {d}/tiny has an embedding for \d+"):
+        load_topa(ModelConfig(llama_model_path=str(d), model="tiny", adapter_len=4), torch.device("cpu"), torch.float32)
+
+
+def test_checkpoint_of_another_width_names_widths_not_matching_flags(tiny_world, tmp_path):
+    """A TOPA checkpoint trained on a wider backbone: the error names both widths and suggests no flag
+    that already matches (it suggested --adapter_len/--adapter_layer, which matched)."""
+    cfg = ModelConfig(llama_model_path=str(tiny_world["root"] / "pretrained" / "llama2"), model="tiny", adapter_len=4)
+    model, _, _ = load_topa(cfg, torch.device("cpu"), torch.float32)
+    state = {k: torch.zeros(*v.shape[:-1], 96) if k == "adapter_query.weight" else v
+             for k, v in model.trainable_state_dict().items()}
+    torch.save({"model": state, "args": argparse.Namespace(model="tiny", adapter_len=4, adapter_layer=2, max_feats=10,
+                                                            llama2=True, llama3=False, bias=3.0)}, tmp_path / "wide.pth")
+    with pytest.raises(CheckpointError) as e:
+        load_topa(cfg, torch.device("cpu"), torch.float32, resume=str(tmp_path / "wide.pth"))
+    msg = str(e.value)
+    assert "wide.pth was trained on a backbone of width 96" in msg and "has width 64" in msg
+    assert "--adapter_len" not in msg and "--model" not in msg
+
+
+def test_symlink_loop_under_video_dir_is_one_line(tmp_path):
+    from video.sources import VideoIndex
+    (tmp_path / "videos" / "a").mkdir(parents=True)
+    (tmp_path / "videos" / "a" / "x.mp4").write_bytes(b"")
+    os.symlink(tmp_path / "videos", tmp_path / "videos" / "a" / "back")
+    with pytest.raises(ConfigError, match=r"videos/a/back is a symbolic link to .*videos, a folder above it"):
+        VideoIndex(str(tmp_path / "videos"))
+
+
+def test_sentence_files_that_are_empty_or_not_utf8(tmp_path):
+    from video.text import read_sentences
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match=r"empty\.txt: no sentences"):
+        read_sentences(str(tmp_path / "empty.txt"))
+    (tmp_path / "latin.txt").write_bytes("a cat\na caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.txt:2: not UTF-8 text"):
+        read_sentences(str(tmp_path / "latin.txt"))
+    (tmp_path / "crlf.txt").write_bytes(b"a cat\r\na dog\r\n")
+    assert read_sentences(str(tmp_path / "crlf.txt")) == ["a cat", "a dog"]
