@@ -233,3 +233,20 @@ def test_line_writer_cuts_back_to_the_last_whole_line(tmp_path):
                        text=True, preexec_fn=_limit_file_size(100))
     assert p.stdout.startswith("OutputError") and "disk full" in p.stdout and "f.jsonl" in p.stdout, p.stderr
     assert (tmp_path / "f.jsonl").read_text() == ("x" * 30 + "\n") * 3
+
+
+def test_torchrun_ranks_end_with_the_same_line(world, tmp_path):
+    """Under torchrun a write that fails on rank 0 (a full disk while streaming predictions) ends both
+    ranks with the same one line; the other rank used to die in a gloo collective with a traceback."""
+    out = tmp_path / "out"
+    args = eval_args(world, out)
+    args[args.index("--batch_size") + 1] = "4"
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] + args,
+                       env=env(), capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(20000))
+    assert p.returncode != 0
+    text = p.stderr.replace("\r", "\n")
+    lines = [l for l in text.splitlines() if l.startswith("eval.py: error: ")]
+    assert len(lines) == 2 and lines[0] == lines[1], text[-3000:]
+    assert "disk full" in lines[0] and "predictions_nextqa_val.jsonl" in lines[0]
+    for bad in ("gloo", "Connection closed", "Connection reset", "RuntimeError", "DistBackendError"):
+        assert bad not in text, text[-3000:]
