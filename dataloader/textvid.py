@@ -27,7 +27,8 @@ from text.prompts import LETTERS, PromptBuilder
 from util.errors import InputError, MissingFileError
 from util.files import load_pickled_tensor
 
-from .base import FEATURE_DIM, DataError, TrainItem, check_finite_rows, check_float, fit_frames, fuse_text_frames, load_json
+from .base import (FEATURE_DIM, DataError, TrainItem, check_finite_rows, check_float, fit_frames, fuse_text_frames,
+                   load_json)
 
 OPTION_LETTERS = LETTERS[:5]  # a TextVid QA holds 5 options, A..E (docs/formats.md)
 

@@ -33,7 +33,7 @@ import torch
 
 from llama.build import resolve_dtype
 from util import dist
-from util.errors import CheckpointError, ConfigError, InputError
+from util.errors import CheckpointError, ConfigError
 from util.files import save_atomic
 from util.logging import LOG_NAME, rewind_log
 from util.schedule import param_groups

@@ -501,8 +501,9 @@ def test_checkpoint_of_another_width_names_widths_not_matching_flags(tiny_world,
     model, _, _ = load_topa(cfg, torch.device("cpu"), torch.float32)
     state = {k: torch.zeros(*v.shape[:-1], 96) if k == "adapter_query.weight" else v
              for k, v in model.trainable_state_dict().items()}
-    torch.save({"model": state, "args": argparse.Namespace(model="tiny", adapter_len=4, adapter_layer=2, max_feats=10,
-                                                            llama2=True, llama3=False, bias=3.0)}, tmp_path / "wide.pth")
+    recorded = argparse.Namespace(model="tiny", adapter_len=4, adapter_layer=2, max_feats=10, llama2=True, llama3=False,
+                                  bias=3.0)
+    torch.save({"model": state, "args": recorded}, tmp_path / "wide.pth")
     with pytest.raises(CheckpointError) as e:
         load_topa(cfg, torch.device("cpu"), torch.float32, resume=str(tmp_path / "wide.pth"))
     msg = str(e.value)

@@ -85,7 +85,7 @@ def holds_lock(folder: Path, pid: int) -> bool:
 
 def one_error_line(stderr: str, prog: str) -> str:
     """The last line of stderr, which must be the run's one error line (and no traceback before it)."""
-    lines = [l for l in stderr.replace("\r", "\n").splitlines() if l.strip()]
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert "Traceback" not in stderr and lines[-1].startswith(f"{prog}: error: "), stderr[-3000:]
     return lines[-1]
 
@@ -117,12 +117,14 @@ def alive(pid: int) -> bool:
 
 def test_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
     with OutputLock(tmp_path / LOCK_NAME, f"--output_dir {tmp_path}"):
-        with pytest.raises(ConfigError, match=rf"--output_dir {tmp_path} is in use by another run \(pid {os.getpid()}: "):
+        with pytest.raises(ConfigError, match=rf"--output_dir {tmp_path} is in use by another run \(pid {os.getpid()}"):
             prepare_output_dir(tmp_path)
     prepare_output_dir(tmp_path).release()  # released: free again
     # a holder killed with SIGKILL leaves the file, not the lock
-    code = f"from util.lock import OutputLock; l = OutputLock({str(tmp_path / LOCK_NAME)!r}, 'x'); print('held', flush=True); input()"
-    p = subprocess.Popen([sys.executable, "-c", code], env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    code = (f"from util.lock import OutputLock; lock = OutputLock({str(tmp_path / LOCK_NAME)!r}, 'x'); "
+            "print('held', flush=True); input()")
+    p = subprocess.Popen([sys.executable, "-c", code], env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
     assert p.stdout.readline().strip() == "held"
     with pytest.raises(ConfigError, match=rf"pid {p.pid}: "):
         prepare_output_dir(tmp_path)
@@ -153,7 +155,7 @@ def test_two_evaluations_into_one_folder(world, tmp_path):
         first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
-    preds = [json.loads(l) for l in open(out / "predictions_nextqa_val.jsonl")]
+    preds = [json.loads(line) for line in open(out / "predictions_nextqa_val.jsonl")]
     assert [p["qid"].rsplit("_", 1)[1] for p in preds] == [str(i) for i in range(600)]
 
 
@@ -169,7 +171,7 @@ def test_two_trainings_into_one_folder(world, tmp_path):
     loser_err = next(e for p, _, e in res if p.returncode == 1)
     line = one_error_line(loser_err, "train.py")
     assert f"is in use by another run (pid {winner.pid}: " in line
-    epochs = [json.loads(l) for l in open(out / "log.jsonl") if json.loads(l).get("type") == "epoch"]
+    epochs = [r for r in map(json.loads, open(out / "log.jsonl")) if r.get("type") == "epoch"]
     assert len(epochs) == 1 and (out / "checkpoint_0.pth").is_file()
 
 
@@ -192,7 +194,7 @@ def test_sigterm_ends_eval_and_its_workers(world, tmp_path):
     assert p.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     text = preds.read_text()
-    assert text.endswith("\n") and all(json.loads(l) for l in text.splitlines())
+    assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines())
     assert not list(out.glob("accuracy_*"))
 
 
@@ -218,7 +220,7 @@ def test_disk_full_during_evaluation_keeps_whole_lines(world, tmp_path):
     assert "disk full" in line and str(preds) in line
     text = preds.read_text()
     assert 0 < len(text) <= limit and text.endswith("\n")
-    rows = [json.loads(l) for l in text.splitlines()]
+    rows = [json.loads(line) for line in text.splitlines()]
     assert [r["qid"].rsplit("_", 1)[1] for r in rows] == [str(i) for i in range(len(rows))]
 
 
@@ -245,7 +247,7 @@ def test_torchrun_ranks_end_with_the_same_line(world, tmp_path):
                        env=env(), capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(20000))
     assert p.returncode != 0
     text = p.stderr.replace("\r", "\n")
-    lines = [l for l in text.splitlines() if l.startswith("eval.py: error: ")]
+    lines = [line for line in text.splitlines() if line.startswith("eval.py: error: ")]
     assert len(lines) == 2 and lines[0] == lines[1], text[-3000:]
     assert "disk full" in lines[0] and "predictions_nextqa_val.jsonl" in lines[0]
     for bad in ("gloo", "Connection closed", "Connection reset", "RuntimeError", "DistBackendError"):

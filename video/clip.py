@@ -13,7 +13,7 @@ Features: image = `get_image_features` (the visual projection of the pooled CLS 
 `encode_image` returns), not normalised; text = `get_text_features` (77-token context, longer text
 truncated), unit-normalised. Both 768-d for ViT-L/14.
 """
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -190,7 +190,6 @@ def plan(args, procs: Procs) -> Task:
     return Task(ds, jobs, out, process_videos, note=note, key_order=key_order, group=group_size(args))
 
 
-
 def main(args) -> int:
     procs = Procs(args.device)
     encoder = make_encoder(args, procs, text=args.dataset in TEXT_DATASETS)
