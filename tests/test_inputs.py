@@ -404,7 +404,7 @@ def test_degenerate_and_non_unit_memory(tmp_path, capsys):
     with pytest.raises(DataError, match=r"same\.pkl: all 50 memory rows are the same vector"):
         load_memory(tmp_path / "same.pkl")
     torch.save(torch.ones(50, 768, dtype=torch.bool), tmp_path / "bool.pkl")
-    with pytest.raises(CheckpointError, match=r"bool\.pkl: memory must hold float features"):
+    with pytest.raises(DataError, match=r"bool\.pkl: memory must hold float features"):
         load_memory(tmp_path / "bool.pkl")
     torch.save(good * 3, tmp_path / "long.pkl")
     capsys.readouterr()

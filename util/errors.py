@@ -65,6 +65,21 @@ def one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
+def _end_children():
+    """End this process's multiprocessing children (DataLoader workers) now, each by its own SIGTERM
+    (which kills a forked child outright, see `_on_sigterm`), instead of at interpreter exit: a worker
+    that outlived its reader would print a traceback from its fd-sharing thread. torch's SIGCHLD handler
+    would report their ends as worker failures, so it is set aside first."""
+    import multiprocessing
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(5)
+
+
 def _on_sigterm(prog: str, pid: int):
     def handler(signum, frame):
         if os.getpid() != pid:  # a forked child (a DataLoader worker): die as without the handler
@@ -72,6 +87,7 @@ def _on_sigterm(prog: str, pid: int):
             os.kill(os.getpid(), signum)
             return
         signal.signal(signum, signal.SIG_IGN)  # once: the unwinding is not interrupted again
+        _end_children()
         print(f"{prog}: stopped by SIGTERM; what was finished is kept (run the same command to resume)",
               file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
