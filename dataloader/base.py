@@ -285,13 +285,13 @@ def parse_answer(value, n_options: int, where: str, rid, allow_none: bool) -> Op
     return a
 
 
-def gold_index(options: Seq, answer, where: str, rid, item: str = "question") -> int:
+def gold_index(options: Seq, answer, where: str, rid, item: str = "question", noun: str = "choices") -> int:
     """The index of the option whose text is `answer` (formats that give the gold answer as text: STAR,
     MVBench). An answer matching no option, or several (the gold index is then ambiguous: never the first
     copy), is a DataError naming the file row and the question."""
     hits = [k for k, o in enumerate(options) if o == answer]
     if not hits:
-        raise DataError(f"{where}: {item} {rid}: answer {answer!r} is not among its options {list(options)!r}")
+        raise DataError(f"{where}: {item} {rid}: answer {answer!r} is not one of the {noun} {list(options)!r}")
     if len(hits) > 1:
         raise DataError(f"{where}: {item} {rid}: answer {answer!r} matches options {hits} (the same text "
                         f"{len(hits)} times), so the gold option is ambiguous; make the options distinct")

@@ -97,7 +97,7 @@ def read_task(path: str, task: str, stem: str) -> List[MVBenchRecord]:
             raise DataError(f"{where}: item {stem}/{i} has {len(cands)} candidates (at most {len(LETTERS)})")
         if not _scalar(ans):
             raise DataError(f"{where}: item {stem}/{i}: answer {ans!r} is not one of the candidates {cands!r}")
-        gold = gold_index(cands, ans, where, f"{stem}/{i}", item="item")
+        gold = gold_index(cands, ans, where, f"{stem}/{i}", item="item", noun="candidates")
         out.append(MVBenchRecord(task, stem, i, item["video"], q, cands, LETTERS[gold], where,
                                  _seconds(item.get("start")), _seconds(item.get("end"))))
     return out
