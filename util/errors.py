@@ -5,9 +5,9 @@ malformed file, row, tensor or flag. Its message names the file (and row / quest
 entry points print it as one line on stderr and exit 1. Every other exception is a bug in this project
 and keeps its traceback. `TOPA_TRACEBACK=1` shows the traceback of input errors too.
 
-SIGTERM ends an entry point as Ctrl-C does: the exception unwinds the run (open files are closed whole,
-finished work is saved) and the process exits with status 143; DataLoader workers (daemonic children)
-are terminated on the way out, so no process is left behind.
+SIGTERM ends an entry point as Ctrl-C (SIGINT) does: an exception unwinds the run (open files are closed
+whole, finished work is saved) and the process exits with status 143 (Ctrl-C: KeyboardInterrupt). Both
+first terminate the DataLoader workers (daemonic children), so no process is left behind.
 """
 import os
 import pickle
@@ -94,10 +94,20 @@ def _on_sigterm(prog: str, pid: int):
     return handler
 
 
+def _on_sigint(pid: int):
+    def handler(signum, frame):
+        if os.getpid() == pid:
+            _end_children()
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without the handler
+    return handler
+
+
 def run_cli(main, args, prog: str):
     """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1;
-    SIGTERM unwinds the run like Ctrl-C and exits with 143 (module docstring)."""
+    SIGTERM unwinds the run like Ctrl-C and exits with 143; both end the DataLoader workers first
+    (module docstring)."""
     before = signal.signal(signal.SIGTERM, _on_sigterm(prog, os.getpid()))
+    before_int = signal.signal(signal.SIGINT, _on_sigint(os.getpid()))
     try:
         return main(args)
     except InputError as e:
@@ -107,3 +117,4 @@ def run_cli(main, args, prog: str):
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
