@@ -742,7 +742,8 @@ def test_output_dir_of_another_run_is_refused_and_overwrite_deletes_only_its_fil
     assert (out / "log.jsonl").read_text().count("\n") == 12 and (out / ".log.jsonl.x2.tmp").exists()  # untouched
 
     train.main(train.get_args(args + ["--overwrite"]))
-    assert {p.name for p in out.iterdir()} == set(mine) | {"log.jsonl", "checkpoint_0.pth", "checkpoint_last.pth"}
+    assert {p.name for p in out.iterdir()} == set(mine) | {"log.jsonl", "checkpoint_0.pth", "checkpoint_last.pth",
+                                                           ".topa.lock"}   # the run's lock (util/lock.py) stays
     assert all((out / n).read_text() == t for n, t in mine.items())
     assert [x["type"] for x in log_lines(out)] == ["iter"] * 3 + ["epoch"]   # the new run's lines only
 
