@@ -85,6 +85,7 @@ class QAConfig:
     keep_images: bool = True              # keep the 224x224 crops CLIP saw (Frames.images; ~150 KB a frame)
 
     def __post_init__(self):
+        dist.check_device(self.device)
         if self.frames_fps <= 0:
             raise ConfigError(f"--frames_fps must be positive, got {self.frames_fps}")
         if self.batch_size < 1 or self.cache_size < 0:

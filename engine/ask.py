@@ -33,7 +33,6 @@ class AskConfig:
     def __post_init__(self):
         if self.describe == (self.question is not None):
             raise ConfigError("give either --question (with or without --options) or --describe")
-        dist.check_device(self.device)
         if self.question is not None and not self.question.strip():
             raise ConfigError("--question: the question text is empty")
         empty = [k for k, o in enumerate(self.options) if not o.strip()]
