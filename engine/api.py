@@ -51,7 +51,7 @@ import torch
 from dataloader.base import EvalItem, QARecord, fit_frames
 from dataloader.packing import ScoringCollate, collate_rows, single_row
 from llama.build import ModelConfig, load_tokenizer_for, load_topa
-from llama.generation import greedy_generate
+from llama.generation import Watch, greedy_generate, nonfinite_pick
 from llama.memory import load_memory, project_to_memory
 from text.prompts import DEFAULT, LETTERS, VIDEO, PromptBuilder, PromptStyle, Sequence as Seq, normalize_question
 from text.protocols import (MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
@@ -556,20 +556,15 @@ class TOPAVideoQA:
     def _generate_chunk(self, gens: List[_Gen], max_new: int, mask: bool) -> List[Answer]:
         tok, n_let = self.tok, max(g.n_letters for g in gens)
         letters = letter_ids(tok, n_let) if n_let else []
-        first, bad = [], []
-
-        def observe(t, logits):
-            bad.append((~torch.isfinite(logits).all(-1)).cpu())
-            if t == 0 and letters:
-                first.append(logits[:, letters].float().cpu())
-
+        watch = Watch(letters)
         stops = [(lambda ids, u=g.until: any(s in tok.decode(ids) for s in u)) if g.until else None for g in gens]
         ids = greedy_generate(self.model, [g.prompt for g in gens], torch.stack([g.video for g in gens]),
                               max_new_tokens=max_new, eos_id=tok.eos_id, masked_ids=self._masked_ids() if mask else (),
-                              stop=stops, observe=observe)
+                              stop=stops, observe=watch)
+        bad, first = watch.read()
         out = []
         for b, (g, gen) in enumerate(zip(gens, ids)):
-            if any(bool(bad[t][b]) for t in range(min(len(gen) + 1, len(bad)))):
+            if nonfinite_pick(bad, b, gen):
                 raise NonFiniteError("the model's next-token scores are not finite (its output overflowed or is "
                                      "NaN); check the checkpoint's tensors, or run with --precision fp32")
             after, text = generated_text(tok, g.prompt, gen, g.marker)
@@ -577,7 +572,7 @@ class TOPAVideoQA:
                 after = after.split(s)[0]
             a = Answer(g.cut(after), text)
             if g.n_letters:
-                k = int(first[0][b, :g.n_letters].argmax())
+                k = int(first[b, :g.n_letters].argmax())
                 a.choice, a.letter, a.free_letter = k, LETTERS[k], predicted_letter(after, g.n_letters)
             out.append(a)
         return out

@@ -35,7 +35,7 @@ import torch
 from dataloader import benchmarks
 from dataloader.base import fit_frames
 from llama.adapter import TOPA
-from llama.generation import greedy_generate
+from llama.generation import Watch, greedy_generate, nonfinite_pick
 from llama.memory import project
 from text.protocols import (LETTERS, GenProtocol, generated_text, letter_ids, masked_ids, predicted_letter,
                             prompt_ids, published_correct)
@@ -87,20 +87,13 @@ def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: Ge
     """The answers of one batch (see `generate`), and an error naming the first item one of whose
     tokens was picked from scores that are not finite (that item gets no answer)."""
     video = project(torch.stack([it.video for it in its]).to(device), memory)
-    first, bad = [], []
-
-    def observe(t, logits):  # [B, vocab] after masking; kept on the device (no host sync per token)
-        bad.append(~torch.isfinite(logits).all(-1))
-        if t == 0 and letters:
-            first.append(logits[:, letters].float())
-
+    watch = Watch(letters or ())
     ids = greedy_generate(model, [it.prompt for it in its], video, max_new_tokens=protocol.max_new_tokens,
-                          eos_id=tok.eos_id, masked_ids=masked, use_cache=kv_cache, observe=observe)
-    bad = torch.stack(bad, 1).tolist()  # [B, steps]
-    first = first[0].cpu() if first else None
+                          eos_id=tok.eos_id, masked_ids=masked, use_cache=kv_cache, observe=watch)
+    bad, first = watch.read()
     rows, error = [], None
     for b, (it, gen) in enumerate(zip(its, ids)):
-        if any(bad[b][:len(gen) + 1]):  # the steps whose pick this row took (an EOS step too)
+        if nonfinite_pick(bad, b, gen):
             error = error or NonFiniteError(
                 f"{it.record.source}: item {it.record.key}: the model's next-token scores are not finite (its "
                 "output overflowed or is NaN), so it has no answer; check the checkpoint's tensors, or run "

@@ -11,7 +11,7 @@ batch) and then decodes one token at a time from a KV cache (`TOPA.prefill` / `T
 on the device; `use_cache=False` recomputes every unfinished row's whole sequence for each token
 through `TOPA.hidden` (right-padded, the scoring path): the reference.
 """
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -77,6 +77,31 @@ def greedy_generate(model: TOPA, prompts: Sequence[Sequence[int]], videos=None, 
 
 
 SYNC_EVERY = 4  # decoding steps between the host's checks whether every row is done
+
+
+class Watch:
+    """An `observe` for `greedy_generate` that keeps what it sees on the device (no host sync per token):
+    whether each row's scores were finite at each step, and the first step's logits over `first_ids`
+    (the letters of a lettered answer). Read after decoding."""
+
+    def __init__(self, first_ids: Sequence[int] = ()):
+        self.first_ids, self.bad, self.first = list(first_ids), [], None
+
+    def __call__(self, t: int, logits: torch.Tensor):  # [B, vocab] after masking
+        self.bad.append(~torch.isfinite(logits).all(-1))
+        if t == 0 and self.first_ids:
+            self.first = logits[:, self.first_ids].float()
+
+    def read(self) -> Tuple[List[List[bool]], Optional[torch.Tensor]]:
+        """([B][steps] non-finite flags, first-step logits [B, len(first_ids)] on the host or None)."""
+        bad = torch.stack(self.bad, 1).tolist() if self.bad else []
+        return bad, (self.first.cpu() if self.first is not None else None)
+
+
+def nonfinite_pick(bad: List[List[bool]], row: int, generated: Sequence[int]) -> bool:
+    """Whether `row` picked a token from scores that were not finite (`bad` from `Watch.read`): the steps
+    whose pick it took, its generated tokens and the EOS step after them."""
+    return bool(bad) and any(bad[row][:len(generated) + 1])
 
 
 def decode_loop(run, max_new_tokens: int, eos: torch.Tensor, masked: torch.Tensor, stops, observe,
