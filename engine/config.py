@@ -264,16 +264,19 @@ def config_dict(cfg) -> dict:
 def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
     g.add_argument("--model", default=ModelConfig.model,
-                   help="model folder under --llama_model_path (7B, 13B, 8B); not used when --llama_model_path "
+                   help="model folder under --llama_model_path (7B, 13B, 8B, 3B, 1B); not used when --llama_model_path "
                         "holds the weights itself")
     g.add_argument("--llama_model_path", default=ModelConfig.llama_model_path,
                    help="folder holding <model>/ (Meta's shards + params.json, or a Hugging Face config.json + "
                         "*.safetensors) and tokenizer.model; or a Hugging Face (or Meta) model folder itself")
     v = g.add_mutually_exclusive_group()
     v.add_argument("--llama2", action="store_true", help="Llama-2 (SentencePiece tokenizer; default)")
-    v.add_argument("--llama3", action="store_true", help="Llama-3 (tiktoken tokenizer)")
+    v.add_argument("--llama3", action="store_true", help="Llama-3, 3.1, 3.2 (tiktoken tokenizer)")
     g.add_argument("--rope_theta", type=float, default=None,
                    help="override params.json's rope_theta (released Llama-3 TOPA checkpoints expect 10000)")
+    g.add_argument("--rope_scaling_factor", type=float, default=None,
+                   help="factor of the backbone's Llama-3.1/3.2 \"llama3\" RoPE scaling (default: the backbone's: "
+                        "config.json's rope_scaling; Meta folders: 8, or 32 for tied Llama-3.2 1B/3B; 1: no scaling)")
     g.add_argument("--max_seq_len", type=int, default=DataConfig.max_seq_len,
                    help="training: longest expected sequence (longer ones are kept whole and counted); "
                         "eval: reported only (prompts are never cut)")

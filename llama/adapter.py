@@ -323,8 +323,11 @@ def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
     weights = StateDict(backbone) if isinstance(backbone, Mapping) else backbone
     with torch.device("meta"), skip_init():
         model = TOPA(args, attn_impl)
-    expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}
-    check_shapes(weights.shapes, expected, source)
+    expected = {n: p.shape for n, p in model.named_parameters() if not is_trainable(n)}  # tied: no output.weight
+    shapes = dict(weights.shapes)
+    if args.tie_embeddings:  # the embedding is the output layer; a copy in the files (Meta's 3.2) is not read
+        shapes.pop("output.weight", None)
+    check_shapes(shapes, expected, source)
     with torch.no_grad():
         for name, shape in expected.items():
             t = torch.empty(shape, device=device, dtype=dtype)
@@ -332,6 +335,7 @@ def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
             _set_parameter(model, name, t)
         for name, p in model.trainable_parameters():  # the TOPA params: fp32 on `device`
             _set_parameter(model, name, torch.empty(p.shape, device=device, dtype=torch.float32))
+    model.tie_weights()
     model.reset_trainable()
     if trainable is not None:
         load_trainable(model, trainable, trainable_source)

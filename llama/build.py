@@ -37,7 +37,7 @@ from util.errors import CheckpointError, ConfigError, MissingFileError
 from .adapter import TOPA, TOPAArgs, build_model, load_trainable
 from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
 from .hf import HFSafetensors, hf_params
-from .model import ATTN_IMPLS
+from .model import ATTN_IMPLS, RopeScaling
 
 FAMILIES = {"llama2": "sentencepiece", "llama3": "tiktoken"}  # backbone family -> its tokenizer kind
 
@@ -51,6 +51,7 @@ class ModelConfig:
     model: str = "7B"
     family: str = "llama2"                # --llama2 / --llama3
     rope_theta: Optional[float] = None    # None: params.json's (released Llama-3 TOPA checkpoints: 10000)
+    rope_scaling_factor: Optional[float] = None  # None: the backbone's "llama3" RoPE scaling (1: none)
     adapter_len: int = TOPAArgs.adapter_len
     adapter_layer: Optional[int] = None   # None: every layer
     max_feats: int = TOPAArgs.max_feats
@@ -65,6 +66,8 @@ class ModelConfig:
             raise ConfigError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {self.attn_impl!r}")
         if self.precision is not None and self.precision not in DTYPES:
             raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}, not {self.precision!r}")
+        if self.rope_scaling_factor is not None and not self.rope_scaling_factor >= 1:
+            raise ConfigError(f"--rope_scaling_factor must be >= 1 (1: no RoPE scaling), not {self.rope_scaling_factor}")
         if self.adapter_len < 1 or self.max_feats < 1:
             raise ConfigError(f"--adapter_len ({self.adapter_len}) and --max_feats ({self.max_feats}) must be >= 1")
         if self.adapter_layer is not None and self.adapter_layer < 1:
@@ -150,7 +153,7 @@ def load_tokenizer_for(cfg: ModelConfig, backbone: Optional[Backbone] = None) ->
 
 def model_args(cfg: ModelConfig, backbone: Backbone, tok: Tokenizer) -> TOPAArgs:
     """params.json (or config.json) + the run's TOPA settings; Llama-2's `vocab_size: -1` is taken from
-    the tokenizer."""
+    the tokenizer. The RoPE scaling is the backbone's (`rope_scaling_factor` replaces its factor; 1: none)."""
     overrides = dict(adapter_len=cfg.adapter_len, adapter_layer=cfg.adapter_layer, max_feats=cfg.max_feats,
                      bias=cfg.bias, rope_theta=cfg.rope_theta)
     if backbone.kind == "meta":
@@ -159,6 +162,9 @@ def model_args(cfg: ModelConfig, backbone: Backbone, tok: Tokenizer) -> TOPAArgs
             raise MissingFileError(f"no params.json in {backbone.folder} (--llama_model_path {cfg.llama_model_path} "
                                    f"--model {cfg.model})")
         args = TOPAArgs.from_params_json(params, **overrides)
+        if args.rope_scaling is not None and meta_output_tied(MetaShards(backbone.folder)):  # Llama-3.2 1B/3B
+            args = TOPAArgs.from_params_json(params, scaling_factor=TIED_SCALING_FACTOR, tie_embeddings=True,
+                                             **overrides)
     else:
         params = backbone.folder / "config.json"
         fields = hf_params(backbone.folder)
@@ -167,11 +173,42 @@ def model_args(cfg: ModelConfig, backbone: Backbone, tok: Tokenizer) -> TOPAArgs
             args = TOPAArgs(**fields)
         except ValueError as e:
             raise CheckpointError(f"{params}: {e}") from None
+    if cfg.rope_scaling_factor is not None:
+        scaling = dataclasses.replace(args.rope_scaling or RopeScaling(1.0), factor=float(cfg.rope_scaling_factor))
+        args.rope_scaling = scaling if scaling.factor != 1 else None
     if args.vocab_size <= 0:
         args.vocab_size = tok.n_words
     elif args.vocab_size != tok.n_words:
         raise CheckpointError(f"{params} has vocab_size {args.vocab_size} but {tok.path} has {tok.n_words} tokens")
     return args
+
+
+# Meta's params.json of Llama-3.2 1B/3B says `use_scaled_rope` without a factor, and Meta's reference code
+# applies 8 to every release; the right factor for 1B/3B is 32 (their config.json; meta-llama/llama-models
+# issues #166, #241). They are the only tied Llama-3 models, so a tied scaled Meta folder gets 32
+# (docs/model.md). Only scaled folders are looked at: Llama-2 and Llama-3 never tie.
+TIED_SCALING_FACTOR = 32.0
+
+
+def meta_output_tied(shards: MetaShards) -> bool:
+    """Whether a Meta folder's output layer is its token embedding: no `output.weight`, or one equal to
+    `tok_embeddings.weight` (Meta's Llama-3.2 1B/3B files carry such a copy). Row 0 decides most folders
+    without reading more; the shards are mmapped, so the full comparison reads them through the page cache."""
+    shapes, emb, out = shards.shapes, "tok_embeddings.weight", "output.weight"
+    if out not in shapes:
+        return emb in shapes
+    if shapes[out] != shapes.get(emb):
+        return False
+    states = shards.states
+    row = torch.cat([s[emb][0] for s in states])  # the embedding is split on dim 1
+    if not torch.equal(states[0][out][0], row):
+        return False
+    if len(states) == 1:
+        return torch.equal(states[0][out], states[0][emb])
+    full = [torch.empty(shapes[emb], dtype=states[0][emb].dtype) for _ in range(2)]
+    shards.read_into(emb, full[0])
+    shards.read_into(out, full[1])
+    return torch.equal(*full)
 
 
 def open_weights(backbone: Backbone):
@@ -195,7 +232,7 @@ def check_recorded_settings(ckpt: dict, cfg: ModelConfig, source: str, args: TOP
 
     Settings that change the math, and that tensor shapes cannot reveal (a 7B Llama-2 and an 8B Llama-3
     have the same TOPA shapes), are an error naming the flag to pass: backbone family, model size,
-    RoPE theta, adapter_len, adapter_layer, max_feats. A checkpoint without a rope_theta record was
+    RoPE theta, RoPE scaling, adapter_len, adapter_layer, max_feats. A checkpoint without a rope_theta record was
     written by the original code, which used theta 10000 for every backbone. Harmless differences
     (`--bias` only initialises fresh gates; the checkpoint's gates are loaded) and missing records are
     returned as notes and printed once (rank 0). `args` are the run's resolved model args; `native_theta` is
@@ -252,6 +289,11 @@ def check_recorded_settings(ckpt: dict, cfg: ModelConfig, source: str, args: TOP
             value = args.n_layers  # ours: None = every layer
         if value is not None and int(value) != int(now):
             wrong.append(f"it was trained with --{key} {int(value)}, this run uses {int(now)} (pass --{key} {int(value)})")
+    scaling = _scaling_mismatch(rec, args)
+    if scaling:
+        wrong.append(scaling)
+    elif "rope_scaling_factor" not in rec and not ("llama2" in rec or "llama3" in rec):
+        unrecorded.append("rope_scaling_factor")
     bias = rec.get("bias")
     if bias is not None and float(bias) != float(cfg.bias):
         notes.append(f"{source} was trained with --bias {float(bias):g}, this run says {float(cfg.bias):g} "
@@ -262,6 +304,29 @@ def check_recorded_settings(ckpt: dict, cfg: ModelConfig, source: str, args: TOP
         notes.append(f"{source} does not record {', '.join(unrecorded)}: not compared with this run's")
     _print_notes(notes)
     return notes
+
+
+def scaling_name(factor: float) -> str:
+    known = {1.0: "no RoPE scaling (Llama-2, Llama-3)", 8.0: "RoPE scaling factor 8 (Llama-3.1)",
+             32.0: "RoPE scaling factor 32 (Llama-3.2 1B/3B)"}
+    return known.get(float(factor), f"RoPE scaling factor {float(factor):g}")
+
+
+def _scaling_mismatch(rec: dict, args: TOPAArgs) -> Optional[str]:
+    """The error for a checkpoint trained with another RoPE scaling than this run's, else None. Ours record
+    the factor that ran (`load_topa` resolves it; 1: none); a checkpoint that records its backbone family
+    but no factor (the original code's, or ours before Llama-3.1) ran without scaling."""
+    if rec.get("rope_scaling_factor") is not None:
+        then = float(rec["rope_scaling_factor"])
+    elif "llama2" in rec or "llama3" in rec:
+        then = 1.0
+    else:
+        return None
+    now = args.rope_scaling.factor if args.rope_scaling else 1.0
+    if then == now:
+        return None
+    return (f"it was trained with {scaling_name(then)}, this run's backbone has {scaling_name(now)} (pass the "
+            f"--llama_model_path of the backbone it was trained on, or --rope_scaling_factor {then:g})")
 
 
 def _print_notes(notes: List[str]):
@@ -297,10 +362,13 @@ def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokeni
               resume: Optional[str] = None):
     """The model of `cfg` with fresh TOPA tensors, or those of the TOPA checkpoint `resume`, whose
     recorded settings are checked (`check_recorded_settings`) before the backbone is read.
+    `cfg.rope_scaling_factor` is resolved in place (None -> the backbone's factor, 1 without scaling), so
+    that the checkpoints and result files of the run record the RoPE scaling that ran.
     Returns (model, tokenizer, checkpoint dict or None)."""
     backbone = locate_backbone(cfg)
     tok = tokenizer or load_tokenizer_for(cfg, backbone)
     args = model_args(cfg, backbone, tok)
+    cfg.rope_scaling_factor = args.rope_scaling.factor if args.rope_scaling else 1.0  # what runs is recorded
     ckpt = None
     if resume:
         ckpt = load_topa_checkpoint(resume)

@@ -3,10 +3,12 @@
 
     config.json  -> ModelArgs: hidden_size -> dim, num_hidden_layers -> n_layers, num_attention_heads ->
                     n_heads, num_key_value_heads -> n_kv_heads, vocab_size, rms_norm_eps -> norm_eps,
-                    rope_theta (v5 files: rope_parameters.rope_theta); intermediate_size is checked
-                    against the SwiGLU width rule of Meta's params.json (see `ffn_args`)
+                    rope_theta (v5 files: rope_parameters.rope_theta), rope_scaling (v5: rope_parameters)
+                    of rope_type "llama3" -> rope_scaling (Llama-3.1, 3.2; any other rope_type is refused),
+                    tie_word_embeddings -> tie_embeddings; intermediate_size is checked against the SwiGLU
+                    width rule of Meta's params.json (see `ffn_args`)
     tensors      -> Meta keys: model.embed_tokens -> tok_embeddings, model.norm -> norm, lm_head -> output
-                    (absent: tied to the input embedding), and per layer i, model.layers.i.
+                    (not read when tied: the model's output layer is its embedding), and per layer i, model.layers.i.
                     self_attn.{q,k,v,o}_proj -> layers.i.attention.{wq,wk,wv,wo},
                     mlp.{gate,up,down}_proj -> layers.i.feed_forward.{w1,w3,w2},
                     input_layernorm -> attention_norm, post_attention_layernorm -> ffn_norm
@@ -27,6 +29,8 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from util.errors import CheckpointError, MissingFileError
+
+from .model import RopeScaling
 
 HF_LAYER_KEYS = {
     "self_attn.q_proj.weight": "attention.wq.weight", "self_attn.k_proj.weight": "attention.wk.weight",
@@ -99,13 +103,7 @@ def hf_params(folder) -> dict:
             raise CheckpointError(f"{path}: '{key}' is missing or not {'an integer' if kind is int else 'a number'}")
         return value
 
-    rope = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or {}
-    if not isinstance(rope, dict) or not isinstance(scaling, dict):
-        raise CheckpointError(f"{path}: rope_parameters / rope_scaling must be JSON objects")
-    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
-    if rope_type not in (None, "default"):
-        raise CheckpointError(f"{path}: rope scaling {rope_type!r} (e.g. Llama-3.1) is not supported")
+    scaling = rope_scaling(cfg, path)
     if cfg.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{path}: hidden_act {cfg['hidden_act']!r} is not Llama's silu")
     for key in ("attention_bias", "mlp_bias"):
@@ -119,26 +117,55 @@ def hf_params(folder) -> dict:
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     n_kv_heads = need("num_key_value_heads") if cfg.get("num_key_value_heads") is not None else n_heads
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
     if not isinstance(theta, (int, float)) or isinstance(theta, bool):
         raise CheckpointError(f"{path}: rope_theta {theta!r} is not a number")
     return {"dim": dim, "n_layers": need("num_hidden_layers"), "n_heads": n_heads, "n_kv_heads": n_kv_heads,
             "vocab_size": need("vocab_size"), "multiple_of": multiple_of, "ffn_dim_multiplier": mult,
             "norm_eps": need("rms_norm_eps", float),
-            "rope_theta": float(theta)}
+            "rope_theta": float(theta), "rope_scaling": scaling, "tie_embeddings": bool(cfg.get("tie_word_embeddings"))}
+
+
+LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def rope_scaling(cfg: dict, path) -> Optional[RopeScaling]:
+    """config.json's RoPE scaling: None (rope_type absent or "default"), or Meta's "llama3" scaling with its
+    four numbers (`rope_scaling`, or transformers 5's `rope_parameters`). Another rope_type (linear, dynamic,
+    yarn, ...) changes the math differently: an error naming the field."""
+    for field in ("rope_parameters", "rope_scaling"):
+        if not isinstance(cfg.get(field) or {}, dict):
+            raise CheckpointError(f"{path}: '{field}' must be a JSON object")
+    field = "rope_parameters" if (cfg.get("rope_parameters") or {}).get("rope_type") else "rope_scaling"
+    rope = cfg.get(field) or {}
+    key = "rope_type" if "rope_type" in rope else "type"  # "type": transformers < 4.45
+    rope_type = rope.get(key)
+    if rope_type in (None, "default"):
+        return None
+    if rope_type != "llama3":
+        raise CheckpointError(f"{path}: {field}.{key} {rope_type!r} is not supported (only Llama-3.1/3.2's "
+                              f"\"llama3\" RoPE scaling is)")
+    bad = [k for k in LLAMA3_SCALING if isinstance(rope.get(k), bool) or not isinstance(rope.get(k), (int, float))]
+    if bad:
+        raise CheckpointError(f"{path}: {field} of rope_type \"llama3\" needs numbers {', '.join(bad)}")
+    try:
+        scaling = RopeScaling(**{k: rope[k] for k in LLAMA3_SCALING})
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {field}: {e}") from None
+    return None if scaling.factor == 1 else scaling
 
 
 class HFSafetensors:
     """The `*.safetensors` files of an HF Llama folder as a weight source (see `llama.checkpoint`):
     `shapes` in Meta's names, `read_into` one tensor at a time with the rotary row order undone.
-    Without `lm_head.weight`, the output layer is the input embedding if config.json says
-    `tie_word_embeddings` (otherwise the missing tensor is an error, like any other)."""
+    Tied folders (`tie_word_embeddings`, Llama-3.2 1B/3B) have no `lm_head.weight`: the model reads only
+    the embedding (`build_model`); without the flag the missing tensor is an error, like any other."""
 
     def __init__(self, folder):
         from safetensors import safe_open
 
         self.folder = Path(folder)
-        params, cfg = hf_params(folder), read_config(folder)
+        params = hf_params(folder)
         self.heads = {"attention.wq.weight": params["n_heads"], "attention.wk.weight": params["n_kv_heads"]}
         self.files = sorted(self.folder.glob("*.safetensors"))
         if not self.files:
@@ -173,10 +200,6 @@ class HFSafetensors:
                                           f"{self.files[self.where[key][0]].name} and {path.name}")
                 self.where[key] = (i, hf_key)
                 self.shapes[key] = tuple(f.get_slice(hf_key).get_shape())
-        if "output.weight" not in self.where and "tok_embeddings.weight" in self.where \
-                and cfg.get("tie_word_embeddings"):
-            self.where["output.weight"] = self.where["tok_embeddings.weight"]
-            self.shapes["output.weight"] = self.shapes["tok_embeddings.weight"]
 
     def read_into(self, key: str, out: torch.Tensor):
         i, hf_key = self.where[key]

@@ -1,4 +1,7 @@
-"""Llama-2 / Llama-3 decoder in Meta's layout (keys, shapes and numerics of Meta's `model.py`).
+"""Llama-2 / Llama-3 / Llama-3.1 / Llama-3.2 decoder in Meta's layout (keys, shapes and numerics of Meta's
+`model.py`). Llama-3.1 and 3.2 are Llama-3 with "llama3" scaled rotary frequencies (`RopeScaling`,
+`llama3_inv_freq`); Llama-3.2 1B/3B also tie the output layer to the token embeddings (`tie_embeddings`:
+one tensor serves both).
 
 Knows nothing about video: TOPA's additions live in `llama/adapter.py`. Differences from Meta's
 inference code: positions are explicit per token (so packed sequences and per-row offsets work), the
@@ -23,6 +26,25 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 
+@dataclass(frozen=True)
+class RopeScaling:
+    """Meta's "llama3" RoPE scaling (Llama-3.1, 3.2, 3.3): rotary wavelengths shorter than
+    `original_max_position_embeddings / high_freq_factor` keep their frequency, those longer than
+    `original_max_position_embeddings / low_freq_factor` are divided by `factor`, and the band between is
+    interpolated smoothly (`llama3_inv_freq`). Every Meta release uses low 1, high 4, original 8192;
+    the factor is 8 (Llama-3.1, 3.3, 3.2 11B/90B) or 32 (Llama-3.2 1B/3B). factor 1 changes nothing."""
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if not (self.factor >= 1 and self.low_freq_factor > 0 and self.high_freq_factor > self.low_freq_factor
+                and self.original_max_position_embeddings >= 1):
+            raise ValueError(f"RoPE scaling {self} is not valid: needs factor >= 1, 0 < low_freq_factor < "
+                             f"high_freq_factor, original_max_position_embeddings >= 1")
+
+
 @dataclass
 class ModelArgs:
     dim: int = 4096
@@ -34,8 +56,12 @@ class ModelArgs:
     ffn_dim_multiplier: Optional[float] = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScaling] = None  # Llama-3.1/3.2 (params.json `use_scaled_rope`)
+    tie_embeddings: bool = False                # output layer = token embeddings (Llama-3.2 1B/3B)
 
     def __post_init__(self):
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
@@ -54,9 +80,14 @@ class ModelArgs:
         return self.multiple_of * ((h + self.multiple_of - 1) // self.multiple_of)
 
     @classmethod
-    def from_params_json(cls, path, **overrides) -> "ModelArgs":
-        """Read Meta's params.json; keys we do not know (e.g. `use_scaled_rope`) are an error only
-        if they change the math we implement. `overrides` with value None are ignored."""
+    def from_params_json(cls, path, scaling_factor: float = 8.0, **overrides) -> "ModelArgs":
+        """Read Meta's params.json; keys we do not know are an error (they could change the math).
+
+        `use_scaled_rope: true` (Llama-3.1, 3.2) is Meta's "llama3" RoPE scaling with the factor of
+        `rope_scaling_factor` (and `rope_high_freq_factor`) when the file states them (Meta's names, used
+        from Llama-4 on); the Llama-3.1 and 3.2 files do not, and Meta's reference `apply_scaling` then
+        uses 8: `scaling_factor` is that default (`llama.build` passes 32 for the tied 3.2 1B/3B folders).
+        `overrides` with value None are ignored."""
         from util.errors import CheckpointError
         try:
             with open(path, encoding="utf-8") as f:
@@ -65,19 +96,27 @@ class ModelArgs:
             raise CheckpointError(f"{path}: not a valid params.json ({e})") from None
         if not isinstance(params, dict):
             raise CheckpointError(f"{path}: expected a JSON object of model hyper-parameters")
-        known = {f.name for f in fields(ModelArgs)}  # Meta's fields only: params.json never holds others
-        unknown = set(params) - known
-        if params.get("use_scaled_rope"):
-            raise CheckpointError(f"{path}: use_scaled_rope=true (Llama-3.1 rope scaling) is not supported")
-        unknown -= {"use_scaled_rope", "max_batch_size", "max_seq_len"}
+        # Meta's fields only: params.json never holds the derived ones
+        known = {f.name for f in fields(ModelArgs)} - {"rope_scaling", "tie_embeddings"}
+        scaling_keys = {"use_scaled_rope", "rope_scaling_factor", "rope_high_freq_factor"}
+        unknown = set(params) - known - scaling_keys - {"max_batch_size", "max_seq_len"}
         if unknown:
             raise CheckpointError(f"{path}: unknown params.json keys {sorted(unknown)}")
+        scaled = params.get("use_scaled_rope", False)
+        if not isinstance(scaled, bool):
+            raise CheckpointError(f"{path}: 'use_scaled_rope' = {scaled!r} is not true or false")
+        scaling = {k: params[k] for k in ("rope_scaling_factor", "rope_high_freq_factor") if k in params}
         params = {k: v for k, v in params.items() if k in known}
-        for k, v in params.items():
+        for k, v in {**params, **scaling}.items():
             if not _valid_param(k, v):
                 raise CheckpointError(f"{path}: '{k}' = {v!r} is not a valid value")
         params.update({k: v for k, v in overrides.items() if v is not None})
         try:
+            if scaled:
+                params["rope_scaling"] = RopeScaling(factor=float(scaling.get("rope_scaling_factor", scaling_factor)),
+                                                     high_freq_factor=float(scaling.get("rope_high_freq_factor", 4.0)))
+            elif scaling:
+                raise ValueError(f"{', '.join(sorted(scaling))} without use_scaled_rope=true")
             return cls(**params)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: {e}") from None
@@ -131,10 +170,29 @@ class RMSNorm(nn.Module):
 
 # ---- rotary embeddings (free functions, Meta's pairing: (x[2k], x[2k+1])) ----
 
-def rope_angles(positions: torch.Tensor, head_dim: int, theta: float):
+def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[RopeScaling] = None,
+                  device=None) -> torch.Tensor:
+    """The rotary frequencies theta^(-2k/head_dim), k < head_dim/2 (fp32), scaled when `scaling` is set."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
+    return inv_freq if scaling is None else llama3_inv_freq(inv_freq, scaling)
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Meta's "llama3" scaling of rotary frequencies (`apply_scaling` of Meta's Llama-3.1 code; Hugging
+    Face's rope_type "llama3"): by wavelength w = 2*pi/f, with L = original_max_position_embeddings,
+    w < L/high keeps f, w > L/low gives f/factor, and between them
+    f' = (1 - a) f/factor + a f with a = (L/w - low) / (high - low) (a is 1 and 0 at the two edges)."""
+    wavelen = 2 * math.pi / inv_freq
+    L = s.original_max_position_embeddings
+    smooth = (L / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    band = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    out = torch.where(wavelen > L / s.low_freq_factor, inv_freq / s.factor, band)
+    return torch.where(wavelen < L / s.high_freq_factor, inv_freq, out)
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float, scaling: Optional[RopeScaling] = None):
     """positions [B, L] (int) -> (cos, sin) each [B, 1, L, head_dim/2] in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float()
-                                / head_dim))
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, positions.device)
     ang = positions.float()[..., None] * inv_freq  # [B, L, hd/2]
     return ang.cos()[:, None], ang.sin()[:, None]
 
@@ -305,11 +363,19 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(self.make_block(i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.tie_weights()
         self.set_attn_impl(attn_impl)
         self.grad_checkpointing = False  # recompute each block in backward instead of keeping its activations
 
     def make_block(self, layer_id: int) -> TransformerBlock:
         return TransformerBlock(self.args)
+
+    def tie_weights(self):
+        """With `tie_embeddings`, the output layer's weight is the token embedding's Parameter itself (one
+        tensor; `named_parameters` lists it once, as `tok_embeddings.weight`). Call again after replacing
+        `tok_embeddings.weight`."""
+        if self.args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     def set_attn_impl(self, impl: str) -> "Transformer":
         """Attention kernel of every layer of this model: "sdpa" (fused, the default) or "eager" (the reference)."""
@@ -327,7 +393,7 @@ class Transformer(nn.Module):
         padding is never scored). `layer_kwargs(i)` gives extra keyword arguments for layer i's attention.
         With `grad_checkpointing` (and autograd on) each block keeps only its input for backward and runs
         again there."""
-        cos, sin = rope_angles(positions, self.args.head_dim, self.args.rope_theta)
+        cos, sin = rope_angles(positions, self.args.head_dim, self.args.rope_theta, self.args.rope_scaling)
         for i, layer in enumerate(self.layers):
             kwargs = layer_kwargs(i) if layer_kwargs else {}
             if self.grad_checkpointing and torch.is_grad_enabled():

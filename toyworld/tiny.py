@@ -153,14 +153,17 @@ def make_tiny_llama(folder, tokenizer_path, dim: int = 64, n_layers: int = 2, n_
                     rope_theta: Optional[float] = None, n_shards: int = 1, seed: int = 0,
                     llama2_style: bool = True, name: str = "tiny", multiple_of: int = 32,
                     norm_eps: float = 1e-5, std: float = 0.02,
-                    dtype: Optional[torch.dtype] = torch.bfloat16) -> Path:
+                    dtype: Optional[torch.dtype] = torch.bfloat16, use_scaled_rope: bool = False,
+                    rope_scaling_factor: Optional[float] = None, tie_embeddings: bool = False) -> Path:
     """Write `<folder>/<name>/{params.json, consolidated.NN.pth}` with random weights sized for the
     tokenizer, and copy the tokenizer to `<folder>/tokenizer.model` (Meta's layout, e.g.
     `pretrained/llama2/tiny/...` + `pretrained/llama2/tokenizer.model`). Returns the model folder.
 
     llama2_style: params.json says `vocab_size: -1` and the shards carry Meta's `rope.freqs`;
     otherwise (Llama-3 style) params.json holds the real vocab size. Keys set to None are left out
-    of params.json, as Meta's files do."""
+    of params.json, as Meta's files do. Llama-3.1 style: `use_scaled_rope` (params.json states no factor,
+    as Meta's files; `rope_scaling_factor` writes one). Llama-3.2 1B/3B style: also `tie_embeddings`, whose
+    shards carry `output.weight` as a copy of `tok_embeddings.weight`, as Meta's 3.2 files do."""
     from text.tokenizer import load_tokenizer
 
     folder = Path(folder)
@@ -176,7 +179,11 @@ def make_tiny_llama(folder, tokenizer_path, dim: int = 64, n_layers: int = 2, n_
     params = {"dim": dim, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv_heads,
               "vocab_size": -1 if llama2_style else vocab, "multiple_of": multiple_of,
               "ffn_dim_multiplier": ffn_dim_multiplier, "norm_eps": norm_eps, "rope_theta": rope_theta}
+    if use_scaled_rope:
+        params.update(use_scaled_rope=True, rope_scaling_factor=rope_scaling_factor)
     params = {k: v for k, v in params.items() if v is not None}
+    if tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"].clone()
     if llama2_style:
         hd = args.head_dim
         state["rope.freqs"] = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2).float() / hd))
