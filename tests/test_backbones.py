@@ -6,6 +6,9 @@ evaluation + exact resume on a tiny Llama-3.2-style world."""
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -342,3 +345,53 @@ def test_prealignment_eval_and_exact_resume_on_a_llama32_world(world32, tmp_path
     assert res["total"]["total"] == 20 and 0 <= res["total"]["acc"] <= 100
     acc = json.loads((tmp_path / "eval" / "accuracy_nextqa_val.json").read_text())
     assert acc["settings"]["config"]["model"]["rope_scaling_factor"] == 32.0
+
+
+# ---------------------------------------------------------------- scripts: one per job, LLAMA= picks the row
+
+REPO = Path(__file__).resolve().parents[1]
+NEW = {"llama3_1_8b": ("8B", 32, "./pretrained/llama3_1/"), "llama3_2_3b": ("3B", 28, "./pretrained/llama3_2/"),
+       "llama3_2_1b": ("1B", 16, "./pretrained/llama3_2/")}
+
+
+def dry_run(script, **env):
+    env = dict(os.environ, TORCHRUN=sys.executable, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env)
+    r = subprocess.run(["bash", str(REPO / "scripts" / script), "--dry_run"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return eval(r.stdout.strip().splitlines()[-1], {"__builtins__": {}})  # the printed vars(args)
+
+
+@pytest.mark.parametrize("llama", sorted(NEW))
+def test_job_scripts_run_the_new_backbones(llama):
+    model, layers, path = NEW[llama]
+    runs = {"pretrain.sh": dry_run("pretrain.sh", LLAMA=llama),
+            "finetune.sh": dry_run("finetune.sh", LLAMA=llama, DATASET="tvqa"),
+            "baseline.sh": dry_run("baseline.sh", LLAMA=llama, DATASET="star"),
+            "eval/zeroshot_eval_egos.sh": dry_run("eval/zeroshot_eval_egos.sh", LLAMA=llama),
+            "eval/zeroshot_eval_mvbench.sh": dry_run("eval/zeroshot_eval_mvbench.sh", LLAMA=llama)}
+    for name, a in runs.items():
+        assert (a["model"], a["llama3"], a["llama_model_path"]) == (model, True, path), name
+        # the backbone's own RoPE theta and scaling (no released checkpoint asks for theta 10000)
+        assert a["rope_theta"] is None and a["rope_scaling_factor"] is None, name
+        assert a["adapter_len"] == 50, name
+    for name in ("pretrain.sh", "finetune.sh", "baseline.sh"):
+        assert runs[name]["adapter_layer"] == layers   # adapters on every layer of the backbone
+    p, f, b = runs["pretrain.sh"], runs["finetune.sh"], runs["baseline.sh"]
+    assert (p["batch_size"], p["accum_iter"], p["blr"], p["epochs"]) == (14, 8, 5e-3, 20)    # Llama-3 8B's recipe
+    assert (f["batch_size"], f["accum_iter"], f["blr"], f["warmup_epochs"], f["dataset"]) == (20, 4, 5e-3, 1, "tvqa")
+    assert (b["batch_size"], b["accum_iter"], b["blr"], b["warmup_epochs"], b["dataset"]) == (20, 4, 2e-2, 2, "star")
+    assert f["resume"] == f"./vqa_checkpoint/checkpoint_pretrain/{llama}/checkpoint_19.pth"
+
+
+def test_old_script_paths_are_the_job_scripts_and_the_path_is_passed_once():
+    for job, llama in (("pretrain", "llama2_13b"), ("finetune", "llama3_8b"), ("baseline", "llama2_7b")):
+        assert dry_run(f"{job}/{llama}.sh", LLAMA="llama3_2_1b") == dry_run(f"{job}.sh", LLAMA=llama)
+    a = dry_run("finetune.sh", LLAMA="llama3_2_1b", LLAMA_PATH="/models/Llama-3.2-1B")
+    assert a["llama_model_path"] == "/models/Llama-3.2-1B"
+    lines = [x for p in (REPO / "scripts").rglob("*.sh") if p.name != "demo.sh"
+             for x in p.read_text().splitlines() if "--llama_model_path" in x and not x.lstrip().startswith("#")]
+    assert lines == ['MODEL_ARGS=(--"$FAMILY" --model "$MODEL" --llama_model_path "$LLAMA_PATH")']  # common.sh
+    r = subprocess.run(["bash", str(REPO / "scripts" / "pretrain.sh")], env={"LLAMA": "llama4_8b",
+                                     "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown LLAMA=llama4_8b (llama2_7b,llama2_13b,llama3_8b,llama3_1_8b," in r.stderr
