@@ -1,5 +1,6 @@
-"""Memory of TOPA at the real shapes (Llama-2 7B/13B, Llama-3 8B): what fits in a 40 GiB GPU, and the
-host memory of loading a sharded checkpoint.
+"""Memory of TOPA at the real shapes (Llama-2 7B/13B, Llama-3 8B, Llama-3.1 8B, Llama-3.2 3B/1B): what fits
+in a 40 GiB GPU, the largest batches that fit 24 and 80 GiB per backbone, and the host memory of loading a
+sharded checkpoint.
 
 COMPUTED, not measured on a GPU (none was available when this was written):
 - weights, TOPA parameters + AdamW state, the memory bank: exact byte counts of the tensors;
@@ -17,6 +18,7 @@ memory (`load_meta_checkpoint`, the old path) vs streamed tensor by tensor (`Met
 
   python bench/bench_memory.py                         # computed tables + a ~650 MB load measurement
   python bench/bench_memory.py --measure_layers 0      # computed tables only
+  python bench/bench_memory.py --backbones_only        # the per-backbone table (README's) only
 """
 import argparse
 import contextlib
@@ -55,7 +57,21 @@ LLAMAS = {
     "llama2_13b": dict(dim=5120, n_layers=40, n_heads=40, vocab_size=32000, multiple_of=256, norm_eps=1e-5),
     "llama3_8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, multiple_of=1024,
                       ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0),
+    # Llama-3.1 8B is Llama-3 8B with scaled RoPE; Llama-3.2 1B/3B tie the output layer to the embedding
+    "llama3_1_8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, multiple_of=1024,
+                        ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, rope_scaling={"factor": 8.0}),
+    "llama3_2_3b": dict(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, vocab_size=128256, multiple_of=256,
+                        ffn_dim_multiplier=1.0, norm_eps=1e-5, rope_theta=500000.0, rope_scaling={"factor": 32.0},
+                        tie_embeddings=True),
+    "llama3_2_1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256, multiple_of=256,
+                        ffn_dim_multiplier=1.5, norm_eps=1e-5, rope_theta=500000.0, rope_scaling={"factor": 32.0},
+                        tie_embeddings=True),
 }
+# the per-GPU batch of scripts/common.sh (pre-alignment; Llama-3.x rows use the Llama-3 8B recipe)
+SCRIPT_BATCH = {"llama2_7b": 18, "llama2_13b": 4, "llama3_8b": 14, "llama3_1_8b": 14, "llama3_2_3b": 14,
+                "llama3_2_1b": 14}
+CARDS = (24 * GiB, 80 * GiB)
+RESERVE = 2 * GiB  # CUDA context and allocator fragmentation
 MEMORY_ROWS = 1_000_000
 BUDGET = 40 * GiB
 
@@ -187,20 +203,23 @@ def eval_peak(args, impl, questions, prefix, scoring):
     return live.peak, tuple(batch.tokens.shape)
 
 
-def train_peak(args, impl, batch_size, L, checkpointing):
+def train_peak(args, impl, batch_size, L, checkpointing, flipped=True):
     """Peak bytes of one finetuning step with --vaq --qav: three forwards (vqa, vaq, qav) whose graphs
-    live together until one backward (what TrainStep does), TOPA gradients included."""
+    live together until one backward (what TrainStep does), TOPA gradients included. flipped=False: the
+    vqa forward alone (a pre-alignment step: an mcqa or a caption batch)."""
     model = meta_model(args, impl).train()
     if checkpointing:
         from torch.utils.checkpoint import checkpoint
         for layer in model.layers:
             layer.forward = (lambda *a, f=layer.forward, **k:
                              checkpoint(f, *a, use_reentrant=False, preserve_rng_state=False, **k))
-    parts = {k: b.to("meta") for k, b in finetune_parts(batch_size, L).items()}
+    parts = {k: b.to("meta") for k, b in finetune_parts(batch_size, L).items() if flipped or k == "vqa"}
     known = list(model.parameters()) + [t for b in parts.values() for t in batch_tensors(b)]
     kernels = fused_kernels() if impl == "sdpa" else contextlib.nullcontext()
     with kernels, LiveBytes(known) as live:
-        loss = span_loss(model, parts["vqa"]) + span_loss(model, parts["vaq"]) + qav_loss(model, parts["qav"], 100.0)
+        loss = span_loss(model, parts["vqa"])
+        if flipped:
+            loss = loss + span_loss(model, parts["vaq"]) + qav_loss(model, parts["qav"], 100.0)
         loss.backward()
     return live.peak
 
@@ -276,6 +295,55 @@ def computed_tables():
           f"of anonymous memory per process ({gib(4 * host)} GiB for 4); streamed: one tensor in transit per process "
           f"(largest: the output layer's shard, {gib(2 * 32000 * 5120 // 2)} GiB), the shards' pages shared in the "
           f"page cache ({gib(host)} GiB once).")
+
+
+def largest_fitting(total, budget: int, cap: int = 1024) -> int:
+    """The largest batch b <= cap with total(b) + RESERVE <= budget (0: none). total(b) is close to linear
+    in b: the line through b = 1 and 2 gives a first guess, then exact evaluations step to the answer."""
+    t1 = total(1)
+    if t1 + RESERVE > budget:
+        return 0
+    slope = max(total(2) - t1, 1)
+    b = max(1, min(cap, 1 + int((budget - RESERVE - t1) // slope)))
+    while b > 1 and total(b) + RESERVE > budget:
+        b -= 1
+    while b < cap and total(b + 1) + RESERVE <= budget:
+        b += 1
+    return b
+
+
+def backbone_table(names=("llama2_7b", "llama3_1_8b", "llama3_2_3b", "llama3_2_1b")):
+    """Per backbone: weights; a pre-alignment step (TextVid, rows padded to max_seq_len 150, fused attention,
+    no gradient checkpointing) at the script's batch per GPU and the largest batch per GPU that fits 24 and
+    80 GiB; evaluation of EgoSchema (the longest prompts: 600 tokens, 5 options packed, + the fp16 memory
+    bank) at the script's 10 questions per batch and the largest number that fits (capped at 1024). Totals
+    include weights and (training) TOPA parameters + AdamW state; fits = total + 2 GiB reserve for the CUDA
+    context and fragmentation <= the card."""
+    print("\nCOMPUTED per backbone (GiB; fits = total + 2 GiB reserve <= the card):")
+    print(f"{'backbone':<12} {'weights':>8} | {'pre-align batch':>15} {'GiB':>6} {'max 24G':>8} {'max 80G':>8} | "
+          f"{'EgoSchema 10 q GiB':>18} {'max 24G':>8} {'max 80G':>8}")
+    rows = {}
+    bank = MEMORY_ROWS * CLIP * 2
+    for name in names:
+        args = TOPAArgs(**LLAMAS[name], adapter_len=ADAPTER_LEN, max_feats=T)
+        backbone, topa = counts(args)
+        weights, state = 2 * backbone, 12 * topa  # fp32 params + AdamW moments (the grads are in the peak)
+
+        def train_total(b):
+            return weights + state + train_peak(args, "sdpa", b, 150, False, flipped=False)
+
+        def eval_total(q):
+            return weights + bank + eval_peak(args, "sdpa", q, 597, "packed")[0]
+
+        b = SCRIPT_BATCH[name]
+        r = {"weights": weights, "pretrain_batch": b, "pretrain": train_total(b), "eval": eval_total(10),
+             "pretrain_max": [largest_fitting(train_total, c) for c in CARDS],
+             "eval_max": [largest_fitting(eval_total, c) for c in CARDS]}
+        rows[name] = r
+        print(f"{name:<12} {gib(weights):>8} | {b:>15} {gib(r['pretrain']):>6} {r['pretrain_max'][0]:>8} "
+              f"{r['pretrain_max'][1]:>8} | {gib(r['eval']):>18} {r['eval_max'][0]:>8} {r['eval_max'][1]:>8}",
+              flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------- measured: host memory of a load
@@ -369,10 +437,14 @@ def main(argv=None):
     p.add_argument("--measure_layers", type=int, default=4, help="0: skip the measurement")
     p.add_argument("--measure_vocab", type=int, default=32000)
     p.add_argument("--load_child", nargs=3, metavar=("FOLDER", "MODE", "PRECISION"), help=argparse.SUPPRESS)
+    p.add_argument("--backbones_only", action="store_true", help="only the per-backbone table")
     a = p.parse_args(argv)
     if a.load_child:
         return load_child(*a.load_child)
+    if a.backbones_only:
+        return backbone_table()
     computed_tables()
+    backbone_table()
     if a.measure_layers:
         measured_table(a.measure_dim, a.measure_layers, a.measure_vocab)
 
