@@ -3,6 +3,8 @@
 # (docs/training.md): 5 epochs, warmup 1, wd 0.1, max_seq_len 128; batch, accumulation and the blr per
 # dataset from the backbone's row in scripts/common.sh (4 GPUs). Validation accuracy after every epoch picks
 # checkpoint_best.pth. --finetune loads the checkpoint's TOPA weights only (fresh optimizer and schedule).
+# scripts/baseline.sh runs this script with TOPA_JOB=baseline: the same training from fresh TOPA parameters
+# (10 epochs, its own batch, blr and warmup per dataset).
 # The original recipe has no flipped losses; FLIPPED="--vaq --qav" adds them.
 # Usage (from the folder that holds pretrained/, data/ and vqa_checkpoint/):
 #   [LLAMA=...] [DATASET=nextqa|star|tvqa] [RESUME=ckpt] bash scripts/finetune.sh [extra train.py args]
@@ -10,24 +12,36 @@
 set -euo pipefail
 NPROC=${NPROC:-4}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+TOPA_JOB=${TOPA_JOB:-finetune}
 
 # ---- editable (or set in the environment) ----
 DATASET=${DATASET:-nextqa}
 check_dataset
 DATA_ROOT=${DATA_ROOT:-./data}
-RESUME=${RESUME:-./vqa_checkpoint/checkpoint_pretrain/$LLAMA/checkpoint_19.pth}  # the pre-alignment's last epoch
-OUTPUT_DIR=${OUTPUT_DIR:-./vqa_checkpoint/checkpoint_finetune/${LLAMA}_${DATASET}}
-BATCH=${BATCH:-$FT_BATCH}
-ACCUM=${ACCUM:-$FT_ACCUM}
-BLR=${BLR:-$(dataset_value FT_BLR)}
-WARMUP=${WARMUP:-1}
-EPOCHS=${EPOCHS:-5}
 FLIPPED=${FLIPPED:-}
+if [ "$TOPA_JOB" = baseline ]; then
+  START=()
+  OUTPUT_DIR=${OUTPUT_DIR:-./vqa_checkpoint/baseline/${LLAMA}_${DATASET}}
+  BATCH=${BATCH:-$BL_BATCH}
+  ACCUM=${ACCUM:-$BL_ACCUM}
+  BLR=${BLR:-$(dataset_value BL_BLR)}
+  WARMUP=${WARMUP:-$(dataset_value BL_WARMUP)}
+  EPOCHS=${EPOCHS:-10}
+else
+  RESUME=${RESUME:-./vqa_checkpoint/checkpoint_pretrain/$LLAMA/checkpoint_19.pth}  # the pre-alignment's last epoch
+  START=(--finetune --resume "$RESUME")
+  OUTPUT_DIR=${OUTPUT_DIR:-./vqa_checkpoint/checkpoint_finetune/${LLAMA}_${DATASET}}
+  BATCH=${BATCH:-$FT_BATCH}
+  ACCUM=${ACCUM:-$FT_ACCUM}
+  BLR=${BLR:-$(dataset_value FT_BLR)}
+  WARMUP=${WARMUP:-1}
+  EPOCHS=${EPOCHS:-5}
+fi
 # -----------------------------------------------
 
 # shellcheck disable=SC2086  # FLIPPED holds zero or more flags
 $TORCHRUN "$REPO/train.py" "${MODEL_ARGS[@]}" --data_root "$DATA_ROOT" \
-  --dataset "$DATASET" --finetune --resume "$RESUME" $FLIPPED \
+  --dataset "$DATASET" "${START[@]}" $FLIPPED \
   --max_seq_len 128 --max_feats 10 --adapter_len 50 --adapter_layer "$LAYERS" --bias 3.5 --tau 100 \
   --batch_size "$BATCH" --accum_iter "$ACCUM" --epochs "$EPOCHS" --warmup_epochs "$WARMUP" \
   --blr "$BLR" --weight_decay 0.1 \
