@@ -67,7 +67,8 @@ class ModelConfig:
         if self.precision is not None and self.precision not in DTYPES:
             raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}, not {self.precision!r}")
         if self.rope_scaling_factor is not None and not self.rope_scaling_factor >= 1:
-            raise ConfigError(f"--rope_scaling_factor must be >= 1 (1: no RoPE scaling), not {self.rope_scaling_factor}")
+            raise ConfigError(f"--rope_scaling_factor must be >= 1 (1: no RoPE scaling), "
+                              f"not {self.rope_scaling_factor}")
         if self.adapter_len < 1 or self.max_feats < 1:
             raise ConfigError(f"--adapter_len ({self.adapter_len}) and --max_feats ({self.max_feats}) must be >= 1")
         if self.adapter_layer is not None and self.adapter_layer < 1:

@@ -152,8 +152,8 @@ def _moved_edge(which):
 
 
 @pytest.mark.parametrize("mistake", ["skipped", "high", "low"])
-def test_the_comparison_fails_without_scaling_or_with_a_band_edge_off_by_one(backbone, transformers_models,
-                                                                           monkeypatch, mistake):
+def test_the_comparison_fails_without_scaling_or_with_a_band_edge_off_by_one(
+        backbone, transformers_models, monkeypatch, mistake):
     """What the test above catches: the same comparison, with the scaling left out or one band edge moved
     by one frequency, is off by far more than 1e-5 once distances reach the original length (below it the
     rotation angles of the frequencies concerned stay small)."""
@@ -168,7 +168,8 @@ def test_the_comparison_fails_without_scaling_or_with_a_band_edge_off_by_one(bac
 def test_scaled_frequencies_follow_meta_reference_loop():
     """llama3_inv_freq == the per-frequency loop of Meta's first Llama-3.1 release, written out here."""
     for hd, theta, s in ((32, 500000.0, RopeScaling(8.0)), (128, 500000.0, RopeScaling(32.0)),
-                         (32, 500000.0, RopeScaling(8.0, 1.0, 4.0, 64)), (16, 10000.0, RopeScaling(4.0, 2.0, 8.0, 256))):
+                         (32, 500000.0, RopeScaling(8.0, 1.0, 4.0, 64)),
+                         (16, 10000.0, RopeScaling(4.0, 2.0, 8.0, 256))):
         freqs = 1.0 / (theta ** (torch.arange(0, hd, 2).float() / hd))
         expect = []
         for f in freqs.tolist():
@@ -229,15 +230,17 @@ def test_rope_scaling_factor_flag_overrides_the_backbone(backbone):
 def test_other_rope_types_and_bad_scaling_are_refused_naming_the_field(tmp_path):
     base = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 128, "rms_norm_eps": 1e-5}
-    cases = [({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"config.json: rope_scaling.rope_type 'yarn' "
-                                                                       r"is not supported"),
+    cases = [({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+              r"config.json: rope_scaling.rope_type 'yarn' is not supported"),
              ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"rope_scaling.type 'linear' is not supported"),
              ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, r"rope_scaling.type 'dynamic'"),
-             ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, r"rope_parameters.rope_type 'longrope'"),
+             ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}},
+              r"rope_parameters.rope_type 'longrope'"),
              ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
               r"rope_scaling of rope_type \"llama3\" needs numbers low_freq_factor, high_freq_factor, "
               r"original_max_position_embeddings"),
-             ({"rope_scaling": llama3_scaling(8.0, 8192, low=4.0, high=1.0)}, r"rope_scaling: RoPE scaling .* not valid"),
+             ({"rope_scaling": llama3_scaling(8.0, 8192, low=4.0, high=1.0)},
+              r"rope_scaling: RoPE scaling .* not valid"),
              ({"rope_scaling": [8]}, r"'rope_scaling' must be a JSON object")]
     for i, (extra, msg) in enumerate(cases):
         folder = tmp_path / str(i)
@@ -294,10 +297,11 @@ def test_checkpoint_of_another_llama3_release_is_refused_before_the_backbone_loa
     torch.save({"model": weights, "args": released(rope_theta=None, rope_scaling_factor=then)}, other)
     monkeypatch.setattr(llama.build, "build_model", no_build)
     for folder in ("meta", "hf"):
-        cfg = ModelConfig(llama_model_path=str(root / folder), model="tiny", family="llama3", adapter_len=3, max_feats=4)
-        with pytest.raises(CheckpointError, match=rf"llama3\.pth does not match this run: it was trained with no RoPE "
-                                                  rf"scaling \(Llama-2, Llama-3\), this run's backbone has RoPE scaling "
-                                                  rf"factor {factor:g} .*--rope_scaling_factor 1\)"):
+        cfg = ModelConfig(llama_model_path=str(root / folder), model="tiny", family="llama3", adapter_len=3,
+                          max_feats=4)
+        with pytest.raises(CheckpointError, match=rf"llama3\.pth does not match this run: it was trained with no "
+                                                  rf"RoPE scaling \(Llama-2, Llama-3\), this run's backbone has RoPE "
+                                                  rf"scaling factor {factor:g} .*--rope_scaling_factor 1\)"):
             load_topa(cfg, torch.device("cpu"), torch.float32, resume=str(llama3))
         with pytest.raises(CheckpointError, match=rf"other\.pth does not match this run: it was trained with RoPE "
                                                   rf"scaling factor {then:g} .*pass the --llama_model_path of the "
@@ -339,8 +343,9 @@ def test_prealignment_eval_and_exact_resume_on_a_llama32_world(world32, tmp_path
     assert all(is_trainable(k) for k in ca["model"])
     assert not any(k.startswith(("tok_embeddings", "output")) for k in ca["model"])
     assert ca["args"].rope_scaling_factor == 32.0 and ca["config"]["model"]["rope_scaling_factor"] == 32.0
-    ev = [x for x in args32(world32, tmp_path / "eval", "--dataset", "nextqa", "--batch_size", 8, "--memory",
-                             "--resume", a / "checkpoint_1.pth") if x != "--no_tensorboard"]
+    ev = args32(world32, tmp_path / "eval", "--dataset", "nextqa", "--batch_size", 8, "--memory",
+                "--resume", a / "checkpoint_1.pth")
+    ev = [x for x in ev if x != "--no_tensorboard"]
     res = eval_script.main(eval_script.get_args(ev))
     assert res["total"]["total"] == 20 and 0 <= res["total"]["acc"] <= 100
     acc = json.loads((tmp_path / "eval" / "accuracy_nextqa_val.json").read_text())
@@ -392,6 +397,6 @@ def test_old_script_paths_are_the_job_scripts_and_the_path_is_passed_once():
     lines = [x for p in (REPO / "scripts").rglob("*.sh") if p.name != "demo.sh"
              for x in p.read_text().splitlines() if "--llama_model_path" in x and not x.lstrip().startswith("#")]
     assert lines == ['MODEL_ARGS=(--"$FAMILY" --model "$MODEL" --llama_model_path "$LLAMA_PATH")']  # common.sh
-    r = subprocess.run(["bash", str(REPO / "scripts" / "pretrain.sh")], env={"LLAMA": "llama4_8b",
-                                     "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    r = subprocess.run(["bash", str(REPO / "scripts" / "pretrain.sh")],
+                       env={"LLAMA": "llama4_8b", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert r.returncode == 2 and "unknown LLAMA=llama4_8b (llama2_7b,llama2_13b,llama3_8b,llama3_1_8b," in r.stderr
