@@ -244,67 +244,104 @@ def check_recorded_settings(ckpt: dict, cfg: ModelConfig, source: str, args: TOP
                  "adapter settings were not compared with this run's"]
         _print_notes(notes)
         return notes
-    wrong, notes, unrecorded = [], [], []
+    c = _Comparison(rec, source)
+    _compare_family(c, cfg)
+    _compare_size(c, cfg)
+    _compare_theta(c, args, native_theta)
+    _compare_adapter(c, args)
+    _compare_scaling(c, args)
+    _compare_bias(c, cfg)
+    if c.wrong:
+        raise CheckpointError(f"{source} does not match this run: " + "; ".join(c.wrong))
+    if c.unrecorded:
+        c.notes.append(f"{source} does not record {', '.join(c.unrecorded)}: not compared with this run's")
+    _print_notes(c.notes)
+    return c.notes
 
-    def recorded(key):
-        if key not in rec:
-            unrecorded.append(key)
-        return rec.get(key)
 
-    # backbone family: only the records tell (same shapes)
-    if "llama2" in rec or "llama3" in rec:
-        family = "llama3" if rec.get("llama3") else "llama2" if rec.get("llama2") else None
-        if family is None:
-            notes.append(f"{source} records neither --llama2 nor --llama3 (the original code then used "
-                         f"LLaMA-1): make sure {cfg.llama_model_path} holds the weights it was trained on")
-        elif family != cfg.family:
-            wrong.append(f"it was trained on a {'Llama-3' if family == 'llama3' else 'Llama-2'} backbone, this "
-                         f"run loads --{cfg.family} (pass --{family} and that backbone's --llama_model_path)")
-    else:
-        unrecorded.append("llama2/llama3")
-    # model size
-    model = recorded("model")
+@dataclass
+class _Comparison:
+    """A checkpoint's records against this run: the errors (`wrong`), the notes, the settings not recorded."""
+    rec: dict
+    source: str
+    wrong: List[str] = dataclasses.field(default_factory=list)
+    notes: List[str] = dataclasses.field(default_factory=list)
+    unrecorded: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def has_family(self) -> bool:
+        return "llama2" in self.rec or "llama3" in self.rec
+
+    def recorded(self, key):
+        if key not in self.rec:
+            self.unrecorded.append(key)
+        return self.rec.get(key)
+
+
+def _compare_family(c: _Comparison, cfg: ModelConfig):
+    """Backbone family: only the records tell (same shapes)."""
+    if not c.has_family:
+        c.unrecorded.append("llama2/llama3")
+        return
+    family = "llama3" if c.rec.get("llama3") else "llama2" if c.rec.get("llama2") else None
+    if family is None:
+        c.notes.append(f"{c.source} records neither --llama2 nor --llama3 (the original code then used "
+                       f"LLaMA-1): make sure {cfg.llama_model_path} holds the weights it was trained on")
+    elif family != cfg.family:
+        c.wrong.append(f"it was trained on a {'Llama-3' if family == 'llama3' else 'Llama-2'} backbone, this "
+                       f"run loads --{cfg.family} (pass --{family} and that backbone's --llama_model_path)")
+
+
+def _compare_size(c: _Comparison, cfg: ModelConfig):
+    model = c.recorded("model")
     if model is not None and str(model) != str(cfg.model):
         a, b = _size(model), _size(cfg.model)
         if a is not None and b is not None and a != b:
-            wrong.append(f"it was trained on --model {model}, this run loads --model {cfg.model}")
+            c.wrong.append(f"it was trained on --model {model}, this run loads --model {cfg.model}")
         else:
-            notes.append(f"{source} was trained with --model {model}, this run uses --model {cfg.model}")
-    # RoPE theta: ours record it (None = params.json's); the original code's checkpoints used 10000
-    if "rope_theta" in rec:
-        theta = rec["rope_theta"] if rec["rope_theta"] is not None else (
+            c.notes.append(f"{c.source} was trained with --model {model}, this run uses --model {cfg.model}")
+
+
+def _compare_theta(c: _Comparison, args: TOPAArgs, native_theta: Optional[float]):
+    """RoPE theta: ours record it (None = params.json's); the original code's checkpoints used 10000."""
+    if "rope_theta" in c.rec:
+        theta = c.rec["rope_theta"] if c.rec["rope_theta"] is not None else (
             args.rope_theta if native_theta is None else native_theta)
-    elif "llama2" in rec or "llama3" in rec:
+    elif c.has_family:
         theta = ORIGINAL_ROPE_THETA
     else:
         theta = None
-        unrecorded.append("rope_theta")
+        c.unrecorded.append("rope_theta")
     if theta is not None and float(theta) != float(args.rope_theta):
-        wrong.append(f"it was trained with RoPE theta {float(theta):g}, this run uses {float(args.rope_theta):g} "
-                     f"(pass --rope_theta {float(theta):g})")
-    # adapter prompt, frames
+        c.wrong.append(f"it was trained with RoPE theta {float(theta):g}, this run uses {float(args.rope_theta):g} "
+                       f"(pass --rope_theta {float(theta):g})")
+
+
+def _compare_adapter(c: _Comparison, args: TOPAArgs):
+    """The adapter prompt and the frames."""
     for key, now in (("adapter_len", args.adapter_len), ("adapter_layer", args.adapter_layer),
                      ("max_feats", args.max_feats)):
-        value = recorded(key)
-        if key == "adapter_layer" and value is None and key in rec:
+        value = c.recorded(key)
+        if key == "adapter_layer" and value is None and key in c.rec:
             value = args.n_layers  # ours: None = every layer
         if value is not None and int(value) != int(now):
-            wrong.append(f"it was trained with --{key} {int(value)}, this run uses {int(now)} (pass --{key} {int(value)})")
-    scaling = _scaling_mismatch(rec, args)
+            c.wrong.append(f"it was trained with --{key} {int(value)}, this run uses {int(now)} "
+                           f"(pass --{key} {int(value)})")
+
+
+def _compare_scaling(c: _Comparison, args: TOPAArgs):
+    scaling = _scaling_mismatch(c.rec, args)
     if scaling:
-        wrong.append(scaling)
-    elif "rope_scaling_factor" not in rec and not ("llama2" in rec or "llama3" in rec):
-        unrecorded.append("rope_scaling_factor")
-    bias = rec.get("bias")
+        c.wrong.append(scaling)
+    elif "rope_scaling_factor" not in c.rec and not c.has_family:
+        c.unrecorded.append("rope_scaling_factor")
+
+
+def _compare_bias(c: _Comparison, cfg: ModelConfig):
+    bias = c.rec.get("bias")
     if bias is not None and float(bias) != float(cfg.bias):
-        notes.append(f"{source} was trained with --bias {float(bias):g}, this run says {float(cfg.bias):g} "
-                     "(harmless: --bias only initialises fresh gates, the checkpoint's are loaded)")
-    if wrong:
-        raise CheckpointError(f"{source} does not match this run: " + "; ".join(wrong))
-    if unrecorded:
-        notes.append(f"{source} does not record {', '.join(unrecorded)}: not compared with this run's")
-    _print_notes(notes)
-    return notes
+        c.notes.append(f"{c.source} was trained with --bias {float(bias):g}, this run says {float(cfg.bias):g} "
+                       "(harmless: --bias only initialises fresh gates, the checkpoint's are loaded)")
 
 
 def scaling_name(factor: float) -> str:

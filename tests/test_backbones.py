@@ -390,8 +390,8 @@ def test_job_scripts_run_the_new_backbones(llama):
 
 
 def test_old_script_paths_are_the_job_scripts_and_the_path_is_passed_once():
-    for job, llama in (("pretrain", "llama2_13b"), ("finetune", "llama3_8b"), ("baseline", "llama2_7b")):
-        assert dry_run(f"{job}/{llama}.sh", LLAMA="llama3_2_1b") == dry_run(f"{job}.sh", LLAMA=llama)
+    for job, backbone in (("pretrain", "llama2_13b"), ("finetune", "llama3_8b"), ("baseline", "llama2_7b")):
+        assert dry_run(f"{job}/{backbone}.sh", LLAMA="llama3_2_1b") == dry_run(f"{job}.sh", LLAMA=backbone)
     a = dry_run("finetune.sh", LLAMA="llama3_2_1b", LLAMA_PATH="/models/Llama-3.2-1B")
     assert a["llama_model_path"] == "/models/Llama-3.2-1B"
     lines = [x for p in (REPO / "scripts").rglob("*.sh") if p.name != "demo.sh"
