@@ -5,9 +5,10 @@ malformed file, row, tensor or flag. Its message names the file (and row / quest
 entry points print it as one line on stderr and exit 1. Every other exception is a bug in this project
 and keeps its traceback. `TOPA_TRACEBACK=1` shows the traceback of input errors too.
 
-SIGTERM ends an entry point as Ctrl-C (SIGINT) does: an exception unwinds the run (open files are closed
-whole, finished work is saved) and the process exits with status 143 (Ctrl-C: KeyboardInterrupt). Both
-first terminate the DataLoader workers (daemonic children), so no process is left behind.
+SIGTERM and Ctrl-C (SIGINT) end an entry point the same way: they first terminate the DataLoader workers
+(daemonic children), so no process is left behind, print one line, and unwind the run as SystemExit (open
+files are closed whole, finished work is saved), exit status 143 / 130. A KeyboardInterrupt's traceback
+would show wherever the interrupt happened to land (often inside the workers' fd-sharing code).
 """
 import os
 import pickle
@@ -80,7 +81,12 @@ def _end_children():
         child.join(5)
 
 
-def _on_sigterm(prog: str, pid: int):
+NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
+
+
+def _on_signal(prog: str, pid: int):
+    """SIGTERM and SIGINT in the main process: end the workers, say so on one line, and unwind the run as
+    SystemExit(128 + signum) (finally blocks run: finished parts are saved; no traceback)."""
     def handler(signum, frame):
         if os.getpid() != pid:  # a forked child (a DataLoader worker): die as without the handler
             signal.signal(signum, signal.SIG_DFL)
@@ -88,26 +94,18 @@ def _on_sigterm(prog: str, pid: int):
             return
         signal.signal(signum, signal.SIG_IGN)  # once: the unwinding is not interrupted again
         _end_children()
-        print(f"{prog}: stopped by SIGTERM; what was finished is kept (run the same command to resume)",
+        print(f"{prog}: stopped by {NAMES[signum]}; what was finished is kept (run the same command to resume)",
               file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     return handler
 
 
-def _on_sigint(pid: int):
-    def handler(signum, frame):
-        if os.getpid() == pid:
-            _end_children()
-        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without the handler
-    return handler
-
-
 def run_cli(main, args, prog: str):
     """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1;
-    SIGTERM unwinds the run like Ctrl-C and exits with 143; both end the DataLoader workers first
+    SIGTERM and SIGINT (Ctrl-C) end the DataLoader workers, print one line and exit with 143 / 130
     (module docstring)."""
-    before = signal.signal(signal.SIGTERM, _on_sigterm(prog, os.getpid()))
-    before_int = signal.signal(signal.SIGINT, _on_sigint(os.getpid()))
+    before = signal.signal(signal.SIGTERM, _on_signal(prog, os.getpid()))
+    before_int = signal.signal(signal.SIGINT, _on_signal(prog, os.getpid()))
     try:
         return main(args)
     except InputError as e:
