@@ -176,12 +176,8 @@ class VideoFeatures:
 
 
 def _video_fps(path: str) -> Optional[float]:
-    from video.frames import _open, _stream_fps
-    c = _open(path)
-    try:
-        fps = _stream_fps(c.streams.video[0])
-    finally:
-        c.close()
+    from video.frames import video_fps
+    fps = video_fps(path)
     return float(fps) if fps else None
 
 

@@ -192,6 +192,15 @@ def _stream_fps(stream) -> Optional[Fraction]:
     return Fraction(rate) if rate else None
 
 
+def video_fps(path: str) -> Optional[Fraction]:
+    """The frame rate a video file's stream reports (None when it reports none); VideoError if unreadable."""
+    container = _open(path)
+    try:
+        return _stream_fps(container.streams.video[0])
+    finally:
+        container.close()
+
+
 def _count_packets(path: str) -> int:
     """Video packets in the file (demuxing only, no decoding): a cheap first guess of the frame count."""
     import av
