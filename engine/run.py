@@ -22,6 +22,7 @@ it) and `finish(run, items, rows)`; rows carry their item's `index`.
 import json
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -35,8 +36,7 @@ from llama.memory import load_memory
 from text.tokenizer import Tokenizer
 from util import dist
 from util.errors import InputError, one_line
-from util.files import LineWriter, prepare_output_dir
-from util.lock import OutputLock
+from util.files import LineWriter, claim_output_dir
 
 from .config import EvalConfig, config_dict
 
@@ -54,14 +54,6 @@ class Run:
     dtype: torch.dtype
     out: Path
     tok: Tokenizer
-    lock: Optional[OutputLock] = None   # rank 0: the output folder's, held until the run ends
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.lock is not None:
-            self.lock.release()
 
     def settings(self, **extra) -> dict:
         """The run's settings, as result files record them."""
@@ -84,20 +76,15 @@ def output_names(name: str, split: str) -> Dict[str, str]:
             "metrics": f"metrics_{tag}.json", "skipped": f"skipped_{tag}.txt", "submission": f"submission_{tag}.json"}
 
 
-def open_run(cfg: EvalConfig) -> Run:
-    """Processes, seed, dtype, the output folder (rank 0 checks that it can write there and locks it; an
-    error there ends every rank), the tokenizer. The Run is a context that releases the lock."""
+@contextmanager
+def open_run(cfg: EvalConfig) -> Iterator[Run]:
+    """Processes, seed, dtype, the output folder (rank 0 checks that it can write there and locks it
+    until the block ends: `claim_output_dir`; an error there ends every rank), the tokenizer."""
     _, world, device = dist.init_distributed(cfg.run.device)
     torch.manual_seed(cfg.run.seed)
     dtype = resolve_dtype(cfg.model.precision, device)
-    lock = dist.on_main(prepare_output_dir, cfg.run.output_dir)
-    try:
-        tok = load_tokenizer_for(cfg.model)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    return Run(cfg, benchmarks.get(cfg.data.dataset), world, device, dtype, Path(cfg.run.output_dir), tok, lock)
+    with claim_output_dir(cfg.run.output_dir) as out:
+        yield Run(cfg, benchmarks.get(cfg.data.dataset), world, device, dtype, out, load_tokenizer_for(cfg.model))
 
 
 def load_model(run: Run):
