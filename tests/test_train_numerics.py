@@ -102,8 +102,8 @@ def cfg_for(world, *extra):
 
 def assert_close(got: dict, want: dict, what: str, rtol=1e-4, atol=1e-7):
     assert got.keys() == want.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=atol, msg=lambda m: f"{what}, {k}: {m}")
+    for k, w in want.items():
+        torch.testing.assert_close(got[k], w, rtol=rtol, atol=atol, msg=lambda m, k=k: f"{what}, {k}: {m}")
 
 
 def test_accumulation_equals_one_batch_of_the_union_and_a_short_cycle_is_a_mean(world, tiny):
