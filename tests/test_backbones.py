@@ -24,7 +24,7 @@ from llama.checkpoint import load_meta_checkpoint, load_topa_checkpoint
 from llama.hf import hf_params
 from llama.model import ModelArgs, RopeScaling
 from test_loading import write_hf_folder
-from test_train import TEXTVID, base_args, max_diff
+from test_train import TEXTVID, base_args, known_accuracy, max_diff
 from toyworld.tiny import make_tiny_llama, write_meta_checkpoint
 from util.errors import CheckpointError, ConfigError
 
@@ -316,7 +316,10 @@ def test_checkpoint_of_another_llama3_release_is_refused_before_the_backbone_loa
     same = tmp_path / "same.pth"
     torch.save({"model": weights, "args": released(rope_theta=None, rope_scaling_factor=factor)}, same)
     cfg = ModelConfig(llama_model_path=str(root / "hf"), model="tiny", family="llama3", adapter_len=3, max_feats=4)
-    load_topa(cfg, torch.device("cpu"), torch.float32, resume=str(same))
+    got, _, _ = load_topa(cfg, torch.device("cpu"), torch.float32, resume=str(same))
+    assert cfg.rope_scaling_factor == factor                 # resolved in place: what the run records
+    assert got.trainable_state_dict().keys() == weights.keys()
+    assert all(torch.equal(got.trainable_state_dict()[k], weights[k]) for k in weights)
 
 
 # ---------------------------------------------------------------- a tiny Llama-3.2-style world, end to end
@@ -352,7 +355,9 @@ def test_prealignment_eval_and_exact_resume_on_a_llama32_world(world32, tmp_path
                 "--resume", a / "checkpoint_1.pth")
     ev = [x for x in ev if x != "--no_tensorboard"]
     res = eval_script.main(eval_script.get_args(ev))
-    assert res["total"]["total"] == 20 and 0 <= res["total"]["acc"] <= 100
+    assert res["total"]["total"] == 20
+    preds = tmp_path / "eval" / "predictions_nextqa_val.jsonl"
+    assert res["total"]["acc"] == pytest.approx(known_accuracy(world32[0], preds))
     acc = json.loads((tmp_path / "eval" / "accuracy_nextqa_val.json").read_text())
     assert acc["settings"]["config"]["model"]["rope_scaling_factor"] == 32.0
 

@@ -169,6 +169,21 @@ def test_egoschema_llama3(world3):
     assert p.returncode == 0, p.stderr[-3000:]
     preds = read_preds(world3 / "results/egos/predictions_egos_val.jsonl")
     assert len(preds) == 20 and all(len(r["scores"]) == 5 for r in preds)
+    # each prediction is its lowest score; the accuracy is that of the answers this world wrote
+    with open(world3 / "data/egos/val.csv", newline="") as f:
+        answers = {r["uid"]: int(r["answer"]) for r in csv.DictReader(f)}
+    assert sorted(r["qid"] for r in preds) == sorted(answers)
+    assert all(r["prediction"] == int(np.argmin(r["scores"])) for r in preds)
+    acc = json.loads((world3 / "results/egos/accuracy_egos_val.json").read_text())["accuracy"]["total"]
+    assert acc["acc"] == pytest.approx(100 * np.mean([r["prediction"] == answers[r["qid"]] for r in preds]))
+    # the shared-prefix scores of these long prompts are those of each option's whole sequence
+    p = run_eval(world3, eval_cmd("--output_dir", "results/egos_full", "--max_seq_len", "600", "--scoring", "full",
+                                  dataset="egos", llama3=True))
+    assert p.returncode == 0, p.stderr[-3000:]
+    full = read_preds(world3 / "results/egos_full/predictions_egos_val.jsonl")
+    assert [r["qid"] for r in full] == [r["qid"] for r in preds]
+    assert np.abs(np.array([r["scores"] for r in full]) - np.array([r["scores"] for r in preds])).max() <= 1e-4
+    assert np.ptp(np.array([r["scores"] for r in preds])) > 0.1        # scores that tell options apart
 
 
 def one_line_error(p, *needles):

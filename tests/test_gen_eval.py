@@ -363,8 +363,23 @@ def test_caption_metrics_without_java_is_a_clear_error(world, tmp_path):
     assert not (world["root"] / "results" / "nojava").exists()  # refused before anything ran
 
 
+def caption_oracle(world, dataset, protocol, memory) -> dict:
+    """{video: caption} of the oracle (each video alone, every token recomputed) on the feature file."""
+    feats = torch.load(world["root"] / "data" / dataset / "clipvitl14.pth")
+    prompt = P.prompt_ids(world["tok"], protocol.p1, protocol.p2_text(), 10)
+    ids = oracle(world, [prompt] * len(feats), list(feats.values()), protocol, memory)
+    return {v: protocol.cut(P.generated_text(world["tok"], prompt, g, protocol.marker)[0]) for v, g in zip(feats, ids)}
+
+
 @needs_java
-def test_msrvtt_and_vatex_outputs(world, tmp_path):
+def test_msrvtt_and_vatex_outputs(world, tmp_path, monkeypatch):
+    import engine.generation
+    scored, real = [], engine.generation.coco_caption_metrics
+
+    def spy(refs, preds, spice=False):   # the metrics' inputs (the function itself is hand-checked above)
+        scored.append((refs, preds, real(refs, preds, spice)))
+        return scored[-1][2]
+    monkeypatch.setattr(engine.generation, "coco_caption_metrics", spy)
     metrics = run_eval(args(world, "msrvtt", "msr"))
     out = world["root"] / "results" / "msr"
     preds = jsonl(out / "predictions_msrvtt_test.jsonl")
@@ -374,8 +389,14 @@ def test_msrvtt_and_vatex_outputs(world, tmp_path):
     res = json.loads((out / "metrics_msrvtt_test.json").read_text())
     assert res["metrics"] == metrics and set(metrics) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
                                                           "ROUGE-L", "CIDEr"}
-    assert all(math.isfinite(v) and v >= 0 for v in metrics.values())
     assert res["settings"]["memory"] is True and res["settings"]["max_new_tokens"] == 10
+    # the captions are the oracle's (memory projected) and the metrics those of the references written above
+    memory = load_memory(world["root"] / "data" / "textvid" / "memory.pkl")
+    want = caption_oracle(world, "msrvtt", P.MSRVTT, memory)
+    assert {p["video"]: p["caption"] for p in preds} == want
+    refs = {v["video_id"]: [c["caption"] for c in MSRVTT["sentences"] if c["video_id"] == v["video_id"]]
+            for v in MSRVTT["videos"]}
+    assert scored[-1] == (refs, want, metrics)
     # MSR-VTT's protocol projects onto the memory: without the file it says so, unless --no_memory
     data = tmp_path / "data"
     data.mkdir()
@@ -390,6 +411,9 @@ def test_msrvtt_and_vatex_outputs(world, tmp_path):
     assert all(p["caption"] == P.VATEX.cut("The video shows" + p["text"]) for p in preds)
     res = json.loads((world["root"] / "results" / "vat" / "metrics_vatex_test.json").read_text())
     assert res["settings"]["memory"] is False and res["settings"]["masked_ids"] == [] and res["metrics"] == metrics
+    want = caption_oracle(world, "vatex", P.VATEX, None)
+    assert {p["video"]: p["caption"] for p in preds} == want
+    assert scored[-1] == ({v["videoID"]: v["enCap"] for v in VATEX}, want, metrics)
     with pytest.raises(ConfigError, match="--letter_constrained is for MVBench"):
         run_eval(args(world, "vatex", "x", "--letter_constrained"))
 

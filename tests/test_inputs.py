@@ -411,7 +411,7 @@ def test_degenerate_and_non_unit_memory(tmp_path, capsys):
     assert load_memory(tmp_path / "long.pkl").shape == (50, 768)
     assert "long.pkl: memory rows are not unit-norm (norms 3 .. 3)" in capsys.readouterr().err
     torch.save(good, tmp_path / "good.pkl")
-    load_memory(tmp_path / "good.pkl")
+    assert torch.equal(load_memory(tmp_path / "good.pkl"), good.half())   # kept in fp16 (README: llama/memory.py)
     assert capsys.readouterr().err == ""
 
 

@@ -21,6 +21,7 @@ from engine.api import QAConfig, TOPAVideoQA  # noqa: E402
 from engine.lmms import TOPALmms, model_config, split_options  # noqa: E402
 from lmms_eval.api.instance import Instance  # noqa: E402
 from toyworld.demo import build_toy  # noqa: E402
+from util.errors import ConfigError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "lmms_tasks" / "topa_toy"
@@ -141,6 +142,6 @@ def test_the_prompt_reader():
     assert split_options(videomme) == ("How many cats are there?", ["One.", "Two.", "Three.", "Four."])
     assert split_options("Question: Where are they?\nAnswer:") is None
     assert split_options("Question: which?\n(B) no A first\n(C) x") is None
-    with pytest.raises(Exception, match="unknown setting"):
+    with pytest.raises(ConfigError, match="unknown setting"):
         model_config({"nonsense": "1"})
     assert isinstance(model_config({"memory": "false"}), QAConfig) and model_config({"memory": "false"}).memory is False

@@ -101,7 +101,13 @@ def test_make_tiny_llama_loads_into_topa(tmp_path, tokenizer_path):
     p3 = json.loads((mdir3 / "params.json").read_text())
     assert p3["vocab_size"] == tok.n_words and p3["rope_theta"] == 500000.0 and p3["n_kv_heads"] == 2
     a3 = TOPAArgs.from_params_json(mdir3 / "params.json")
-    build_model(a3, load_meta_checkpoint(mdir3))
+    merged3 = load_meta_checkpoint(mdir3)
+    plain3 = Transformer(a3)
+    plain3.load_state_dict({k: v.float() for k, v in merged3.items()})
+    with torch.no_grad():
+        m3 = build_model(a3, merged3)
+        assert m3.args.rope_theta == 500000.0 and m3.args.n_kv_heads == 2
+        assert torch.allclose(m3.logits(m3.hidden(ids, pos, causal_mask(pos))), plain3(ids), atol=1e-5)
 
 
 def test_random_llama_state_is_deterministic():
@@ -170,7 +176,9 @@ def test_world_writes_every_file_with_documented_shapes(tiny_world):
     assert w["model_dir"] == w["llama_model_path"] / "tiny" == root / "pretrained" / "llama2" / "tiny"
     args = TOPAArgs.from_params_json(w["model_dir"] / "params.json", vocab_size=tok.n_words)
     assert args.dim == 64 and args.n_layers == 2
-    build_model(args, load_meta_checkpoint(w["model_dir"]))  # raises on any key or shape mismatch
+    weights = load_meta_checkpoint(w["model_dir"])
+    backbone = {k: v for k, v in build_model(args, weights).state_dict().items() if k in weights}
+    assert backbone.keys() == weights.keys() and all(torch.equal(backbone[k], weights[k].float()) for k in weights)
     pb = PromptBuilder(tok)
     # TextVid
     tideos = json.loads(w["textvid_json"].read_text())
@@ -189,8 +197,11 @@ def test_world_writes_every_file_with_documented_shapes(tiny_world):
             assert qa["answer"] in LETTERS and qa["question"].endswith("?")
             correct = qa["options"][LETTERS.index(qa["answer"])].lower()
             assert not any(word in correct for word in ("and", "all", "both", "none"))
-            pb.mcqa(qa["question"], qa["options"], LETTERS.index(qa["answer"]))
-        pb.caption(t["global_video_caption"])
+            k = LETTERS.index(qa["answer"])
+            s = pb.mcqa(qa["question"], qa["options"], k)   # the answer span reads the answer's letter
+            assert tok.decode(s.tokens[s.span_start:-1]) == f"choice is ({qa['answer']})"
+        cap = pb.caption(t["global_video_caption"])
+        assert tok.decode(cap.tokens[cap.span_start:-1]) == f": {t['global_video_caption']}\n"
     assert total_rows == w["n_textvid_rows"]
     mem = load_memory(w["memory"])
     assert mem.shape == (total_rows + len(S.World.all_frame_concepts()), 768) and _unit_rows(mem)
