@@ -14,6 +14,7 @@ from dataloader import benchmarks
 from dataloader.base import DataError
 from dataloader.benchmarks import build_mcqa_dataset
 from text.prompts import PromptBuilder
+from util.errors import ConfigError, MissingFileError
 
 FIX = os.environ.get("TOPA_FIXTURES")
 if not FIX:
@@ -466,13 +467,13 @@ def test_benchmark_table(tmp_path, builder):
     assert nq("TP") == ["T", "TP"] and nq("DO") == ["D", "DO"] and nq("CH") == ["C", "CH"]
     assert benchmarks.get("star").type_groups("Feasibility") == ["Feasibility"]
     assert benchmarks.get("tvqa").type_groups("") == [] and benchmarks.get("egos").type_groups("") == []
-    with pytest.raises(ValueError, match="unknown dataset 'activitynet'.*nextqa"):
+    with pytest.raises(ConfigError, match="unknown dataset 'activitynet'.*nextqa"):
         build_mcqa_dataset("activitynet", tmp_path, "val", builder)
-    with pytest.raises(ValueError, match="MSR-VTT is a generation benchmark"):
+    with pytest.raises(ConfigError, match="MSR-VTT is a generation benchmark"):
         build_mcqa_dataset("msrvtt", tmp_path, "val", builder)
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ConfigError, match="unknown dataset"):
         benchmarks.get("foo").type_groups("CW")
-    with pytest.raises(FileNotFoundError, match="nextqa.val.csv"):
+    with pytest.raises(MissingFileError, match="nextqa.val.csv"):
         build_mcqa_dataset("nextqa", tmp_path, "val", builder)
-    with pytest.raises(ValueError, match="subtitles"):
+    with pytest.raises(ConfigError, match="subtitles"):
         build_mcqa_dataset("nextqa", tmp_path, "val", builder, sub=True)

@@ -19,6 +19,7 @@ from llama.memory import load_memory
 from llama.model import ModelArgs, Transformer, causal_mask
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
+from util.errors import CheckpointError, DataError, MissingFileError, TokenizerError
 from util.files import load_pickled_tensor, save_atomic
 
 FIX = os.environ.get("TOPA_FIXTURES")
@@ -210,11 +211,11 @@ def test_checkpoint_with_wrong_shape_or_keys_is_a_clear_error():
     model = tiny_topa(tiny_args())
     sd = dict(model.trainable_state_dict())
     sd["visual_proj.weight"] = torch.zeros(64, 512)
-    with pytest.raises(ValueError, match=r"visual_proj.weight.*\(64, 512\).*\(64, 768\)"):
+    with pytest.raises(CheckpointError, match=r"visual_proj.weight.*\(64, 512\).*\(64, 768\)"):
         load_trainable(model, sd, "ckpt.pth")
     sd = dict(model.trainable_state_dict())
     del sd["layers.1.attention.gate2"]
-    with pytest.raises(ValueError, match=r"ckpt.pth.*missing.*layers.1.attention.gate2"):
+    with pytest.raises(CheckpointError, match=r"ckpt.pth.*missing.*layers.1.attention.gate2"):
         load_trainable(model, sd, "ckpt.pth")
 
 
@@ -222,7 +223,7 @@ def test_backbone_with_wrong_shape_is_a_clear_error():
     args = tiny_args()
     sd = Transformer(args).state_dict()
     sd["layers.0.attention.wk.weight"] = torch.zeros(64, 64)
-    with pytest.raises(ValueError, match=r"layers.0.attention.wk.weight.*\(64, 64\).*\(32, 64\)"):
+    with pytest.raises(CheckpointError, match=r"layers.0.attention.wk.weight.*\(64, 64\).*\(32, 64\)"):
         build_model(args, sd, source="pretrained/x")
 
 
@@ -267,16 +268,16 @@ def test_pickled_tensors_both_formats(tmp_path):
         m = load_memory(tmp_path / name)
         assert m.dtype == torch.float16 and torch.equal(m, t)  # stored fp16 (the math upcasts per chunk)
     torch.save(torch.randn(5, 512), tmp_path / "narrow.pkl")
-    with pytest.raises(ValueError, match=r"narrow.pkl.*\[N, 768\].*\[5, 512\]"):
+    with pytest.raises(DataError, match=r"narrow.pkl.*\[N, 768\].*\[5, 512\]"):
         load_memory(tmp_path / "narrow.pkl")
 
 
 def test_wrong_tokenizer_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope/tokenizer.model"):
+    with pytest.raises(MissingFileError, match="nope/tokenizer.model"):
         load_tokenizer(tmp_path / "nope" / "tokenizer.model")
     junk = tmp_path / "tokenizer.model"
     junk.write_bytes(b"\x00garbage")
-    with pytest.raises(ValueError, match="tokenizer.model"):
+    with pytest.raises(TokenizerError, match="tokenizer.model"):
         load_tokenizer(junk)
 
 
@@ -368,5 +369,5 @@ def test_adapter_len_mismatch_names_the_trained_length():
     model = tiny_topa(tiny_args(adapter_len=3))
     sd = dict(model.trainable_state_dict())
     sd["adapter_query.weight"] = torch.zeros(5 * 2, 64)
-    with pytest.raises(ValueError, match=r"topa.pth.*adapter_query.weight.*--adapter_len 5"):
+    with pytest.raises(CheckpointError, match=r"topa.pth.*adapter_query.weight.*--adapter_len 5"):
         load_trainable(model, sd, "topa.pth")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from text.prompts import DEFAULT, EGOSCHEMA, STAR, TVQA, VIDEO, PromptBuilder
+from text.prompts import DEFAULT, EGOSCHEMA, STAR, TVQA, VIDEO, PromptBuilder, PromptError
 from text.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ def test_tvqa_sequences_every_task(toks, kind, tvqa_sample):
             if d is not None:  # two spaces after the colon: D starts with the space before its first line
                 assert "Dialogue:  (Sheldon:) I'll send an email. (Leonard:) To whom?\n" in text
     # a dialogue without the TVQA style is refused, never silently dropped
-    with pytest.raises(ValueError):
+    with pytest.raises(PromptError, match="needs the dialogue prompt style"):
         b.mcqa(*tvqa_sample[0], 0, dialogue=dialogue)
 
 

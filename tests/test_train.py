@@ -30,7 +30,7 @@ from llama.build import load_topa
 from llama.checkpoint import load_topa_checkpoint
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
-from util.errors import ConfigError
+from util.errors import CheckpointError, ConfigError
 from util.schedule import absolute_lr, lr_at, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def test_finetune_loads_weights_only_and_keeps_best(resume_runs, world, tiny_mod
     # continuing (no --finetune) needs the optimizer state; --finetune needs a checkpoint
     bare = tmp_path / "weights_only.pth"
     torch.save({"model": ck["model"], "optimizer": {}, "epoch": 3, "scaler": None, "args": ck["args"]}, bare)
-    with pytest.raises(ValueError, match="no optimizer state.*--finetune"):
+    with pytest.raises(CheckpointError, match="no optimizer state.*--finetune"):
         train.main(train.get_args(base_args(world, tmp_path / "x", "--dataset", "nextqa", "--resume", bare)))
     with pytest.raises(ConfigError, match="--finetune needs --resume"):
         train.main(train.get_args(base_args(world, tmp_path / "x", "--finetune")))
