@@ -1,5 +1,7 @@
 """Shared fixtures: `fixtures_dir` (the real files of $TOPA_FIXTURES; skips when unset) and
-`tiny_world` (a small synthetic world from toyworld/synthetic.py, built once per session)."""
+`tiny_world` (a small synthetic world from toyworld/synthetic.py, built once per session).
+
+Under TOPA_CI=1 a skip is a failure, except for tests marked `cuda` (they depend on a CUDA device)."""
 import os
 import sys
 from pathlib import Path
@@ -37,3 +39,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: depends on a CUDA device; the only tests TOPA_CI=1 lets skip")
+
+
+def _no_skips_in_ci(report, cuda: bool):
+    if os.environ.get("TOPA_CI") and report.skipped and not cuda and not hasattr(report, "wasxfail"):
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"TOPA_CI=1: skipped ({why}); CI runs every test but those marked cuda"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _no_skips_in_ci(outcome.get_result(), item.get_closest_marker("cuda") is not None)
+
+
+_SKIPPED_MODULES = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module that skips at import (importorskip): under TOPA_CI=1 it fails the run at its end (a
+    failed collection would stop the whole run at once)."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("TOPA_CI") and report.skipped:
+        _SKIPPED_MODULES.append(f"{report.nodeid}: {report.longrepr[2] if isinstance(report.longrepr, tuple) else ''}")
+
+
+def pytest_sessionfinish(session):
+    if _SKIPPED_MODULES:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _SKIPPED_MODULES:
+        terminalreporter.write_line(f"TOPA_CI=1: module skipped, which fails the run: {line}", red=True)

@@ -457,6 +457,7 @@ def test_ask_applies_the_question_and_option_rules():
             QAConfig(device="cuda:0")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("prog", ["eval.py", "train.py", "extract_features.py", "ask.py"])
 def test_device_cuda_without_cuda_is_one_line(prog, tmp_path):

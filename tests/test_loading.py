@@ -179,33 +179,6 @@ def test_shards_that_do_not_fit_together_are_a_clear_error(tmp_path):
         MetaShards(folder)
 
 
-def test_streamed_load_host_memory(tmp_path):
-    """Host memory of a load, measured in a child process for a 2-shard model of ~2 x 60 MB.
-
-    "Host memory" here is the process's anonymous memory (RssAnon): what it owns and what four
-    processes on one node pay four times. The shards are read through mmap: their pages are page cache
-    (RssFile), shared by every process that maps the same file and dropped by the kernel under pressure,
-    so they are not counted (VmHWM, which counts them, is reported by the bench). On this CPU the model's
-    own weights are host memory too; they are subtracted, leaving what the load needs beyond the weights
-    it produces, which is its whole host cost when the target is a GPU. The merged load holds the
-    concatenated checkpoint (both shards) while it copies; the streamed load holds only what is in
-    transit. The peak comes from a thread sampling RssAnon every 0.2 ms (the kernel keeps no peak of
-    it), which can only underestimate: the merged load's copy lives for the whole load."""
-    if not Path("/proc/self/clear_refs").exists():
-        pytest.skip("needs Linux /proc")
-    sys.path.insert(0, str(REPO / "bench"))
-    import bench_memory
-
-    bench_memory.write_model(tmp_path, dim=1024, layers=5, vocab=1024)
-    streamed = bench_memory.measure_load(tmp_path, "streamed", "fp32")
-    merged = bench_memory.measure_load(tmp_path, "merged", "fp32")
-    shard = streamed["shard"]
-    assert 55 < shard < 75 and streamed["model"] > 4 * shard  # ~66 MB shards; fp32 model ~4x one bf16 shard
-    assert streamed["overhead"] < 16, streamed   # MiB beyond the weights: far below one shard
-    assert merged["overhead"] > 1.5 * shard, merged  # the merged load holds both shards at once
-    assert merged["peak_anon"] > streamed["peak_anon"] + shard
-
-
 # ---------------------------------------------------------------- Hugging Face folders
 
 def test_hf_folders_load_the_same_model_as_the_meta_folder(both_formats):
