@@ -56,18 +56,19 @@ from torch import nn
 from util.errors import CheckpointError
 
 from .checkpoint import StateDict
+from .config import ModelConfig
 from .model import Attention, LayerCache, ModelArgs, Transformer, TransformerBlock, repeat_kv, skip_init
 
 
 @dataclass
 class TOPAArgs(ModelArgs):
-    """Meta's ModelArgs (from params.json) + what TOPA adds. `max_feats` (T, the number of video
-    positions) is owned here: prompts and datasets read it from the model's args."""
-    adapter_len: int = 50
+    """Meta's ModelArgs (from params.json) + what TOPA adds (defaults: llama/config.py's ModelConfig).
+    `max_feats` (T, the number of video positions) is read from here by prompts and datasets."""
+    adapter_len: int = ModelConfig.adapter_len
     adapter_layer: Optional[int] = None  # None -> n_layers (every published script)
-    max_feats: int = 10
+    max_feats: int = ModelConfig.max_feats
     clip_dim: int = 768
-    bias: float = 3.0  # gate2 init is -bias
+    bias: float = ModelConfig.bias  # gate2 init is -bias
 
     def __post_init__(self):
         super().__post_init__()

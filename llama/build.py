@@ -19,7 +19,6 @@ when `P` is the model folder that is the file inside it). Hugging Face folders u
 A TOPA checkpoint given with `resume` is read, and the settings it records are compared with the run's
 (`check_recorded_settings`), before any backbone weight is read.
 """
-import math
 import re
 import sys
 import dataclasses
@@ -32,51 +31,14 @@ import torch
 from text.tokenizer import Tokenizer, load_tokenizer
 from util import dist
 from util.dist import DTYPES, resolve_dtype
-from util.errors import CheckpointError, ConfigError, MissingFileError
+from util.errors import CheckpointError, MissingFileError
 
 from .adapter import TOPA, TOPAArgs, build_model, load_trainable
+from .backbones import BACKBONES, scaling_releases
 from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
+from .config import FAMILIES, ModelConfig
 from .hf import HFSafetensors, hf_params
-from .model import ATTN_IMPLS, RopeScaling
-
-FAMILIES = {"llama2": "sentencepiece", "llama3": "tiktoken"}  # backbone family -> its tokenizer kind
-
-
-@dataclass
-class ModelConfig:
-    """What builds the model (the original flags of the same names). `llama_model_path` holds
-    `<model>/` (Meta shards + params.json, or a Hugging Face folder) and `tokenizer.model`, or is itself
-    a model folder (see the module docstring)."""
-    llama_model_path: str = "./pretrained/llama2/"
-    model: str = "7B"
-    family: str = "llama2"                # --llama2 / --llama3
-    rope_theta: Optional[float] = None    # None: params.json's (released Llama-3 TOPA checkpoints: 10000)
-    rope_scaling_factor: Optional[float] = None  # None: the backbone's "llama3" RoPE scaling (1: none)
-    adapter_len: int = TOPAArgs.adapter_len
-    adapter_layer: Optional[int] = None   # None: every layer
-    max_feats: int = TOPAArgs.max_feats
-    bias: float = TOPAArgs.bias
-    precision: Optional[str] = None       # None: bf16 on GPU, fp32 on CPU
-    attn_impl: str = "sdpa"               # fused kernels; "eager" = the reference math (fp32 softmax)
-
-    def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ConfigError(f"unknown backbone family {self.family!r} (llama2, llama3)")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ConfigError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {self.attn_impl!r}")
-        if self.precision is not None and self.precision not in DTYPES:
-            raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}, not {self.precision!r}")
-        if self.rope_scaling_factor is not None and not self.rope_scaling_factor >= 1:
-            raise ConfigError(f"--rope_scaling_factor must be >= 1 (1: no RoPE scaling), "
-                              f"not {self.rope_scaling_factor}")
-        if self.adapter_len < 1 or self.max_feats < 1:
-            raise ConfigError(f"--adapter_len ({self.adapter_len}) and --max_feats ({self.max_feats}) must be >= 1")
-        if self.adapter_layer is not None and self.adapter_layer < 1:
-            raise ConfigError(f"--adapter_layer must be >= 1, got {self.adapter_layer}")
-        if self.rope_theta is not None and not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
-            raise ConfigError(f"--rope_theta must be a positive number, got {self.rope_theta}")
-        if not math.isfinite(self.bias):
-            raise ConfigError(f"--bias must be a finite number, got {self.bias}")
+from .model import RopeScaling
 
 
 @dataclass
@@ -186,9 +148,10 @@ def model_args(cfg: ModelConfig, backbone: Backbone, tok: Tokenizer) -> TOPAArgs
 
 # Meta's params.json of Llama-3.2 1B/3B says `use_scaled_rope` without a factor, and Meta's reference code
 # applies 8 to every release; the right factor for 1B/3B is 32 (their config.json; meta-llama/llama-models
-# issues #166, #241). They are the only tied Llama-3 models, so a tied scaled Meta folder gets 32
-# (docs/model.md). Only scaled folders are looked at: Llama-2 and Llama-3 never tie.
-TIED_SCALING_FACTOR = 32.0
+# issues #166, #241). They are the only tied Llama-3 models (the backbone table, llama/backbones.py), so a
+# tied scaled Meta folder gets their factor (docs/model.md). Only scaled folders are looked at: Llama-2 and
+# Llama-3 never tie.
+(TIED_SCALING_FACTOR,) = {b.rope_scaling for b in BACKBONES.values() if b.tied}
 
 
 def meta_output_tied(shards: MetaShards) -> bool:
@@ -345,9 +308,10 @@ def _compare_bias(c: _Comparison, cfg: ModelConfig):
 
 
 def scaling_name(factor: float) -> str:
-    known = {1.0: "no RoPE scaling (Llama-2, Llama-3)", 8.0: "RoPE scaling factor 8 (Llama-3.1)",
-             32.0: "RoPE scaling factor 32 (Llama-3.2 1B/3B)"}
-    return known.get(float(factor), f"RoPE scaling factor {float(factor):g}")
+    """"RoPE scaling factor 8 (Llama-3.1 8B)": the factor and the backbones of the table that have it."""
+    which = scaling_releases(factor)
+    name = "no RoPE scaling" if float(factor) == 1 else f"RoPE scaling factor {float(factor):g}"
+    return f"{name} ({which})" if which else name
 
 
 def _scaling_mismatch(rec: dict, args: TOPAArgs) -> Optional[str]:

@@ -25,6 +25,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
+from .config import ATTN_IMPLS
+
 
 @dataclass(frozen=True)
 class RopeScaling:
@@ -218,9 +220,6 @@ def causal_mask(positions: torch.Tensor) -> torch.Tensor:
 
 
 # ---- attention kernels: `eager` (the reference math) and `sdpa` (fused) ----
-
-ATTN_IMPLS = ("sdpa", "eager")
-
 
 def sdpa(q, k, v, mask, scale: float) -> torch.Tensor:
     """Fused attention. q [B, H, Lq, e]; k, v [B, Hkv, Lk, e] (GQA: not repeated); mask bool

@@ -9,8 +9,9 @@ import torch
 import torch.distributed as dist
 
 from util.errors import ConfigError, InputError
+from util.settings import PRECISIONS
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in PRECISIONS.items()}
 
 
 def env_world() -> int:
