@@ -3,22 +3,23 @@ typed items that datasets yield, and the small readers of csv/json rows that nam
 their errors.
 
 Benchmark modules (nextqa.py, star.py, ...) only read their layout into `QARecord`s; `dataloader/mcqa.py`
-turns records into items, `dataloader/packing.py` items into batches.
+turns records into items, `dataloader/packing.py` items into batches. torch and numpy are imported
+where they are used: the benchmark table (and so every `--help`) reads this module without them.
 """
+from __future__ import annotations
+
 import io
 import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence as Seq
-
-import numpy as np
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence as Seq
 
 from text.prompts import Sequence
 from util.errors import DataError, MissingFileError
-from util.files import nonfinite
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DataError", "QARecord", "EvalItem", "TrainItem", "fit_frames", "fuse_text_frames", "normalize",
            "DictFeatures", "NpyDirFeatures", "FEATURE_DIM", "read_csv_rows", "read_text", "load_json", "json_objects",
@@ -28,12 +29,14 @@ __all__ = ["DataError", "QARecord", "EvalItem", "TrainItem", "fit_frames", "fuse
 # ---- features (docs/formats.md: video features -> LLM input) ----
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
     return F.normalize(x.float(), dim=-1)
 
 
 def fit_frames(feats: torch.Tensor, T: int) -> torch.Tensor:
     """[n, d] frame features -> [T, d]: rows floor(j*n/T) when n > T, zero rows appended when n < T.
     Rows are L2-normalised first (zero rows stay zero)."""
+    import torch
     feats = normalize(feats)
     n = feats.shape[0]
     if n > T:
@@ -47,6 +50,7 @@ def fuse_text_frames(rows: torch.Tensor, counts: Seq[int], variance: float = 0.0
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """TextVid: `rows` [sum(counts), d] CLIP text features in frame order -> [n_frames, d]: each
     frame's rows normalised, averaged, normalised; optional Gaussian noise, then renormalised."""
+    import torch
     rows = normalize(rows)
     frames = torch.stack([normalize(c.mean(0)) for c in torch.split(rows, list(counts))])
     if variance > 0:
@@ -111,6 +115,8 @@ def check_feature_shape(shape, vid: str, where: str, dtype) -> int:
 def check_float(dtype, what: str, where: str):
     """Features are floating point: a bool, integer or string tensor (array) is a DataError naming the
     file, never used as numbers."""
+    import numpy as np
+    import torch
     ok = dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.floating)
     if not ok:
         raise DataError(f"{where}: features of {what} are {dtype}, not floating-point numbers (CLIP features "
@@ -119,6 +125,7 @@ def check_float(dtype, what: str, where: str):
 
 def check_finite_rows(feats: torch.Tensor, what: str, where: str):
     """A NaN or Inf in frame features is a DataError naming the file, the video (`what`) and the row."""
+    from util.files import nonfinite
     bad = nonfinite(feats)
     if bad is not None:
         raise DataError(f"{where}: features of {what} hold a non-finite value ({bad[1]}) in row {bad[0][0]}")
@@ -146,6 +153,7 @@ class DictFeatures:
 
     def n_rows(self, vid: str) -> int:
         """Checks the tensor's shape and that every value is finite (the tensors are in memory)."""
+        import torch
         t = self.feats[vid]
         if not isinstance(t, torch.Tensor):
             raise DataError(f"{self.path}: features of video '{vid}' are a {type(t).__name__}, not a tensor")
@@ -178,6 +186,7 @@ class NpyDirFeatures:
 
     def n_rows(self, vid: str) -> int:
         """Reads the .npy header only (memory-mapped, no data read)."""
+        import numpy as np
         p = self.path(vid)
         try:
             head = np.load(p, mmap_mode="r", allow_pickle=False)
@@ -187,6 +196,8 @@ class NpyDirFeatures:
 
     def __call__(self, vid: str) -> torch.Tensor:
         """The video's rows, read now; a NaN or Inf is a DataError naming the file and row."""
+        import numpy as np
+        import torch
         p = self.path(vid)
         try:
             arr = np.load(p, allow_pickle=False)

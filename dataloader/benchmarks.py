@@ -6,10 +6,14 @@ in one of the published layouts is one entry (a reader returning `QARecord`s, wh
 
 `kind` says how a benchmark is evaluated: "mcqa" scores every option (engine/scoring.py);
 "generate" (MVBench, MSR-VTT, VATEX) generates the answer under its `protocol` (text/protocols.py;
-engine/generation.py) from records that have a feature `key` and `prompt_fields()`."""
+engine/generation.py) from records that have a feature `key` and `prompt_fields()`.
+
+The data root's own layout lives here too: `DATA_ROOT` (every `--data_root`'s default) and the TextVid
+text memory under it (`memory_file`). Nothing here imports torch (flags and `--help` read this table).
+"""
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from text import prompts, protocols
 from text.prompts import PromptBuilder, PromptStyle
@@ -18,7 +22,17 @@ from util.errors import ConfigError
 
 from . import captioning, egoschema, mvbench, nextqa, star, tvqa
 from .base import DictFeatures, NpyDirFeatures, QARecord
-from .mcqa import MCQADataset, make_mcqa_dataset
+
+if TYPE_CHECKING:
+    from .mcqa import MCQADataset
+
+DATA_ROOT = "./data"                                  # --data_root: benchmarks, TextVid and the memory below it
+MEMORY_FILE = os.path.join("textvid", "memory.pkl")   # the TextVid text-feature memory under the data root
+
+
+def memory_file(root: str = DATA_ROOT, path: Optional[str] = None) -> str:
+    """The text memory a run reads: `path` (--memory_path) when given, else <root>/textvid/memory.pkl."""
+    return path or os.path.join(str(root), MEMORY_FILE)
 
 
 def _no_types(qtype: str) -> List[str]:
@@ -99,9 +113,10 @@ def get(name: str) -> Benchmark:
 
 def build_mcqa_dataset(name: str, root, split: str, builder: PromptBuilder, *, train: bool = False,
                        skip_missing: bool = False, sub: bool = False,
-                       dialogue_max_len: Optional[int] = None) -> MCQADataset:
+                       dialogue_max_len: Optional[int] = None) -> "MCQADataset":
     """The multiple-choice dataset of benchmark `name` and `split` under `root`, checked against its
     features (see `make_mcqa_dataset`). `dialogue_max_len` (TVQA): cut dialogue tokens to fit."""
+    from .mcqa import make_mcqa_dataset
     b = get(name)
     if b.kind != "mcqa":
         raise ConfigError(f"{b.title} is a generation benchmark: eval.py --dataset {b.name} evaluates it "

@@ -1,8 +1,9 @@
 """The text-feature memory (docs/model.md): `memory.pkl` holds CLIP *text* features; at test time video
 features are projected onto it, so that CLIP *image* features land where the model was aligned (TextVid's
 text features). One home for the memory: reading the file (`load_memory`) and the projection
-(`project_to_memory`, `project`). Whether a run uses it is `EvalConfig.use_memory` (the flags, else the
-benchmark's protocol).
+(`project_to_memory`, `project`). Whether a run uses it is decided by one rule, `engine.config.memory_on`
+(a request's choice, the run's flags, else the benchmark's protocol); where the file is by default,
+`dataloader.benchmarks.memory_file`.
 """
 import math
 import os
@@ -23,7 +24,7 @@ def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor
     2^-14 in magnitude, fp16's normal range: by at most 2^-25). A NaN or Inf in those rows is an error
     naming the row."""
     if not os.path.isfile(path):
-        raise MissingFileError(f"memory file not found: {path} (--memory_path; default <data_root>/textvid/memory.pkl)")
+        raise MissingFileError(f"memory file not found: {path} (--memory_path)")
     mem = load_pickled_tensor(path)
     if mem.ndim != 2 or mem.shape[1] != dim or mem.shape[0] == 0:
         raise DataError(f"{path}: memory must be [N, {dim}] CLIP features (N >= 1), got {list(mem.shape)}")

@@ -17,6 +17,7 @@ from typing import List, Optional
 import torch
 
 from dataloader.base import load_json, read_text
+from dataloader.benchmarks import memory_file
 from util.errors import ConfigError, DataError, MissingFileError
 from util.files import safe_load, save_atomic
 
@@ -148,6 +149,6 @@ def plan(args, settings: dict) -> Task:
     sentences = read_sentences(args.sentences)
     digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()[:16]
     settings = dict(settings, sentences=f"{len(sentences)} sentences, sha256 {digest}")
-    out = TensorOutput(args.output or os.path.join(root, "textvid", "memory.pkl"), settings, args.save_every)
+    out = TensorOutput(args.output or memory_file(root), settings, args.save_every)
     return Task("memory", memory_units(sentences), out, process_texts, unit_word="chunks", item_word="sentences",
                 bytes_per_key=2 * CHUNK * FEATURE_DIM * 2)  # parts and the final file
