@@ -1,27 +1,30 @@
-"""Zero-shot evaluation: multiple-choice scoring (NExT-QA, STAR, TVQA, EgoSchema) or generation (MVBench,
-MSR-VTT, VATEX). Runs plainly on CPU/GPU or under torchrun with N processes; every question is
-evaluated exactly once.
+"""Zero-shot evaluation of a TOPA checkpoint: multiple-choice scoring (NExT-QA, STAR, TVQA, EgoSchema:
+every option's mean NLL, the lowest wins) or generation (MVBench, MSR-VTT, VATEX: greedy answers under
+each benchmark's published protocol). Runs plainly on CPU/GPU or under torchrun with N processes; every
+question is evaluated exactly once. Writes accuracy (or caption metrics) and per-question predictions to
+--output_dir (docs/evaluation.md).
 
   python eval.py --model 7B --llama_model_path ./pretrained/llama2/ --dataset nextqa \\
       --resume vqa_checkpoint/topa.pth --memory --output_dir results/nextqa
   python eval.py ... --dataset mvbench --resume vqa_checkpoint/topa.pth --output_dir results/mvbench
+  torchrun --nproc_per_node 4 eval.py ... --dataset egos --test     # EgoSchema test: a submission file
 """
-from dataloader import benchmarks
-from engine import run
 from engine.config import EvalConfig, eval_parser
-from engine.generation import GenerationTask
-from engine.scoring import ScoringTask
 from util.errors import run_cli
 
 
 def get_args(argv=None):
-    return eval_parser(__doc__.splitlines()[0]).parse_args(argv)
+    return eval_parser(__doc__).parse_args(argv)
 
 
 def main(args):
     if args.dry_run:
         print(vars(args))
         return None
+    from dataloader import benchmarks
+    from engine import run
+    from engine.generation import GenerationTask
+    from engine.scoring import ScoringTask
     cfg = EvalConfig.from_args(args)
     return run.run(cfg, GenerationTask if benchmarks.get(cfg.data.dataset).kind == "generate" else ScoringTask)
 

@@ -1,28 +1,29 @@
-"""Train TOPA: TextVid pre-alignment (--textvid), finetuning (--finetune --resume <TOPA checkpoint>) or the
-baseline (no checkpoint) on nextqa / star / tvqa. Runs plainly on CPU/GPU or under torchrun (DDP).
+"""Train TOPA: TextVid pre-alignment (--textvid: text-only "videos", tideos, whose frames are CLIP text
+features), finetuning (--finetune --resume <TOPA checkpoint>) or the baseline (no checkpoint) on
+nextqa / star / tvqa. Runs plainly on CPU/GPU or under torchrun (DDP). Only the TOPA parameters train and
+are saved (llama.adapter.is_trainable). Every epoch writes <output_dir>/checkpoint_<epoch>.pth
+(+ checkpoint_last.pth, and checkpoint_best.pth when evaluation runs) and appends to
+<output_dir>/log.jsonl (docs/training.md; scripts/pretrain.sh, finetune.sh, baseline.sh run the
+published recipes).
 
   torchrun --nproc_per_node 4 train.py --model 7B --llama_model_path ./pretrained/llama2/ --textvid \\
       --video_caption --openvqa --answer_balance --max_seq_len 150 --batch_size 18 --accum_iter 4 ...
   python train.py ... --resume out/checkpoint_3.pth            # continue that run exactly
   python train.py ... --finetune --resume topa.pth --dataset nextqa   # weights only, fresh optimizer
-
-Only the TOPA parameters train and are saved (llama.adapter.is_trainable). Every epoch writes
-<output_dir>/checkpoint_<epoch>.pth (+ checkpoint_last.pth, and checkpoint_best.pth when evaluation runs)
-and appends to <output_dir>/log.jsonl.
 """
 from engine.config import TrainConfig, train_parser
-from engine.training import run
 from util.errors import run_cli
 
 
 def get_args(argv=None):
-    return train_parser(__doc__.splitlines()[0]).parse_args(argv)
+    return train_parser(__doc__).parse_args(argv)
 
 
 def main(args):
     if args.dry_run:
         print(vars(args))
         return None
+    from engine.training import run
     return run(TrainConfig.from_args(args))
 
 

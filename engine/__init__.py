@@ -1,6 +1,6 @@
 """The engine: what train.py and eval.py run.
 
-    config.py         flags -> typed configs (EvalConfig, TrainConfig), built once
+    config.py         the settings (EvalConfig, TrainConfig, the API's QAConfig), their flags, the memory rule
     evaluation.py     multiple-choice scoring (shared prefix or full), accuracy, output files; eval.py's run
     generation.py     generation benchmarks (MVBench, MSR-VTT, VATEX): greedy answers, accuracy / metrics
     caption_metrics.py  COCO caption metrics through pycocoevalcap (Java)

@@ -40,7 +40,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import wraps
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -50,7 +50,7 @@ import torch
 
 from dataloader.base import EvalItem, QARecord, fit_frames
 from dataloader.packing import ScoringCollate, collate_rows, single_row
-from llama.build import ModelConfig, load_tokenizer_for, load_topa
+from llama.build import load_tokenizer_for, load_topa
 from llama.generation import Watch, greedy_generate, nonfinite_pick
 from llama.memory import load_memory, project_to_memory
 from text.prompts import DEFAULT, LETTERS, VIDEO, PromptBuilder, PromptStyle, Sequence as Seq, normalize_question
@@ -58,59 +58,14 @@ from text.protocols import (MSRVTT, MVBENCH, choices_text, generated_text, lette
                             predicted_letter, prompt_ids)
 from util import dist
 from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
-from video.clip import DEFAULT_MODEL as CLIP_MODEL
 
+from .config import QAConfig, add_api_args, memory_on  # noqa: F401 (QAConfig, add_api_args: the API's settings)
 from .losses import group_mean, token_nll
 from .scoring import prediction_rows, score_batch
 
 OPEN_P2 = "\nQuestion: {question}\nAnswer:"
 OPEN_NEW_TOKENS = 20
 CHOOSE_FPS = 1  # NExT-QA / EgoSchema features: 1 frame per second (docs/extraction.md)
-
-
-# ---------------------------------------------------------------- settings
-
-@dataclass
-class QAConfig:
-    """What the API is built from: the scripts' settings (ask.py's flags, `add_api_args`)."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    resume: Optional[str] = None          # the TOPA checkpoint (None: fresh TOPA tensors, with a warning)
-    clip_model: str = CLIP_MODEL
-    memory: Optional[bool] = None         # None: each request's protocol (table above)
-    memory_path: str = "./data/textvid/memory.pkl"
-    frames_fps: float = 3.0               # frame folders and frame arrays
-    device: str = "auto"                  # auto, cpu, cuda, cuda:N
-    batch_size: int = 8                   # requests per device batch (the *_batch methods)
-    cache_size: int = 64                  # videos whose features are kept
-    keep_images: bool = True              # keep the 224x224 crops CLIP saw (Frames.images; ~150 KB a frame)
-
-    def __post_init__(self):
-        dist.check_device(self.device)
-        if self.frames_fps <= 0:
-            raise ConfigError(f"--frames_fps must be positive, got {self.frames_fps}")
-        if self.batch_size < 1 or self.cache_size < 0:
-            raise ConfigError(f"batch_size ({self.batch_size}) must be >= 1 and cache_size ({self.cache_size}) >= 0")
-
-    @classmethod
-    def from_args(cls, a) -> "QAConfig":
-        from .config import _model_config
-        return cls(model=_model_config(a), resume=a.resume, clip_model=a.clip_model, memory=a.memory,
-                   memory_path=a.memory_path, frames_fps=a.frames_fps, device=a.device)
-
-
-def add_api_args(p):
-    """The flags of QAConfig beside `add_model_args` (ask.py, app.py)."""
-    g = p.add_argument_group("TOPA")
-    g.add_argument("--resume", default=None, help="the TOPA checkpoint")
-    g.add_argument("--clip_model", default=QAConfig.clip_model,
-                   help="CLIP ViT-L/14 in Hugging Face format: a local folder or a hub name")
-    m = g.add_mutually_exclusive_group()
-    m.add_argument("--memory", action="store_true", default=None,
-                   help="project the frames onto the text memory (default: each request's protocol)")
-    m.add_argument("--no_memory", dest="memory", action="store_false", help="no memory projection")
-    g.add_argument("--memory_path", default=QAConfig.memory_path, help="the TextVid text-feature memory")
-    g.add_argument("--frames_fps", type=float, default=QAConfig.frames_fps, help="the frame rate of a frame folder")
-    return p
 
 
 # ---------------------------------------------------------------- frames
@@ -328,11 +283,8 @@ class TOPAVideoQA:
                                    f"text feature memory): not found. --no_memory answers without it")
 
     def use_memory(self, kind: str, memory: Optional[bool] = None) -> bool:
-        """The call's `memory`, else the config's, else the protocol's."""
-        for m in (memory, self.cfg.memory):
-            if m is not None:
-                return bool(m)
-        return KINDS[kind].memory
+        """The call's `memory`, else the config's, else the protocol's (`memory_on`)."""
+        return memory_on(memory, self.cfg.memory, protocol=KINDS[kind].memory)
 
     @_locked
     def memory_tensor(self) -> torch.Tensor:

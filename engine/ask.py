@@ -17,18 +17,24 @@ from typing import List, Optional
 
 from text.protocols import LETTERS
 from util.errors import ConfigError
+from util.settings import setting
 
-from .api import QAConfig, TOPAVideoQA
+from .config import QAConfig
 
 
 @dataclass
 class AskConfig:
-    video: str
+    """ask.py's settings: the video, the request, and the API's (QAConfig, with the model's)."""
+    GROUP = "request"
+
+    video: str = setting(help="a video file (mp4, mkv, webm, ...) or a folder of numbered frames", positional=True)
     api: QAConfig = field(default_factory=QAConfig)
-    question: Optional[str] = None
-    options: List[str] = field(default_factory=list)
-    describe: bool = False
-    max_new_tokens: Optional[int] = None  # None: the protocol's
+    question: Optional[str] = setting(None, "the question (with --options: multiple choice; default: none, give "
+                                            "--describe)", aliases=("-q",))
+    options: List[str] = setting(help="the answer options, 2 or more (default: none, an open question)", factory=list,
+                                 nargs="+")
+    describe: bool = setting(False, "describe the video (MSR-VTT's captioning prompt)")
+    max_new_tokens: Optional[int] = setting(None, "the token budget (default: the prompt's protocol)")
 
     def __post_init__(self):
         if self.describe == (self.question is not None):
@@ -67,6 +73,7 @@ def mc_line(options, a) -> str:
 def run(cfg: AskConfig) -> str:
     """Answer, print and return the answer line. The inputs (memory file, video, its frames) are checked
     and read before the model loads."""
+    from .api import TOPAVideoQA
     qa = TOPAVideoQA(cfg.api, warn=lambda m: print(m, file=sys.stderr, flush=True))
     qa.check_memory(cfg.kind)
     qa.features(cfg.video)

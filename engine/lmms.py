@@ -24,10 +24,11 @@ from typing import Dict, List, Optional, Tuple
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from llama.build import ModelConfig
 from util.errors import ConfigError
+from util.settings import from_strings
 
-from .api import QAConfig, TOPAVideoQA
+from .api import TOPAVideoQA
+from .config import QAConfig
 
 OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[\.\):]\s*(.+?)\s*$")
 LABELS = ("question:", "options:", "option:", "choices:")
@@ -40,23 +41,6 @@ def manifest():
     return ModelManifest(model_id="topa", simple_class_path="engine.lmms.TOPALmms", aliases=("topa_video",))
 
 
-def _bool(v) -> Optional[bool]:
-    if v is None or isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("none", "", "protocol"):
-        return None
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"--model_args: {v!r} is not a boolean (true/false)")
-
-
-def _opt(v, cast):
-    return None if v is None or str(v).strip().lower() in ("", "none") else cast(v)
-
-
 def _batch_size(v) -> int:
     """lmms-eval's --batch_size (default 1; "auto" / "auto:N" mean QAConfig's)."""
     s = str(v or "").strip().lower()
@@ -64,28 +48,18 @@ def _batch_size(v) -> int:
 
 
 def model_config(args: Dict[str, object]) -> QAConfig:
-    """--model_args (strings) -> QAConfig; an unknown key is a ConfigError naming it."""
+    """--model_args (strings; every QAConfig and ModelConfig setting by its name, read with its type) ->
+    QAConfig; an unknown key is a ConfigError naming it. lmms-eval's own `batch_size` and `device` come
+    here too; the plugin keeps every video's features (`cache_size`) but not the frame crops
+    (`keep_images`) unless told otherwise."""
     a = dict(args)
-    m = ModelConfig(llama_model_path=str(a.pop("llama_model_path", ModelConfig.llama_model_path)),
-                    model=str(a.pop("model", ModelConfig.model)), family=str(a.pop("family", "llama2")),
-                    rope_theta=_opt(a.pop("rope_theta", None), float),
-                    adapter_len=int(a.pop("adapter_len", ModelConfig.adapter_len)),
-                    adapter_layer=_opt(a.pop("adapter_layer", None), int),
-                    max_feats=int(a.pop("max_feats", ModelConfig.max_feats)),
-                    bias=float(a.pop("bias", ModelConfig.bias)), precision=_opt(a.pop("precision", None), str),
-                    attn_impl=str(a.pop("attn_impl", ModelConfig.attn_impl)))
-    cfg = QAConfig(model=m, resume=_opt(a.pop("resume", None), str),
-                   clip_model=str(a.pop("clip_model", QAConfig.clip_model)), memory=_bool(a.pop("memory", None)),
-                   memory_path=str(a.pop("memory_path", QAConfig.memory_path)),
-                   frames_fps=float(a.pop("frames_fps", QAConfig.frames_fps)),
-                   device=str(a.pop("device", None) or "auto"),
-                   batch_size=_batch_size(a.pop("batch_size", None)),
-                   cache_size=10 ** 9, keep_images=False)
     a.pop("max_batch_size", None)   # lmms-eval passes these to every model
-    if a:
-        raise ConfigError(f"--model_args: unknown setting(s) {', '.join(sorted(a))} for model topa (docs/lmms_eval.md "
-                          f"lists them)")
-    return cfg
+    a["batch_size"] = _batch_size(a.get("batch_size"))
+    if a.get("device") is None:
+        a.pop("device", None)
+    a.setdefault("cache_size", 10 ** 9)
+    a.setdefault("keep_images", False)
+    return from_strings(QAConfig, a, "--model_args (model topa; docs/lmms_eval.md lists them)")
 
 
 def split_options(context: str) -> Optional[Tuple[str, List[str]]]:

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from dataloader.base import FEATURE_DIM
 from util.errors import CheckpointError
 
+from .config import CLIP_MODEL
+
 SIZE = 224
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 CONTEXT = 77
-DEFAULT_MODEL = "openai/clip-vit-large-patch14"  # the one default CLIP of every entry point
+DEFAULT_MODEL = CLIP_MODEL  # the one default CLIP of every entry point (video/config.py)
 
 
 def resized_size(w: int, h: int, size: int = SIZE):

@@ -20,13 +20,12 @@ from util.errors import ConfigError, MissingFileError, one_line
 
 from . import sources
 from .clip import FEATURE_DIM, ClipEncoder, preprocess
+from .config import TEXT_DATASETS, VIDEO_DATASETS
 from .frames import FixedRate, Segments, Strided, VideoError, as_fraction, read_frames
 from .run import Batcher, Procs, Task, group_size, run_task
 from .store import DictOutput, FileDirOutput
 
 FOLDER_DEFAULT_FPS = 1  # --dataset folder (the benchmarks: their frame rule in the benchmark table)
-VIDEO_DATASETS = ("nextqa", "star", "tvqa", "egos", "mvbench", "msrvtt", "vatex", "folder")
-TEXT_DATASETS = ("textvid", "memory")
 
 
 # ---- video jobs: decoding in DataLoader workers, encoding in large batches ----
