@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Finetune a TOPA checkpoint (pre-aligned on TextVid) on NExT-QA / STAR / TVQA with the published recipe
-# (docs/training.md): 5 epochs, warmup 1, wd 0.1, max_seq_len 128; batch, accumulation and the blr per
-# dataset from the backbone's row in scripts/common.sh (4 GPUs). Validation accuracy after every epoch picks
-# checkpoint_best.pth. --finetune loads the checkpoint's TOPA weights only (fresh optimizer and schedule).
+# (docs/training.md): 5 epochs, warmup 1, wd 0.1, max_seq_len 128, bias 3.5; batch, accumulation and the blr
+# per dataset. Every number comes from the table in llama/backbones.py (`python3 -m llama.backbones`; 4 GPUs).
+# Validation accuracy after every epoch picks checkpoint_best.pth. --finetune loads the checkpoint's TOPA weights only (fresh optimizer and schedule).
 # scripts/baseline.sh runs this script with TOPA_JOB=baseline: the same training from fresh TOPA parameters
 # (10 epochs, its own batch, blr and warmup per dataset).
 # The original recipe has no flipped losses; FLIPPED="--vaq --qav" adds them.
@@ -26,7 +26,8 @@ if [ "$TOPA_JOB" = baseline ]; then
   ACCUM=${ACCUM:-$BL_ACCUM}
   BLR=${BLR:-$(dataset_value BL_BLR)}
   WARMUP=${WARMUP:-$(dataset_value BL_WARMUP)}
-  EPOCHS=${EPOCHS:-10}
+  EPOCHS=${EPOCHS:-$BL_EPOCHS}
+  MAX_SEQ_LEN=$BL_MAX_SEQ_LEN
 else
   RESUME=${RESUME:-./vqa_checkpoint/checkpoint_pretrain/$LLAMA/checkpoint_19.pth}  # the pre-alignment's last epoch
   START=(--finetune --resume "$RESUME")
@@ -34,16 +35,18 @@ else
   BATCH=${BATCH:-$FT_BATCH}
   ACCUM=${ACCUM:-$FT_ACCUM}
   BLR=${BLR:-$(dataset_value FT_BLR)}
-  WARMUP=${WARMUP:-1}
-  EPOCHS=${EPOCHS:-5}
+  WARMUP=${WARMUP:-$(dataset_value FT_WARMUP)}
+  EPOCHS=${EPOCHS:-$FT_EPOCHS}
+  MAX_SEQ_LEN=$FT_MAX_SEQ_LEN
 fi
 # -----------------------------------------------
 
 # shellcheck disable=SC2086  # FLIPPED holds zero or more flags
 $TORCHRUN "$REPO/train.py" "${MODEL_ARGS[@]}" --data_root "$DATA_ROOT" \
   --dataset "$DATASET" "${START[@]}" $FLIPPED \
-  --max_seq_len 128 --max_feats 10 --adapter_len 50 --adapter_layer "$LAYERS" --bias 3.5 --tau 100 \
+  --max_seq_len "$MAX_SEQ_LEN" --max_feats "$MAX_FEATS" --adapter_len "$ADAPTER_LEN" --adapter_layer "$LAYERS" \
+  --bias "$BIAS" --tau "$TAU" \
   --batch_size "$BATCH" --accum_iter "$ACCUM" --epochs "$EPOCHS" --warmup_epochs "$WARMUP" \
-  --blr "$BLR" --weight_decay 0.1 \
+  --blr "$BLR" --weight_decay "$WEIGHT_DECAY" \
   --eval_datasets "$DATASET" \
   --output_dir "$OUTPUT_DIR" "$@"
