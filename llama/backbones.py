@@ -86,13 +86,9 @@ def get(name: str) -> Row:
 
 
 def scaling_releases(factor: float) -> str:
-    """The backbones whose own RoPE scaling is `factor`, by release: "Llama-2 7B/13B, Llama-3 8B"."""
-    releases: Dict[str, List[str]] = {}
-    for r in BACKBONES.values():
-        if r.rope_scaling == float(factor):
-            release, size = r.title.rsplit(" ", 1)
-            releases.setdefault(release, []).append(size)
-    return ", ".join(f"{k} {'/'.join(v)}" for k, v in releases.items())
+    """The releases whose backbones have RoPE scaling `factor` of their own: "Llama-2, Llama-3" for 1."""
+    releases = [r.title.rsplit(" ", 1)[0] for r in BACKBONES.values() if r.rope_scaling == float(factor)]
+    return ", ".join(dict.fromkeys(releases))
 
 
 def _num(v: float) -> str:

@@ -308,7 +308,7 @@ def _compare_bias(c: _Comparison, cfg: ModelConfig):
 
 
 def scaling_name(factor: float) -> str:
-    """"RoPE scaling factor 8 (Llama-3.1 8B)": the factor and the backbones of the table that have it."""
+    """"RoPE scaling factor 8 (Llama-3.1)": the factor and the releases of the table that have it."""
     which = scaling_releases(factor)
     name = "no RoPE scaling" if float(factor) == 1 else f"RoPE scaling factor {float(factor):g}"
     return f"{name} ({which})" if which else name
