@@ -114,14 +114,19 @@ def append_lines(path, text: str):
 
 
 class LineWriter:
-    """A text file written afresh, then appended to in whole lines (`write(text)`, text ending in a
-    newline) and flushed at once: what a kill leaves is whole lines. A write that fails (disk full) cuts
-    the file back to its last whole line and raises `OutputError` naming it."""
+    """A text file written afresh (or kept as it is, `LineWriter.append`), then appended to in whole lines
+    (`write(text)`, text ending in a newline) and flushed at once: what a kill leaves is whole lines. A write
+    that fails (disk full) cuts the file back to its last whole line and raises `OutputError` naming it."""
 
-    def __init__(self, path):
+    def __init__(self, path, append: bool = False):
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        self._size = 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | (0 if append else os.O_TRUNC), 0o666)
+        self._size = os.fstat(self._fd).st_size
+
+    @classmethod
+    def append(cls, path) -> "LineWriter":
+        """The file kept as it is (whole lines), and appended to."""
+        return cls(path, append=True)
 
     def write(self, text: str):
         self._size = _write_lines(self._fd, self._size, text, self.path)
