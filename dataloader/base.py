@@ -249,9 +249,9 @@ def json_objects(path):
         yield where, item
 
 
-def jsonl_objects(path):
+def jsonl_objects(path, what: str = "question"):
     """Yields (where "file:line", object) for a JSON-lines file (blank lines skipped); DataError otherwise,
-    and for a file without a single object."""
+    and for a file without a single object. `what` names an object in the messages."""
     n = 0
     for line_no, line in enumerate(io.StringIO(read_text(path)), 1):  # lines end at "\n" only
         if not line.strip():
@@ -262,11 +262,11 @@ def jsonl_objects(path):
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON: {e}") from None
         if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a question object, got {type(item).__name__}")
+            raise DataError(f"{where}: expected a {what} object, got {type(item).__name__}")
         n += 1
         yield where, item
     if n == 0:
-        raise DataError(f"no questions in {path} (the file is empty)")
+        raise DataError(f"no {what}s in {path} (the file is empty)")
 
 
 def require(row: dict, key: str, where: str, rid) -> object:

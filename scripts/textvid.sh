@@ -33,7 +33,8 @@ read -r -a GEN_EXTRA <<< "${GEN_ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
 
 echo "== 1/5 write tideos -> $DOMAIN_ROOT/textvid/textvid.json"
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python -m textvid.generate --seeds "$SEEDS" --out "$DOMAIN_ROOT/textvid" "${WRITER_ARGS[@]}" "${GEN_EXTRA[@]}"
+PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python -m textvid.generate --seeds "$SEEDS" \
+  --out "$DOMAIN_ROOT/textvid" "${WRITER_ARGS[@]}" "${GEN_EXTRA[@]}"
 echo "== 2/5 encode their frames (CLIP text encoder) -> $DOMAIN_ROOT/textvid/features/"
 python "$REPO/extract_features.py" --dataset textvid --data_root "$DOMAIN_ROOT" "${CLIP_ARGS[@]}"
 echo "== 3/5 the text memory from their frame texts -> $DOMAIN_ROOT/textvid/memory.pkl"

@@ -87,8 +87,10 @@ class LocalWriter:
         transformers.logging.set_verbosity_error()
         self.cfg = cfg
         self.device = select_device(cfg.device)
-        dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if self.device.type == "cuda"
-                                                                else torch.float32)
+        if cfg.dtype == "auto":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            dtype = DTYPES[cfg.dtype]
         try:
             self.tok = AutoTokenizer.from_pretrained(cfg.hf_model)
         except (OSError, ValueError) as e:

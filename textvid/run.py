@@ -122,7 +122,7 @@ class Report:
                  ("tideos/s (this run)", f"{self.written_now / max(self.seconds, 1e-9):.3f}"),
                  ("in flight (peak)", f"{self.peak}")]
         head = f"textvid.generate, shard {i}/{n}, writer {self.writer}"
-        return "\n".join([head] + [f"  {k:<22}{v}" for k, v in rows])
+        return "\n".join([head] + [f"  {k:<24} {v}" for k, v in rows])
 
 
 def run(cfg: GenConfig) -> Report:

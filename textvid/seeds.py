@@ -11,12 +11,11 @@ group is written by one process (`--shard i/n` splits groups), one job at a time
 """
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from dataloader.base import read_text
+from dataloader.base import jsonl_objects, read_text
 from util.errors import ConfigError, DataError, MissingFileError
 
 
@@ -48,28 +47,23 @@ def read_seeds(path) -> List[Seed]:
     jsonl = path.suffix == ".jsonl"
     if not jsonl and path.suffix not in (".txt", ""):
         raise ConfigError(f"--seeds {path}: expected a .txt (one caption a line) or .jsonl file")
-    seeds = []
-    for line_no, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
-        if line.strip():
-            seeds.append(_parse_line(line, f"{path}:{line_no}", line_no) if jsonl else Seed(line_no, line.strip(), None))
+    if jsonl:
+        seeds = [_parse_row(row, where) for where, row in jsonl_objects(path, "seed")]
+    else:
+        lines = io.StringIO(read_text(path), newline=None)
+        seeds = [Seed(n, line.strip(), None) for n, line in enumerate(lines, 1) if line.strip()]
     if not seeds:
         raise DataError(f"--seeds {path}: no captions in the file")
     return seeds
 
 
-def _parse_line(line: str, where: str, line_no: int) -> Seed:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON: {e}") from None
-    if not isinstance(row, dict):
-        raise DataError(f'{where}: expected an object {{"caption": ..., "domain": ...}}')
+def _parse_row(row: dict, where: str) -> Seed:
     caption, domain = row.get("caption"), row.get("domain")
     if not isinstance(caption, str) or not caption.strip():
         raise DataError(f"{where}: 'caption' must be a non-empty string")
     if domain is not None and (not isinstance(domain, str) or not domain.strip()):
         raise DataError(f"{where}: 'domain' must be a non-empty string when given")
-    return Seed(line_no, caption.strip(), domain.strip() if domain else None)
+    return Seed(int(where.rsplit(":", 1)[1]), caption.strip(), domain.strip() if domain else None)
 
 
 def tideo_id(seed: Seed, k: int, run_seed: int) -> str:
