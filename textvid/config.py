@@ -69,7 +69,16 @@ class GenConfig:
         if not 0 <= i < n:
             raise ConfigError(f"--shard {i}/{n}: expected I/N with 0 <= I < N")
         check_device(self.device)
-        self.shape = Shape(self.frames, self.objects, self.qas)
+        Shape(self.frames, self.objects, self.qas)  # a bad range is a ConfigError now
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.frames, self.objects, self.qas)
+
+    @property
+    def writer_id(self) -> str:
+        """The writer in the settings record: the server's model name, or the local folder's name."""
+        return self.model if self.base_url else self.hf_model.rstrip("/").split("/")[-1]
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "GenConfig":
@@ -90,9 +99,9 @@ def parse_shard(text) -> Tuple[int, int]:
         raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
 
 
-def settings(cfg: GenConfig, prompt, writer_name: str) -> dict:
+def settings(cfg: GenConfig, prompt) -> dict:
     """What decides the answers of a folder: a resumed run (or another shard) must have the same."""
-    return {"writer": writer_name, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
+    return {"writer": cfg.writer_id, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
             "seed": cfg.seed, "per_seed": cfg.per_seed, "domain": cfg.domain, "frames": list(cfg.frames),
             "objects": list(cfg.objects), "qas": list(cfg.qas), "shards": cfg.shard[1], **prompt.digests()}
 

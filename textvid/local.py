@@ -110,7 +110,6 @@ class LocalWriter:
             self.model = AutoModelForCausalLM.from_pretrained(cfg.hf_model, dtype=dtype).to(self.device).eval()
         except (OSError, ValueError) as e:
             raise CheckpointError(f"--hf_model {cfg.hf_model}: cannot load the model ({e})") from None
-        self.name = cfg.hf_model.rstrip("/").split("/")[-1]
         self.peak = 0
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
 

@@ -40,7 +40,6 @@ class HttpWriter:
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.key = os.environ.get(cfg.api_key_env) or None
         self.format = "json_schema" if cfg.response_format == "auto" else cfg.response_format
-        self.name = cfg.model
         self.peak = 0               # most requests in flight at once
         self._busy = 0
         self._lock = threading.Lock()

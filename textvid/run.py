@@ -131,8 +131,7 @@ def run(cfg: GenConfig) -> Report:
     prompt = Prompt.load(cfg.template, cfg.schema, cfg.shape)
     jobs = plan_jobs(read_seeds(cfg.seeds), cfg.per_seed, cfg.seed)
     mine = shard_jobs(jobs, cfg.shard)
-    writer_id = cfg.model if cfg.base_url else cfg.hf_model.rstrip("/").split("/")[-1]
-    with Store(cfg.out, cfg.shard, settings(cfg, prompt, writer_id), cfg.overwrite) as store:
+    with Store(cfg.out, cfg.shard, settings(cfg, prompt), cfg.overwrite) as store:
         states = store.load()
         before = sum(states.get(j.idx, JobState()).finished(cfg.max_tries) for j in mine)
         t0 = time.perf_counter()
