@@ -33,12 +33,12 @@ read -r -a GEN_EXTRA <<< "${GEN_ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
 
 echo "== 1/5 write tideos -> $DOMAIN_ROOT/textvid/textvid.json"
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python -m textvid.generate --seeds "$SEEDS" \
+PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m textvid.generate --seeds "$SEEDS" \
   --out "$DOMAIN_ROOT/textvid" "${WRITER_ARGS[@]}" "${GEN_EXTRA[@]}"
 echo "== 2/5 encode their frames (CLIP text encoder) -> $DOMAIN_ROOT/textvid/features/"
-python "$REPO/extract_features.py" --dataset textvid --data_root "$DOMAIN_ROOT" "${CLIP_ARGS[@]}"
+"${PYTHON:-python3}" "$REPO/extract_features.py" --dataset textvid --data_root "$DOMAIN_ROOT" "${CLIP_ARGS[@]}"
 echo "== 3/5 the text memory from their frame texts -> $DOMAIN_ROOT/textvid/memory.pkl"
-python "$REPO/extract_features.py" --dataset memory --data_root "$DOMAIN_ROOT" \
+"${PYTHON:-python3}" "$REPO/extract_features.py" --dataset memory --data_root "$DOMAIN_ROOT" \
   --sentences "$DOMAIN_ROOT/textvid/frame_texts.txt" "${CLIP_ARGS[@]}"
 echo "== 4/5 pre-align on them -> $OUTPUT_DIR"
 DATA_ROOT=$DOMAIN_ROOT OUTPUT_DIR=$OUTPUT_DIR bash "$REPO/scripts/pretrain.sh" "$@"

@@ -60,7 +60,7 @@ def test_errors_say_what_they_are(tmp_path):
 # ---------------------------------------------------------------- one source of settings, everywhere
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ["eval.py", "train.py", "ask.py", "extract_features.py"]
+ENTRY_POINTS = ["eval.py", "train.py", "ask.py", "extract_features.py", "textvid/generate.py"]
 # a value other than the default for every ModelConfig setting, and the original flags that say it
 MODEL_VALUES = {"llama_model_path": "/models/x", "model": "1B", "family": "llama3", "rope_theta": 500000.0,
                 "rope_scaling_factor": 8.0, "adapter_len": 7, "adapter_layer": 3, "max_feats": 6, "bias": 2.5,
@@ -120,11 +120,14 @@ def parsers():
     import extract_features
     from engine.ask import AskConfig
     from engine.config import add_api_args, add_model_args, eval_parser, train_parser
+    from textvid import generate as textvid_generate
+    from textvid.config import GenConfig
     from util.settings import add_flags, make_parser
     from video.config import ExtractConfig
     return {"eval.py": eval_parser(eval_cli.__doc__), "train.py": train_parser(train_cli.__doc__),
             "ask.py": add_flags(make_parser(ask_cli.__doc__), AskConfig),
             "extract_features.py": add_flags(make_parser(extract_features.__doc__), ExtractConfig),
+            "textvid.generate": add_flags(make_parser(textvid_generate.__doc__), GenConfig),
             "add_api_args + add_model_args": add_model_args(add_api_args(make_parser("app.py's TOPA flags")))}
 
 

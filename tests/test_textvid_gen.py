@@ -27,7 +27,8 @@ from dataloader.textvid import TextVidDataset, parse_tideo
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
 from textvid import generate
-from textvid.prompt import Prompt, Shape
+from textvid.config import Shape
+from textvid.prompt import Prompt
 from textvid.seeds import Seed, plan_jobs, read_seeds
 from util.errors import run_cli
 
@@ -362,16 +363,21 @@ def test_schema_the_decoder_cannot_follow_names_the_file(tmp_path, chat_dir, cap
 def test_bad_seeds_and_flags_are_one_line(tmp_path, capsys):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"caption": "a dog runs"}\n{"caption": "  ", "domain": "x"}\n')
-    cases = [(["--seeds", str(seeds)], f"{seeds}:2: 'caption' must be a non-empty string"),
-             (["--seeds", str(tmp_path / "none.txt")], f"--seeds {tmp_path / 'none.txt'}: no such file"),
-             (["--seeds", str(seeds), "--frames", "9-3"], "--frames 9-3: expected MIN-MAX with 1 <= MIN <= MAX"),
-             (["--seeds", str(seeds), "--shard", "2/2"], "--shard 2/2: expected I/N with 0 <= I < N")]
-    for argv, want in cases:
-        args = generate.get_args([*argv, "--out", str(tmp_path / "out"), "--base_url", "http://127.0.0.1:9/v1",
-                                  "--model", "m"])
-        with pytest.raises(SystemExit):
-            run_cli(generate.main, args, "textvid.generate")
-        assert capsys.readouterr().err == f"textvid.generate: error: {want}\n"
+    writer = ["--out", str(tmp_path / "out"), "--base_url", "http://127.0.0.1:9/v1", "--model", "m"]
+    for argv, want in [(["--seeds", str(seeds)], f"{seeds}:2: 'caption' must be a non-empty string"),
+                       (["--seeds", str(tmp_path / "none.txt")], f"--seeds {tmp_path / 'none.txt'}: no such file")]:
+        with pytest.raises(SystemExit) as e:
+            run_cli(generate.main, generate.get_args(argv + writer), "textvid.generate")
+        assert e.value.code == 1 and capsys.readouterr().err == f"textvid.generate: error: {want}\n"
+    for argv, want in [(["--frames", "9-3"], "--frames 9-3: expected MIN-MAX with 1 <= MIN <= MAX"),
+                       (["--shard", "2/2"], "--shard 2/2: expected I/N with 0 <= I < N"),
+                       (["--qas", "many"], "argument --qas: expected MIN-MAX such as 5-15, got 'many'"),
+                       (["--model", "m"], "give the writer: --hf_model DIR, or --base_url URL --model NAME")]:
+        with pytest.raises(SystemExit) as e:
+            generate.get_args(["--seeds", str(seeds), "--out", "o"] + (writer[2:] if argv[0] != "--model" else [])
+                              + argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.splitlines()[-1].startswith(f"python -m textvid.generate: error: {want}"), err
 
 
 def answer_with(**change) -> str:

@@ -21,7 +21,7 @@ from typing import List, Optional
 from dataloader.textvid import parse_tideo
 from util.errors import DataError
 
-from .prompt import N_OPTIONS, Shape
+from .config import N_OPTIONS, Shape
 from .seeds import Job
 
 

@@ -17,16 +17,15 @@ import string
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
-from dataloader.base import read_text
 from util.errors import ConfigError, MissingFileError
+
+from .config import N_OPTIONS, Shape
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_TEMPLATE = PROMPT_DIR / "tideo.txt"
 DEFAULT_SCHEMA = PROMPT_DIR / "tideo.schema.json"
-N_OPTIONS = 5  # a TextVid QA has 5 options, A..E (docs/formats.md)
-
 PLACEHOLDERS = {
     "caption": "the seed caption", "domain": "the seed's domain (or --domain)",
     "min_frames": "--frames", "max_frames": "--frames", "min_objects": "--objects", "max_objects": "--objects",
@@ -39,35 +38,9 @@ COUNTED = ((("properties", "frames"), "frames"),
            (("properties", "QAs", "items", "properties", "options"), None))
 
 
-@dataclass(frozen=True)
-class Shape:
-    """How many frames, objects per frame and QAs a tideo has (inclusive ranges)."""
-    frames: Tuple[int, int] = (5, 15)
-    objects: Tuple[int, int] = (1, 3)
-    qas: Tuple[int, int] = (4, 6)
-
-    def __post_init__(self):
-        for name in ("frames", "objects", "qas"):
-            lo, hi = getattr(self, name)
-            if not 1 <= lo <= hi:
-                raise ConfigError(f"--{name} {lo}-{hi}: expected MIN-MAX with 1 <= MIN <= MAX")
-
-    def counts(self, name) -> Tuple[int, int]:
-        return (N_OPTIONS, N_OPTIONS) if name is None else getattr(self, name)
-
-
-def parse_range(text: str, flag: str) -> Tuple[int, int]:
-    """'5-15' -> (5, 15); '4' -> (4, 4)."""
-    lo, sep, hi = str(text).partition("-")
-    try:
-        pair = (int(lo), int(hi if sep else lo))
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r}: expected MIN-MAX, e.g. 5-15") from None
-    return pair
-
-
 def read_text_file(path, flag: str) -> str:
     """The UTF-8 text of the file a flag names (`dataloader.base.read_text`: a bad byte is named by line)."""
+    from dataloader.base import read_text
     if not Path(path).is_file():
         raise MissingFileError(f"{flag} {path}: no such file")
     return read_text(path)

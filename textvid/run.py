@@ -41,7 +41,7 @@ class Scheduler:
         self.todo = deque(j for j in jobs if not states.get(j.idx, JobState()).finished(cfg.max_tries))
         self.waiting: Dict[int, deque] = {}          # group -> its jobs that wait for the one in flight
         self.busy = set()
-        self.written, self.given_up, self.rejections = 0, 0, Counter()
+        self.written = 0                             # tideos kept by this run
 
     def next_request(self) -> Optional[Request]:
         while self.todo:
@@ -66,12 +66,10 @@ class Scheduler:
             self.store.append(line)
             st.add_tokens(line)
             st.rejections.append({"try": r.try_no, "reason": e.reason, "message": e.message})
-            self.rejections[e.reason] += 1
             if not st.finished(self.cfg.max_tries):
                 self.todo.appendleft(job)   # its next try, before other groups' jobs
                 self.busy.discard(job.group)
                 return
-            self.given_up += 1
         else:
             line["tideo"] = tideo
             self.store.append(line)
