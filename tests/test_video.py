@@ -246,3 +246,29 @@ def test_text_features_are_unit_norm_projection_with_77_tokens(encoder):
             assert ids.shape[1] <= 77 and ids[0, -1].item() == tok.eos_token_id
             want = F.normalize(m.text_projection(m.text_model(input_ids=ids).pooler_output), dim=-1)[0]
             torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "no connection"])
+def test_an_unreachable_hub_name_fails_at_once(tmp_path, offline):
+    """A hub name that is not in the (empty) Hugging Face cache while the hub cannot be reached: the one-line
+    error at once, not after the hub client's retries (a "Retrying in Ns [Retry k/5]" line each, ~30 s)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    with socket.socket() as s:   # a port nobody listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HTTP", "http", "ALL_PROXY", "all_proxy"))}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HOME=str(tmp_path / "hf"),
+               **({"HF_HUB_OFFLINE": "1"} if offline == "HF_HUB_OFFLINE" else
+                  {"HF_ENDPOINT": f"http://127.0.0.1:{closed}"}))
+    code = "from video.clip import ClipEncoder\nClipEncoder('openai/clip-vit-large-patch14')"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert "Retry" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("util.errors.CheckpointError: --clip_model openai/clip-vit-large-patch14: no such "
+                           "folder, and the hub is unreachable (" + ("HF_HUB_OFFLINE is set" if offline ==
+                                                                    "HF_HUB_OFFLINE" else "no connection to")), last

@@ -9,11 +9,19 @@ Image preprocessing, exactly OpenAI's `clip.load` transform:
 `preprocess` stops after step 3 and returns uint8 [224, 224, 3]: a quarter of the float size to keep
 and to pass between processes.
 
+Loading: `name` is a local folder in Hugging Face format or a hub name. A hub name is looked up in the
+local Hugging Face cache only when the hub cannot be reached (HF_HUB_OFFLINE is set, or no connection to
+the hub's endpoint within a few seconds), so that an offline machine gets its one-line error at once,
+not after the hub client's retries (half a minute).
+
 Features: image = `get_image_features` (the visual projection of the pooled CLS token, what OpenAI's
 `encode_image` returns), not normalised; text = `get_text_features` (77-token context, longer text
 truncated), unit-normalised. Both 768-d for ViT-L/14.
 """
-from typing import Sequence
+import os
+import socket
+from typing import Optional, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -29,6 +37,24 @@ MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 CONTEXT = 77
 DEFAULT_MODEL = CLIP_MODEL  # the one default CLIP of every entry point (video/config.py)
+HUB_PROBE_S = 3.0   # how long a connection to the hub may take before the machine counts as offline
+
+
+def hub_offline() -> Optional[str]:
+    """Why the Hugging Face hub cannot be reached now, or None: HF_HUB_OFFLINE set, or no TCP connection
+    to its endpoint (HF_ENDPOINT) within HUB_PROBE_S seconds. Behind a proxy the hub client is left to try."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_PROBE_S).close()
+    except OSError as e:
+        return f"no connection to {constants.ENDPOINT}: {e.strerror or e}"
+    return None
 
 
 def resized_size(w: int, h: int, size: int = SIZE):
@@ -74,11 +100,9 @@ class ClipEncoder:
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         self.name, self.device, self.dtype = str(name), torch.device(device), dtype
+        self._offline = None if os.path.isdir(self.name) else hub_offline()   # None: a folder, or the hub is up
         if model is None:
-            try:
-                model = CLIPModel.from_pretrained(self.name)
-            except OSError as e:
-                raise CheckpointError(f"--clip_model {self.name}: cannot load a CLIP model: {e}") from None
+            model = self._load(CLIPModel, "a CLIP model")
         dim = model.config.projection_dim
         if dim != FEATURE_DIM:
             raise CheckpointError(f"--clip_model {self.name}: projection_dim is {dim}; the feature files hold "
@@ -100,11 +124,20 @@ class ClipEncoder:
         """CLIP's tokenizer from the model folder (loaded once)."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.name)
-            except OSError as e:
-                raise CheckpointError(f"--clip_model {self.name}: no CLIP tokenizer: {e}") from None
+            self._tokenizer = self._load(AutoTokenizer, "a CLIP tokenizer")
         return self._tokenizer
+
+    def _load(self, cls, what: str):
+        """cls.from_pretrained(name), from the local cache only while the hub is unreachable."""
+        try:
+            return cls.from_pretrained(self.name, local_files_only=self._offline is not None)
+        except (OSError, ValueError) as e:
+            if self._offline:
+                raise CheckpointError(f"--clip_model {self.name}: no such folder, and the hub is unreachable "
+                                      f"({self._offline}) while the Hugging Face cache does not hold {what} of "
+                                      f"that name; pass a local folder in Hugging Face format (or download it "
+                                      f"once online)") from None
+            raise CheckpointError(f"--clip_model {self.name}: cannot load {what}: {e}") from None
 
     @torch.inference_mode()
     def texts(self, sentences: Sequence[str]) -> torch.Tensor:
