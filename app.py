@@ -3,169 +3,211 @@
 Upload a video or pick an example, ask an open question, a multiple-choice question or for a
 description, and see the answer, the option probabilities and the frames the model saw.
 
+  python app.py --toy                # a random tiny model, written to a temporary folder; open http://127.0.0.1:7860
   python app.py --resume vqa_checkpoint/topa_llama2_7b.pth --llama_model_path pretrained/llama2/ --model 7B \\
-      --memory_path data/textvid/memory.pkl            # then open http://127.0.0.1:7860
-  python app.py --toy                                   # a random tiny model, built in a temporary folder
+      --memory_path data/textvid/memory.pkl --examples clip1.mp4 clip2.mp4
 
 Needs the optional install: pip install -e ".[demo]". One model per process; requests run one at a time
-(a queue); uploads are deleted when their browser session ends. The answers come from the Python API
-(engine/api.py), so they are the ones ask.py and eval.py give.
+(a queue). The flags are checked, and the port tried, before the model loads. Every file the server
+writes (uploads, the frames it shows) lives in one temporary folder: a session's files are deleted when
+it ends, a refused upload at once, the folder at shutdown (engine/serve.py). The answers come from the
+Python API (engine/api.py), so they are the ones ask.py and eval.py give.
 """
 import argparse
-import os
-import shutil
-import signal
 import sys
-import tempfile
-import threading
-from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import List, Optional
 
-from engine.api import FRAME_RULES, QAConfig, TOPAVideoQA, add_api_args
-from engine.config import add_model_args
-from util.errors import InputError, one_line
-from video.frames import IMAGE_EXTS, VIDEO_EXTS
+from engine.serve import ServeConfig, SessionFiles, add_serve_args, serve
 
 MODES = ("Open question", "Multiple choice", "Multiple choice (MVBench letters)", "Describe")
-MEMORY = {"protocol's": None, "on": True, "off": False}
-FRAMES = {"protocol's": None, **{v: k for k, v in FRAME_RULES.items()}}
+KIND = {"Open question": "answer", "Multiple choice": "choose", "Multiple choice (MVBench letters)": "mvbench",
+        "Describe": "describe"}   # the API request each mode makes
+PROTOCOL = "as the benchmark's protocol"
+MEMORY = {"protocol": None, "on": True, "off": False}   # the API's value of each choice
+DEFAULT_QUESTION = "What is happening in the video?"
 N_OPTIONS = 5
+LETTERS = "ABCDE"
+TITLE = "TOPA: ask a video"
 TOY_NOTE = ("**This is a random toy model** (`--toy`): a tiny Llama with random weights, a random CLIP and a "
             "random TOPA checkpoint. The answers are random text; the page shows how the demo works, not what "
             "TOPA can do. Run with real weights for real answers.")
+# Gradio marks every output of a failed request with a red "Error" badge; the one message of a refusal is
+# its notice (top right), so the badges are hidden (the progress animation still shows).
+CSS = "[data-testid='status-tracker']:has(> .error) { display: none !important; }"
+
+
+def frame_choices() -> list:
+    """(label, value) of the frame rules: the value is the API's rule name ("protocol": the request's)."""
+    from engine.api import FRAME_RULES
+    return [(PROTOCOL, "protocol"), *((label, name) for name, label in FRAME_RULES.items())]
+
+
+def protocol_note(mode: str) -> str:
+    """What "as the benchmark's protocol" means for a request kind (engine/api.py's table)."""
+    from engine.api import FRAME_RULES, KINDS
+    kind = KINDS[KIND[mode]]
+    how = "every option scored, no generation" if mode == "Multiple choice" else "greedy generation"
+    return (f"*{PROTOCOL.capitalize()}* for **{mode}**: memory {'on' if kind.memory else 'off'}, "
+            f"frames: {FRAME_RULES[kind.rule]}, {how} (engine/api.py).")
+
+
+def caption(index: int, time: float) -> str:
+    return f"#{index} · {time:.1f} s"
 
 
 class DemoApp:
-    """The page and its handlers around one TOPAVideoQA."""
+    """The page and its handlers around one TOPAVideoQA; `files` knows which session holds which file."""
 
-    def __init__(self, qa: TOPAVideoQA, examples=(), toy: bool = False, max_upload_mb: float = 200.0,
-                 title: str = "TOPA: ask a video"):
-        self.qa, self.examples, self.toy, self.title = qa, [str(e) for e in examples], toy, title
+    def __init__(self, qa, files: SessionFiles, examples=(), toy: bool = False, max_upload_mb: float = 200.0,
+                 title: str = TITLE):
+        self.qa, self.files, self.examples, self.toy, self.title = qa, files, [str(e) for e in examples], toy, title
         self.max_upload_mb = max_upload_mb
-        self.sessions: Dict[str, Set[str]] = {}   # session -> its uploaded files (deleted when it ends)
-        self._sessions_lock = threading.Lock()
-
-    # ---- checks ----
-    def check_video(self, path: Optional[str]) -> str:
-        import gradio as gr
-        if not path:
-            raise gr.Error("Upload a video (or pick an example) first.")
-        ext = Path(path).suffix.lower()
-        if ext not in VIDEO_EXTS:
-            kind = "an image" if ext in IMAGE_EXTS else f"a '{ext or 'no extension'}' file"
-            raise gr.Error(f"{Path(path).name} is {kind}, not a video ({', '.join(VIDEO_EXTS)}).")
-        size = os.path.getsize(path) / 2 ** 20
-        if size > self.max_upload_mb:
-            raise gr.Error(f"{Path(path).name} is {size:.0f} MB, over the {self.max_upload_mb:g} MB limit.")
-        return path
 
     # ---- the request ----
     def ask(self, video, mode, question, *rest, request=None):
-        """-> (chat history, the answer, the probability chart, the frame gallery)."""
+        """-> (chat history, the answer, the probability chart, the frame gallery). A refusal is a gr.Error
+        (its one line in the page, no traceback in the server's log)."""
         import gradio as gr
+
+        from util.errors import InputError, one_line
+        session = getattr(request, "session_hash", None)
         options = [o.strip() for o in rest[:N_OPTIONS] if o and o.strip()]
         memory, frames, max_new, history = rest[N_OPTIONS:]
-        path = self.check_video(video)
-        self._remember(request, path)
-        kw = {"memory": MEMORY.get(memory), "frames": FRAMES.get(frames)}
-        if mode != "Multiple choice" and max_new:
-            kw["max_new_tokens"] = int(max_new)
         question = (question or "").strip()
-        if mode != "Describe" and not question:
-            raise gr.Error("Type a question.")
-        if mode.startswith("Multiple choice") and len(options) < 2:
-            raise gr.Error("Multiple choice needs at least two options.")
         try:
-            if mode == "Describe":
-                a, shown, chart = self.qa.describe(path, **kw), "Describe this video.", None
-                text = a.text
-            elif mode == "Open question":
-                a, shown, chart = self.qa.answer(path, question, **kw), question, None
-                text = a.text
-            elif mode == "Multiple choice":
-                a = self.qa.choose(path, question, options, **kw)
-                text = f"({a.letter}) {a.option}"
-                chart = {"option": [f"({'ABCDE'[k]}) {o}" for k, o in enumerate(options)],
-                         "probability": a.probabilities}
-                shown = question + "\n" + "\n".join(f"({'ABCDE'[k]}) {o}" for k, o in enumerate(options))
-            else:
-                a = self.qa.mvbench(path, question, options, **kw)
-                text = f"({a.letter}) {options[a.choice]}"
-                if a.free_letter != a.letter:
-                    text += f" (generated freely: {a.text!r})"
-                shown, chart = question + "\n" + "\n".join(f"({'ABCDE'[k]}) {o}" for k, o in enumerate(options)), None
+            path = self.check_video(video, session)
+            if mode != "Describe" and not question:
+                raise gr.Error("Type a question.", print_exception=False)
+            if mode.startswith("Multiple choice") and len(options) < 2:
+                raise gr.Error("Multiple choice needs at least two options.", print_exception=False)
+            feats = self.read(path, session)
+            kw = {"memory": MEMORY[memory], "frames": None if frames == "protocol" else frames}
+            if mode != "Multiple choice" and max_new:
+                kw["max_new_tokens"] = int(max_new)
+            a, text, shown, chart = self.request(feats, mode, question, options, kw)
         except InputError as e:
-            raise gr.Error(one_line(e)) from None
+            raise gr.Error(one_line(e), print_exception=False) from None
         history = list(history or []) + [{"role": "user", "content": shown}, {"role": "assistant", "content": text}]
         return (history, text, gr.update(value=self._chart(chart), visible=chart is not None),
-                self._gallery(a.frames))
+                self.gallery(a.frames, session))
 
+    def request(self, feats, mode, question, options, kw):
+        """The API call of `mode` -> (its result, the answer's text, the question as the chat shows it, chart)."""
+        listed = question + "".join(f"\n({LETTERS[k]}) {o}" for k, o in enumerate(options))
+        if mode == "Describe":
+            a = self.qa.describe(feats, **kw)
+            return a, a.text, "Describe this video.", None
+        if mode == "Open question":
+            a = self.qa.answer(feats, question, **kw)
+            return a, a.text, question, None
+        if mode == "Multiple choice":
+            a = self.qa.choose(feats, question, options, **kw)
+            chart = {"option": [f"({LETTERS[k]}) {o}" for k, o in enumerate(options)], "probability": a.probabilities}
+            return a, f"({a.letter}) {a.option}", listed, chart
+        a = self.qa.mvbench(feats, question, options, **kw)
+        text = f"({a.letter}) {options[a.choice]}"
+        if a.free_letter != a.letter:
+            text += f" (generated freely: {a.text!r})"
+        return a, text, listed, None
+
+    # ---- the video ----
+    def check_video(self, path: Optional[str], session: Optional[str]) -> str:
+        """The upload's path, or a gr.Error (and a refused upload is deleted at once)."""
+        import os
+        from pathlib import Path
+
+        import gradio as gr
+
+        from video.frames import IMAGE_EXTS, VIDEO_EXTS
+        if not path:
+            raise gr.Error("Upload a video (or pick an example) first.", print_exception=False)
+        name, ext = Path(path).name, Path(path).suffix.lower()
+        if not os.path.exists(path):
+            raise gr.Error(f"{name} is no longer on the server (its session ended); upload it again.",
+                           print_exception=False)
+        why = None
+        if ext not in VIDEO_EXTS:
+            kind = "an image" if ext in IMAGE_EXTS else f"a '{ext or 'no extension'}' file"
+            why = f"{name} is {kind}, not a video ({', '.join(VIDEO_EXTS)})."
+        elif os.path.getsize(path) > self.max_upload_mb * 2 ** 20:
+            why = f"{name} is {os.path.getsize(path) / 2 ** 20:.1f} MB, over the {self.max_upload_mb:g} MB limit."
+        if why:
+            self.files.reject(session, path)
+            raise gr.Error(why, print_exception=False)
+        self.files.hold(session, path)
+        return path
+
+    def read(self, path: str, session: Optional[str]):
+        """The video's features (decoded once, then cached); a video that gives no frames at all is refused."""
+        from util.errors import InputError
+        try:
+            feats = self.qa.features(path)
+        except InputError:
+            self.files.reject(session, path)
+            raise
+        if all(isinstance(r, Exception) for r in feats.rules.values()):
+            self.files.reject(session, path)
+        return feats
+
+    # ---- the answer ----
     @staticmethod
     def _chart(chart):
         import pandas as pd
         return pd.DataFrame(chart or {"option": [], "probability": []})
 
-    @staticmethod
-    def _gallery(frames):
-        if frames is None:
+    def gallery(self, frames, session: Optional[str]) -> List[tuple]:
+        """The crops CLIP saw, written once into a fresh folder of the session (engine/serve.py says why)."""
+        if frames is None or frames.images is None:
             return []
-        return [(img, f"frame {i} · {t:.2f} s") for img, i, t in zip(frames.images, frames.indices, frames.times)]
-
-    # ---- uploads ----
-    def _remember(self, request, path: str):
-        """Files under Gradio's upload folder belong to the session that sent them."""
-        session = getattr(request, "session_hash", None)
-        if session is None or path in self.examples:
-            return
-        with self._sessions_lock:
-            self.sessions.setdefault(session, set()).add(path)
+        from PIL import Image
+        folder = self.files.frames_folder(session)
+        out = []
+        for k, (img, i, t) in enumerate(zip(frames.images, frames.indices, frames.times)):
+            path = folder / f"{k:03d}.webp"
+            Image.fromarray(img).save(path, quality=90)
+            out.append((str(path), caption(i, t)))
+        return out
 
     def end_session(self, request=None):
-        """The browser session ended: delete its uploads (and their folders when empty)."""
-        session = getattr(request, "session_hash", None)
-        with self._sessions_lock:
-            paths = self.sessions.pop(session, set())
-        for p in paths:
-            try:
-                os.remove(p)
-                os.rmdir(os.path.dirname(p))
-            except OSError:
-                pass
+        self.files.end(getattr(request, "session_hash", None))
 
     # ---- the page ----
     def build(self):
         import gradio as gr
-        with gr.Blocks(title=self.title, delete_cache=(3600, 3600)) as demo:
+        with gr.Blocks(title=self.title) as demo:
             gr.Markdown(f"# {self.title}\nTOPA (text-only pre-alignment) answers from the CLIP features of a few "
-                        f"frames. Upload a video, choose what to ask, press **Ask**; follow-up questions on the "
-                        f"same video reuse its decoded frames.")
+                        f"frames. Upload a video (or pick an example), choose what to ask, press **Ask**; "
+                        f"follow-up questions on the same video reuse its decoded frames.")
             if self.toy:
                 gr.Markdown(TOY_NOTE, elem_id="toy-note")
             with gr.Row():
                 with gr.Column(scale=1):
                     video = gr.Video(label="Video", sources=["upload"], elem_id="video")
-                    if self.examples:
-                        gr.Examples(self.examples, inputs=[video], label="Examples")
                     mode = gr.Radio(list(MODES), value=MODES[0], label="Request", elem_id="mode")
-                    question = gr.Textbox(label="Question", placeholder="What is happening?", elem_id="question")
+                    question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, elem_id="question")
                     with gr.Group(visible=False) as option_box:
-                        options = [gr.Textbox(label=f"Option {'ABCDE'[k]}", elem_id=f"option-{k}")
+                        options = [gr.Textbox(label=f"Option {LETTERS[k]}", elem_id=f"option-{k}")
                                    for k in range(N_OPTIONS)]
+                    if self.examples:
+                        gr.Examples([[e, DEFAULT_QUESTION] for e in self.examples], inputs=[video, question],
+                                    label="Examples (a video and a question: click one, then Ask)")
                     with gr.Accordion("Settings", open=False):
-                        memory = gr.Radio(list(MEMORY), value="protocol's", label="Memory projection")
-                        frames = gr.Dropdown(list(FRAMES), value="protocol's", label="Frames")
-                        max_new = gr.Slider(0, 64, value=0, step=1, label="Max new tokens (0: the protocol's)")
+                        note = gr.Markdown(protocol_note(MODES[0]), elem_id="protocol")
+                        memory = gr.Radio([(PROTOCOL if k == "protocol" else k, k) for k in MEMORY], value="protocol",
+                                          label="Memory (project the frames onto the text memory)", elem_id="memory")
+                        frames = gr.Dropdown(frame_choices(), value="protocol", label="Frames", elem_id="frames")
+                        max_new = gr.Slider(0, 64, value=0, step=1, label=f"New tokens (0: {PROTOCOL})")
                     ask = gr.Button("Ask", variant="primary", elem_id="ask")
                 with gr.Column(scale=1):
                     answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
                     chart = gr.BarPlot(x="option", y="probability", y_lim=[0, 1], title="Option probabilities",
                                        visible=False, elem_id="chart")
-                    gallery = gr.Gallery(label="The frames the model saw", columns=5, height="auto",
-                                         elem_id="gallery")
+                    gallery = gr.Gallery(label="The frames the model saw (frame number · time)", columns=5,
+                                         height="auto", elem_id="gallery")
                     chat = gr.Chatbot(label="This video's questions", elem_id="chat", height=300)
             mode.change(lambda m: (gr.update(visible=m.startswith("Multiple choice")),
-                                   gr.update(visible=m != "Describe")), mode, [option_box, question],
-                        api_name=False)
+                                   gr.update(visible=m != "Describe"), protocol_note(m)),
+                        mode, [option_box, question, note], api_name=False)
             video.change(lambda v: ([], "", [], gr.update(visible=False)), video, [chat, answer, gallery, chart],
                          api_name=False)
 
@@ -184,47 +226,60 @@ class DemoApp:
         demo.queue(default_concurrency_limit=1)
         return demo
 
+    def launch_options(self) -> dict:
+        """launch()'s page options: the theme (Gradio's default with a complete bold font: its bundled
+        600-weight Source Sans Pro holds a few glyphs only, so headings mixed two fonts, "TOPᴀ"), the CSS,
+        and the example files Gradio may read."""
+        import gradio as gr
+        fonts = gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)), "ui-sans-serif", "system-ui", "sans-serif"
+        mono = gr.themes.LocalFont("IBM Plex Mono", weights=(400, 700)), "ui-monospace", "monospace"
+        return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS, "allowed_paths": self.examples}
+
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    g = p.add_argument_group("demo")
-    g.add_argument("--toy", action="store_true",
-                   help="build a random tiny model (and example videos) in a temporary folder and serve it")
-    g.add_argument("--port", type=int, default=7860)
-    g.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
-    g.add_argument("--share", action="store_true", help="a public gradio.live link (off by default)")
-    g.add_argument("--examples", nargs="*", default=[], help="example videos shown under the upload box")
-    g.add_argument("--max_upload_mb", type=float, default=200.0, help="largest accepted upload")
+    from engine.api import add_api_args
+    from engine.config import add_model_args
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_serve_args(p)
     add_api_args(p)
     add_model_args(p)
     return p.parse_args(argv)
 
 
-def build_app(args, toy_root: Optional[str] = None) -> DemoApp:
-    """The app of the parsed flags; with --toy the toy world is written to `toy_root` first."""
-    examples: List[str] = list(args.examples)
-    if args.toy:
-        from toyworld.demo import TOY_SETTINGS, build_toy
-        w = build_toy(toy_root)
-        args.llama_model_path, args.model, args.clip_model = w["llama_model_path"], w["model"], w["clip_model"]
-        args.resume, args.memory_path = w["resume"], w["memory_path"]
-        args.adapter_len, args.max_feats = TOY_SETTINGS["adapter_len"], TOY_SETTINGS["max_feats"]
-        args.llama3 = False
-        examples += w["examples"]
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The description as written, every flag's default."""
+
+
+def build_app(args, files: SessionFiles, toy_root: Optional[str] = None) -> DemoApp:
+    """The app of the parsed flags (the model loaded); with --toy the toy world is written to `toy_root` first."""
+    from engine.api import QAConfig, TOPAVideoQA
+    cfg = ServeConfig.from_args(args)
+    examples: List[str] = list(cfg.examples)
+    if cfg.toy:
+        from toyworld.demo import build_toy, toy_flags
+        world = build_toy(toy_root)
+        for flag, value in toy_flags(world).items():
+            setattr(args, flag, value)
+        examples += world["examples"]
     qa = TOPAVideoQA(QAConfig.from_args(args), warn=lambda m: print(m, file=sys.stderr, flush=True)).load()
-    return DemoApp(qa, examples, toy=args.toy, max_upload_mb=args.max_upload_mb,
-                   title="TOPA demo: random toy model" if args.toy else "TOPA: ask a video")
+    return DemoApp(qa, files, examples, toy=cfg.toy, max_upload_mb=cfg.max_upload_mb,
+                   title="TOPA demo: random toy model" if cfg.toy else TITLE)
 
 
 def main(args):
-    toy_root = tempfile.mkdtemp(prefix="topa_toy_") if args.toy else None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` also removes the toy world
+    import shutil
+    import tempfile
+    cfg = ServeConfig.from_args(args)
+    cfg.check_address()
+    files = SessionFiles.create()
+    toy_root = tempfile.mkdtemp(prefix="topa_toy_") if cfg.toy else None
     try:
-        app = build_app(args, toy_root)
+        app = build_app(args, files, toy_root)
         demo = app.build()
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                    max_file_size=f"{args.max_upload_mb:g}mb", allowed_paths=app.examples)
+        files.seal()
+        serve(demo, cfg, files, **app.launch_options())
     finally:
+        files.close()
         if toy_root:
             shutil.rmtree(toy_root, ignore_errors=True)
 

@@ -1,6 +1,9 @@
-"""app.py, the web demo, on the toy world (`--toy`: tiny random Llama and CLIP, PyAV example videos):
-through gradio_client (every request kind, bad uploads as messages, a follow-up question that decodes
-nothing) and in a real headless Chromium (upload, ask, see answer, chart and frames; a screenshot).
+"""app.py, the web demo, on the toy world (`--toy`: tiny random Llama and CLIP, PyAV example videos), served
+in this process: through gradio_client (every request kind, bad uploads as messages and deleted at once,
+a follow-up question that decodes nothing) and in a real headless Chromium (the first click on an example
+answers; a refusal is one message; one font per heading; readable frame captions; upload, ask, see
+answer, chart and frames; a screenshot; a closed page's files deleted). tests/test_app_service.py runs
+app.py as a user does (a process: signals, ports, rapid requests, sessions).
 
 Needs `pip install -e ".[demo]"` and Debian's `chromium` (.ci/run installs both); no download."""
 import os
@@ -12,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import app as app_script
-from engine.api import FRAME_RULES
 from toyworld.videos import write_video
 
 gradio_client = pytest.importorskip("gradio_client") if not os.environ.get("TOPA_CI") else __import__("gradio_client")
@@ -30,19 +32,28 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
+    """The app as app.py's main builds it (private temporary folder, sealed page files), launched here."""
+    from engine.serve import ServeConfig, SessionFiles, start
+    before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
+    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "1"   # a closed page is noticed within a second or two
     args = app_script.get_args(["--toy", "--device", "cpu"])
-    app = app_script.build_app(args, str(root))
+    files = SessionFiles.create()
+    app = app_script.build_app(args, files, str(tmp_path_factory.mktemp("toy")))
     demo = app.build()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=app.examples,
-                            max_file_size="200mb")
+    files.seal()
+    url, _ = start(demo, ServeConfig(port=free_port()), **app.launch_options())
     client = Client(url, verbose=False)
     yield app, url, client
     client.close()
-    demo.close()
+    demo.close(verbose=False)
+    files.close()
+    if before is None:
+        os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+    else:
+        os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
 
 
-def ask(client, video, mode, question="", options=(), memory="protocol's", frames="protocol's", max_new=0,
+def ask(client, video, mode, question="", options=(), memory="protocol", frames="protocol", max_new=0,
         history=()):
     opts = list(options) + [""] * (app_script.N_OPTIONS - len(options))
     video = video if isinstance(video, dict) else handle_file(str(video))
@@ -55,6 +66,10 @@ def text_of(message) -> str:
     return c if isinstance(c, str) else "".join(part.get("text", "") for part in c)
 
 
+def files_named(root, name: str):
+    return [p for p in Path(root).rglob(name) if p.is_file()]
+
+
 def test_every_request_kind(served):
     app, _, client = served
     video = app.examples[0]
@@ -65,7 +80,7 @@ def test_every_request_kind(served):
     probs = [row[1] for row in chart["value"]["data"]]
     assert [row[0] for row in chart["value"]["data"]] == ["(A) a ball", "(B) a cat", "(C) a car"]
     assert abs(sum(probs) - 1) < 1e-6 and max(abs(p - q) for p, q in zip(probs, want.probabilities)) < 1e-6
-    assert [g["caption"] for g in gallery] == [f"frame {i} · {t:.2f} s" for i, t in
+    assert [g["caption"] for g in gallery] == [f"#{i} · {t:.1f} s" for i, t in
                                                zip(want.frames.indices, want.frames.times)]
     hist, answer, chart, gallery = ask(client, video, "Describe", history=hist)
     assert answer == f"{app.qa.describe(video).text}" and chart["visible"] is False
@@ -73,7 +88,7 @@ def test_every_request_kind(served):
     hist, answer, _, _ = ask(client, video, "Open question", "where is it", max_new=5, history=hist)
     assert answer == f"{app.qa.answer(video, 'where is it', max_new_tokens=5).text}"
     hist, answer, _, _ = ask(client, video, "Multiple choice (MVBench letters)", "What moves?", ["a ball", "a cat"],
-                             memory="off", frames=FRAME_RULES["strided"], history=hist)
+                             memory="off", frames="strided", history=hist)
     a = app.qa.mvbench(video, "What moves?", ["a ball", "a cat"], memory=False, frames="strided")
     assert answer.startswith(f"({a.letter}) {['a ball', 'a cat'][a.choice]}")
     assert [m["role"] for m in hist] == ["user", "assistant"] * 4
@@ -88,15 +103,15 @@ def test_a_follow_up_question_decodes_nothing(served, tmp_path):
     before = dict(app.qa.stats)
     ask(client, video, "Open question", "what is it")
     assert app.qa.stats["decoded"] == before["decoded"] + 1
-    (uploaded,) = [p for paths in app.sessions.values() for p in paths if p.endswith("upload.mp4")]
-    on_server = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
+    (uploaded,) = files_named(app.files.root, "upload.mp4")
+    on_server = {"path": str(uploaded), "meta": {"_type": "gradio.FileData"}}
     ask(client, on_server, "Multiple choice", "which color", ["green", "red"])
     ask(client, on_server, "Describe")
     assert app.qa.stats["decoded"] == before["decoded"] + 1
     assert app.qa.stats["cache_hits"] == before["cache_hits"] + 2
 
 
-def test_bad_uploads_are_messages(served, tmp_path):
+def test_bad_uploads_are_messages_and_deleted_at_once(served, tmp_path):
     app, _, client = served
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"this is not a video")
@@ -109,30 +124,98 @@ def test_bad_uploads_are_messages(served, tmp_path):
     text.write_text("hello")
     with pytest.raises(AppError, match="notes.txt is a '.txt' file, not a video"):
         ask(client, text, "Describe")
+    for name in ("broken.mp4", "notes.txt"):   # refused uploads: gone from the server at once
+        assert files_named(app.files.root, name) == [], name
+    # too short for Describe's 10 frames, but a video: kept for the requests it can answer (1 frame/s)
+    (kept,) = files_named(app.files.root, "short.mp4")
+    ask(client, {"path": str(kept), "meta": {"_type": "gradio.FileData"}}, "Multiple choice", "What?", ["a", "b"])
     with pytest.raises(AppError, match="at least two options"):
         ask(client, app.examples[0], "Multiple choice", "What?", ["only"])
+    with pytest.raises(AppError, match="Type a question"):
+        ask(client, app.examples[0], "Open question", "  ")
     limit, app.max_upload_mb = app.max_upload_mb, 0.001
     try:
         with pytest.raises(AppError, match="over the 0.001 MB limit"):
             ask(client, app.examples[0], "Describe")
     finally:
         app.max_upload_mb = limit
-    # the app still answers
+    # the page's own example stays, and the app still answers
     assert ask(client, app.examples[0], "Describe")[1] == app.qa.describe(app.examples[0]).text
 
 
-def test_in_a_real_browser(served, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api") if not os.environ.get("TOPA_CI") else \
-        __import__("playwright.sync_api", fromlist=["sync_playwright"])
+def browser(sync_api, p):
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
+    return p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+
+
+def playwright_api():
+    return pytest.importorskip("playwright.sync_api") if not os.environ.get("TOPA_CI") else \
+        __import__("playwright.sync_api", fromlist=["sync_playwright"])
+
+
+def fonts_of(page, selector: str):
+    """The fonts Chromium drew the element's text with (DevTools' platform fonts)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    return [f["familyName"] for f in cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]]
+
+
+def test_the_first_minute_in_a_real_browser(served):
+    """A new user's first clicks: an example, then Ask, answers; a refusal is one message (no red badges
+    on the answer panels); the settings say what they do; every heading is drawn in one font; the frame
+    captions are not cut."""
+    sync_api = playwright_api()
+    app, url, _ = served
+    with sync_api.sync_playwright() as p:
+        b = browser(sync_api, p)
+        page = b.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.get_by_text("This is a random toy model", exact=False).wait_for()
+        assert page.locator("#question textarea").input_value() == app_script.DEFAULT_QUESTION
+        for heading in ("h1", "#toy-note strong"):
+            assert len(set(fonts_of(page, heading))) == 1, (heading, fonts_of(page, heading))
+        page.locator("[data-testid='dataset-cell-0-0']").click()   # the first example's video
+        page.locator("#video video").wait_for(timeout=60_000)
+        page.locator("#ask").click()
+        box = page.locator("#answer textarea")
+        page.wait_for_function("e => e.value.length > 0", arg=box.element_handle(), timeout=120_000)
+        want = app.qa.answer(app.examples[0], app_script.DEFAULT_QUESTION)
+        assert box.input_value() == want.text
+        page.locator("#gallery img").first.wait_for()
+        captions = page.locator("#gallery .caption-label, #gallery figcaption, #gallery [class*=caption]")
+        assert captions.count() >= len(want.frames.indices)
+        texts = [c.inner_text() for c in captions.all()]
+        shown = [f"#{i} · {t:.1f} s" for i, t in zip(want.frames.indices, want.frames.times)]
+        assert texts[:len(shown)] == shown
+        assert all(c.evaluate("e => e.scrollWidth <= e.clientWidth") for c in captions.all()), "a caption is cut"
+        # a refusal: one message, no "Error" badge on the answer, the frames or the chat
+        page.get_by_label("Multiple choice", exact=True).check()
+        page.locator("#ask").click()
+        page.get_by_text("Multiple choice needs at least two options.").wait_for(timeout=60_000)
+        badges = page.locator("[data-testid='status-tracker'] .error")
+        assert sum(b.is_visible() for b in badges.all()) == 0
+        assert page.locator("#answer textarea").input_value() == want.text   # the last answer stays
+        # the settings name what they do
+        page.get_by_role("button", name="Settings ▼").click()
+        assert page.locator("#memory").get_by_text(app_script.PROTOCOL).is_visible()
+        assert "protocol's" not in page.locator("body").inner_text()
+        assert "memory off" in page.locator("#protocol").inner_text()   # multiple choice follows NExT-QA
+        b.close()
+
+
+def test_in_a_real_browser(served, tmp_path):
+    sync_api = playwright_api()
     app, url, _ = served
     video = shutil.copy(app.examples[0], tmp_path / "my clip.mp4")
     shots = Path(os.environ.get("TOPA_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    sessions_before = set(app.sessions)
+    sessions_before = set(app.files.uploads)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        b = browser(sync_api, p)
+        page = b.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         page.get_by_text("This is a random toy model", exact=False).wait_for()
         page.locator("#video input[type=file]").set_input_files(str(video))
@@ -152,14 +235,18 @@ def test_in_a_real_browser(served, tmp_path):
         page.locator("#gallery img").first.wait_for()
         assert page.locator("#gallery img").count() == len(want.frames.indices)
         assert "What moves across the picture?" in page.locator("#chat").inner_text()
+        page.wait_for_timeout(500)
         page.screenshot(path=str(shots / "demo.png"), full_page=True)
-        uploads = set().union(*(v for k, v in app.sessions.items() if k not in sessions_before))
-        assert uploads and all(os.path.exists(u) for u in uploads)
-        page.close()   # the session ends: its uploads are deleted
-        browser.close()
+        (session,) = set(app.files.uploads) - sessions_before
+        uploads = set(app.files.uploads[session])
+        frames = list(app.files.session_folder(session).rglob("*.webp"))
+        assert uploads and frames and all(os.path.exists(u) for u in uploads)
+        page.close()   # the session ends: its upload and the frames it was shown are deleted
+        b.close()
     for _ in range(600):   # Gradio notices the closed page by its heartbeat
-        if not any(os.path.exists(u) for u in uploads):
+        if not any(os.path.exists(u) for u in list(uploads) + frames):
             break
         time.sleep(0.1)
-    assert not any(os.path.exists(u) for u in uploads)
+    assert not any(os.path.exists(u) for u in list(uploads) + frames)
+    assert all(os.path.exists(e) for e in app.files.keep)   # the page's examples stay
     assert (shots / "demo.png").stat().st_size > 10_000

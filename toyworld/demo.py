@@ -1,7 +1,9 @@
-"""The toy world of `python app.py --toy`: everything the demo needs, random and tiny, written in a few
-seconds on a CPU (no download):
+"""The toy world of `python app.py --toy` and `python -m toyworld.demo --out DIR`: everything the demo and
+ask.py need, random and tiny, written in a few seconds on a CPU (no download):
 
     build_toy(root) -> {"llama_model_path", "model", "clip_model", "resume", "memory_path", "examples"}
+    toy_flags(world) -> {flag: value}     the model flags of ask.py / app.py that load it
+    commands(world) -> [command, ...]     ask.py and app.py command lines on it (what the CLI prints)
 
 a self-trained SentencePiece tokenizer and a tiny Llama-2-style model in Meta's format, a TOPA
 checkpoint with random (non-zero) adapter tensors so that the video changes the answers, a random text
@@ -9,8 +11,12 @@ memory, a tiny random CLIP in Hugging Face format, and example videos (H.264 mp4
 browsers play: MPEG-4 Part 2 files do not play in Chromium). The answers are random text.
 """
 import argparse
+import json
+import shlex
+import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -87,3 +93,66 @@ def build_toy(root, seed: int = 0) -> dict:
     examples = [str(write_mp4(root / name, example_frames(*spec))) for name, spec in EXAMPLES.items()]
     return {"llama_model_path": str(root / "llama2"), "model": "tiny", "clip_model": str(clip),
             "resume": str(root / "topa_toy.pth"), "memory_path": str(root / "memory.pkl"), "examples": examples}
+
+
+QUESTION = ("What moves across the picture?", ["a red ball", "a green square", "yellow stripes"])
+WORLD_FILE = "toy_world.json"   # what build_toy returned; marks a folder the CLI may write again
+
+
+def toy_flags(world: dict) -> dict:
+    """The model flags (ask.py / app.py names, argparse dests) that load the toy world."""
+    return {"llama_model_path": world["llama_model_path"], "model": world["model"], "llama3": False,
+            "clip_model": world["clip_model"], "resume": world["resume"], "memory_path": world["memory_path"],
+            "adapter_len": TOY_SETTINGS["adapter_len"], "max_feats": TOY_SETTINGS["max_feats"]}
+
+
+def _argv(flags: dict) -> List[str]:
+    out = []
+    for k, v in flags.items():
+        if v is True:
+            out.append(f"--{k}")
+        elif v is not False and v is not None:
+            out += [f"--{k}", str(v)]
+    return out
+
+
+def commands(world: dict) -> List[List[str]]:
+    """Command lines on the toy world: ask.py (multiple choice, description, open question), then app.py."""
+    model = _argv(toy_flags(world))
+    video = world["examples"][0]
+    question, options = QUESTION
+    return [["python", "ask.py", video, "--question", question, "--options", *options, *model],
+            ["python", "ask.py", video, "--describe", *model],
+            ["python", "ask.py", video, "--question", "Where is it?", *model],
+            ["python", "app.py", "--examples", *world["examples"], *model]]
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The description as written, every flag's default."""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description="Write the toy world (a tiny random Llama, CLIP, TOPA checkpoint, text memory and example "
+                    "videos; about 5 s on a CPU, no download) and print the ask.py and app.py commands that use "
+                    "it.\n\n  python -m toyworld.demo --out toy\n  python ask.py toy/red_ball.mp4 --describe ... "
+                    "(as printed)", formatter_class=_Help)
+    p.add_argument("--out", required=True, help="the folder to write (new, empty, or an earlier toy world)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()) and not (out / WORLD_FILE).exists():
+        print(f"toyworld.demo: error: --out {out}: not empty and not a toy world; choose a new folder",
+              file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    world = build_toy(out, seed=a.seed)
+    (out / WORLD_FILE).write_text(json.dumps(world, indent=1))
+    print(f"The toy world is in {out} (random weights: the answers are random text). Try:")
+    for cmd in commands(world):
+        print("  " + shlex.join(cmd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The web demo as a service (app.py): its flags, checked before the model loads; the files it writes;
+its life as a server. Imports neither torch nor gradio at module level (`app.py --help` stays instant).
+
+    cfg = ServeConfig.from_args(args)   # --host/--port free, --max_upload_mb, --examples: one line each
+    cfg.check_address()                 # before the model loads: a taken --port is one line naming it
+    files = SessionFiles.create()       # a private temporary folder, Gradio's for this server too
+    demo = ...                          # the page (Gradio copies the examples into the folder now)
+    files.seal()                        # what the page itself wrote stays until shutdown
+    serve(demo, cfg, files)             # launch, wait; at any exit (SIGTERM, Ctrl-C) stop, delete the folder
+
+Files. Everything the server writes lives in one folder of its own (GRADIO_TEMP_DIR while it runs), removed
+whole at shutdown. Gradio names an upload by its content (`<folder>/<sha256>/<name>`): two sessions that
+send the same video get the same path, and the copy of a page's example is such a path too. So an upload
+belongs to the sessions that asked about it: it is deleted when the last of them ends, never while
+another holds it, never if it is the page's own, and not if another upload has replaced it since (a
+session that sent it but has not asked yet). A refused upload (not a video, too big, unreadable) is
+deleted at once. The frames an answer shows are written by the app into a fresh folder per answer and
+never rewritten: Gradio's own gallery cache names images by content and rewrites such a file in place
+(`write_bytes`) while another client may be downloading it, which cut those downloads short under rapid
+requests ("Too little data for declared Content-Length"). A session ends when its page closes (Gradio's
+heartbeat stops) or, for an API client that keeps no heartbeat (gradio_client), after `idle_s` seconds
+without a request.
+"""
+import argparse
+import hashlib
+import math
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+from util.errors import ConfigError, MissingFileError
+
+IDLE_S = 3600.0   # an API client's session ends after an hour without a request
+
+
+# ---------------------------------------------------------------- flags
+
+@dataclass
+class ServeConfig:
+    """app.py's own flags (the model's are add_model_args / add_api_args)."""
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    examples: List[str] = field(default_factory=list)
+    max_upload_mb: float = 200.0
+    toy: bool = False
+
+    def __post_init__(self):
+        from video.frames import VIDEO_EXTS
+        if not (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0):
+            raise ConfigError(f"--max_upload_mb must be a positive number of megabytes, got {self.max_upload_mb:g}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 1..65535, got {self.port}")
+        for e in self.examples:
+            if not os.path.isfile(e):
+                raise MissingFileError(f"--examples {e}: not found")
+            if Path(e).suffix.lower() not in VIDEO_EXTS:
+                raise ConfigError(f"--examples {e}: not a video file ({', '.join(VIDEO_EXTS)})")
+
+    @classmethod
+    def from_args(cls, a) -> "ServeConfig":
+        return cls(host=a.host, port=a.port, share=a.share, examples=list(a.examples),
+                   max_upload_mb=a.max_upload_mb, toy=a.toy)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return max(1, int(self.max_upload_mb * 2 ** 20))
+
+    def check_address(self):
+        """ConfigError now if the server could not listen on --host:--port (taken, not this machine's,
+        not allowed), so that nobody waits for the model to load to learn it."""
+        try:
+            family, _, _, _, addr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as e:
+            raise ConfigError(f"--host {self.host}: not an address of this machine ({e.strerror})") from None
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server binds it
+            try:
+                s.bind(addr)
+            except OSError as e:
+                raise ConfigError(self.port_error(e.strerror or str(e))) from None
+
+    def port_error(self, why: str) -> str:
+        return f"--port {self.port}: cannot listen on {self.host}:{self.port} ({why}); choose another --port"
+
+
+def add_serve_args(p: argparse.ArgumentParser):
+    """The flags of ServeConfig (app.py)."""
+    d = ServeConfig()
+    g = p.add_argument_group("server")
+    g.add_argument("--toy", action="store_true",
+                   help="serve a random tiny model (and example videos) written to a temporary folder")
+    g.add_argument("--host", default=d.host, help="the address to listen on; 0.0.0.0 serves other machines too")
+    g.add_argument("--port", type=int, default=d.port, help="the port to listen on (checked before the model loads)")
+    g.add_argument("--share", action="store_true", help="also a public gradio.live link (off unless given)")
+    g.add_argument("--examples", nargs="*", default=d.examples, metavar="VIDEO",
+                   help="example videos shown under the upload box, each with a default question")
+    g.add_argument("--max_upload_mb", type=float, default=d.max_upload_mb,
+                   help="largest accepted upload in megabytes (fractions allowed); larger ones are refused")
+    return p
+
+
+# ---------------------------------------------------------------- files
+
+def _inode(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class SessionFiles:
+    """The server's temporary folder and which session holds which file in it (module docstring)."""
+
+    def __init__(self, root, idle_s: float = IDLE_S):
+        self.root = os.path.realpath(root)
+        self.idle_s = idle_s
+        self.keep: Set[str] = set()                      # the page's own files (example copies)
+        self.holders: Dict[str, Set[str]] = {}           # upload -> the sessions that asked about it
+        self.seen: Dict[str, Tuple[int, int]] = {}       # upload -> its inode when last held
+        self.uploads: Dict[str, Set[str]] = {}           # session -> its uploads
+        self.active: Dict[str, float] = {}               # session -> time of its last request
+        self._count = 0
+        self._lock = threading.Lock()
+        self._env: Optional[str] = None
+
+    @classmethod
+    def create(cls, idle_s: float = IDLE_S) -> "SessionFiles":
+        """A fresh folder under the system's temporary folder, made Gradio's (GRADIO_TEMP_DIR) until close()."""
+        files = cls(tempfile.mkdtemp(prefix="topa_demo_"), idle_s)
+        files._env = os.environ.get("GRADIO_TEMP_DIR")
+        os.environ["GRADIO_TEMP_DIR"] = files.root
+        return files
+
+    def seal(self):
+        """Every file now in the folder is the page's own (Gradio's copies of the examples): kept."""
+        self.keep = {os.path.join(d, f) for d, _, fs in os.walk(self.root) for f in fs}
+
+    def owns(self, path: str) -> bool:
+        """An upload this server may delete: in its folder, not the page's own."""
+        path = os.path.realpath(path)
+        return path.startswith(self.root + os.sep) and path not in self.keep
+
+    # ---- sessions ----
+    def hold(self, session: Optional[str], path: str):
+        """`session` asked about `path`: it stays while the session lives."""
+        self.expire()
+        if session is None:
+            return
+        with self._lock:
+            self.active[session] = time.monotonic()
+            path = os.path.realpath(path)
+            if self.owns(path):
+                self.holders.setdefault(path, set()).add(session)
+                self.uploads.setdefault(session, set()).add(path)
+                self.seen[path] = _inode(path)
+
+    def reject(self, session: Optional[str], path: str):
+        """A refused upload: deleted now, unless another session holds it or it is the page's own."""
+        path = os.path.realpath(path)
+        with self._lock:
+            others = self.holders.get(path, set()) - {session}
+            if session in self.holders.get(path, set()):
+                self._drop(session, path)
+            if not others and self.owns(path):
+                _remove(path)
+
+    def frames_folder(self, session: Optional[str]) -> Path:
+        """A new folder for the frames of one answer (never written again), under the session's folder."""
+        with self._lock:
+            self._count += 1
+            n = self._count
+        folder = self.session_folder(session) / f"{n:06d}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def session_folder(self, session: Optional[str]) -> Path:
+        """Where the frames shown to `session` go (its id is the client's choice: never part of a path)."""
+        return Path(self.root) / "frames" / hashlib.sha256((session or "-").encode()).hexdigest()[:24]
+
+    def end(self, session: Optional[str]):
+        """The session ended: its uploads no other session holds, and its frames, are deleted."""
+        if session is None:
+            return
+        with self._lock:
+            self.active.pop(session, None)
+            for path in list(self.uploads.get(session, ())):
+                self._drop(session, path)
+                if not self.holders.get(path) and self.seen.pop(path, None) == _inode(path) and self.owns(path):
+                    _remove(path)
+            self.uploads.pop(session, None)
+        shutil.rmtree(self.session_folder(session), ignore_errors=True)
+
+    def expire(self, now: Optional[float] = None):
+        """End the sessions without a request for `idle_s` seconds (API clients keep no heartbeat)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [s for s, t in self.active.items() if now - t > self.idle_s]
+        for s in idle:
+            self.end(s)
+
+    def _drop(self, session: str, path: str):
+        self.holders.get(path, set()).discard(session)
+        if not self.holders.get(path):
+            self.holders.pop(path, None)
+        self.uploads.get(session, set()).discard(path)
+
+    def close(self):
+        """Shutdown: the whole folder is deleted, GRADIO_TEMP_DIR restored."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("GRADIO_TEMP_DIR") == self.root:
+            if self._env is None:
+                os.environ.pop("GRADIO_TEMP_DIR", None)
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = self._env
+
+
+def _remove(path: str):
+    """Delete a file, then its folder (Gradio's per-content folder) if that is now empty."""
+    try:
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- the server
+
+def start(demo, cfg: ServeConfig, **page) -> Tuple[str, Optional[str]]:
+    """Launch `demo` in the background -> (local URL, public URL or None). `page`: launch()'s page options
+    (theme, css, allowed_paths)."""
+    try:
+        _, local_url, share_url = demo.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share,
+                                              max_file_size=cfg.max_upload_bytes, prevent_thread_lock=True,
+                                              quiet=True, **page)
+    except OSError as e:   # taken between check_address and now
+        raise ConfigError(cfg.port_error(str(e).splitlines()[0])) from None
+    return local_url, share_url
+
+
+def serve(demo, cfg: ServeConfig, files: SessionFiles, say=print, **page):
+    """Serve `demo` until the process is stopped; whatever ends it (SIGTERM, Ctrl-C as SystemExit, an
+    error), the server is closed and the folder deleted."""
+    try:
+        local_url, share_url = start(demo, cfg, **page)
+        say(f"app.py: serving on {local_url}" + (f" and {share_url}" if share_url else " (--share: a public "
+            "gradio.live link too)") + "; Ctrl-C or SIGTERM stops it", flush=True)
+        while demo.is_running:
+            time.sleep(0.2)
+    finally:
+        demo.close(verbose=False)
+        files.close()
