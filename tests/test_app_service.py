@@ -98,6 +98,58 @@ def wait_for(predicate, timeout=60.0):
     return predicate()
 
 
+# ---------------------------------------------------------------- which files a session holds
+
+def test_session_files_follow_their_sessions(tmp_path):
+    """engine/serve.py's rules, file by file: an upload is deleted when the last session holding it ends,
+    never the page's own, not when another upload has replaced it since, a refused one at once unless
+    another session holds it; the frames a session was shown go with it; an idle API client's session
+    ends; a session id is never a path; shutdown deletes the whole folder."""
+    from engine.serve import SessionFiles
+
+    def put(rel: str) -> Path:
+        path = Path(files.root) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(64))
+        return path
+    (tmp_path / "srv").mkdir()
+    files = SessionFiles(tmp_path / "srv", idle_s=60)
+    page = put("e0/example.mp4")
+    files.seal()
+    up = put("c1/clip.mp4")
+    files.hold("A", str(up))
+    files.hold("B", str(up))
+    files.end("A")
+    assert up.exists()
+    files.end("B")
+    assert not up.exists() and not up.parent.exists()
+    files.hold("A", str(page))
+    files.end("A")
+    assert page.exists()
+    up = put("c1/clip.mp4")
+    files.hold("C", str(up))
+    put("c1/.fresh")
+    os.replace(Path(files.root) / "c1/.fresh", up)   # another client sent the same content since
+    files.end("C")
+    assert up.exists()
+    files.hold("D", str(up))
+    files.reject("E", str(up))
+    assert up.exists()
+    files.reject("D", str(up))
+    assert not up.exists()
+    shown = files.frames_folder("F")
+    (shown / "000.webp").write_bytes(b"x")
+    files.end("F")
+    assert not shown.exists()
+    idle = put("c2/idle.mp4")
+    files.hold("G", str(idle))
+    files.expire(now=time.monotonic() + 61)
+    assert not idle.exists() and "G" not in files.active
+    assert files.session_folder("../../etc").parent == Path(files.root) / "frames"
+    files.close()
+    assert not (tmp_path / "srv").exists()
+
+
 # ---------------------------------------------------------------- before the model loads
 
 def run_app(tmp: Path, *flags):
