@@ -1,7 +1,5 @@
-"""A web demo of TOPA (Gradio): ask about a video, see the answer and the frames the model saw.
-
-Upload a video or pick an example, ask an open question, a multiple-choice question or for a
-description, and see the answer, the option probabilities and the frames the model saw.
+"""A web demo of TOPA (Gradio): upload a video or pick an example, ask an open question, a multiple-choice
+question or for a description, and see the answer, the option probabilities and the frames the model saw.
 
   python app.py --toy                # a random tiny model, written to a temporary folder; open http://127.0.0.1:7860
   python app.py --resume vqa_checkpoint/topa_llama2_7b.pth --llama_model_path pretrained/llama2/ --model 7B \\
@@ -13,11 +11,13 @@ writes (uploads, the frames it shows) lives in one temporary folder: a session's
 it ends, a refused upload at once, the folder at shutdown (engine/serve.py). The answers come from the
 Python API (engine/api.py), so they are the ones ask.py and eval.py give.
 """
-import argparse
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from typing import List, Optional
 
-from engine.serve import ServeConfig, SessionFiles, add_serve_args, serve
+from engine.serve import ServeConfig, SessionFiles, start, wait
 
 MODES = ("Open question", "Multiple choice", "Multiple choice (MVBench letters)", "Describe")
 KIND = {"Open question": "answer", "Multiple choice": "choose", "Multiple choice (MVBench letters)": "mvbench",
@@ -62,6 +62,7 @@ class DemoApp:
                  title: str = TITLE):
         self.qa, self.files, self.examples, self.toy, self.title = qa, files, [str(e) for e in examples], toy, title
         self.max_upload_mb = max_upload_mb
+        self.demo = None   # build()
 
     # ---- the request ----
     def ask(self, video, mode, question, *rest, request=None):
@@ -224,6 +225,7 @@ class DemoApp:
 
             demo.unload(unload)
         demo.queue(default_concurrency_limit=1)
+        self.demo = demo
         return demo
 
     def launch_options(self) -> dict:
@@ -236,23 +238,20 @@ class DemoApp:
         return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS, "allowed_paths": self.examples}
 
 
+def parser():
+    from engine.config import add_api_args, add_model_args
+    from util.settings import add_flags, make_parser
+    return add_model_args(add_api_args(add_flags(make_parser(__doc__), ServeConfig)))
+
+
 def get_args(argv=None):
-    from engine.api import add_api_args
-    from engine.config import add_model_args
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_serve_args(p)
-    add_api_args(p)
-    add_model_args(p)
-    return p.parse_args(argv)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The description as written, every flag's default."""
+    return parser().parse_args(argv)
 
 
 def build_app(args, files: SessionFiles, toy_root: Optional[str] = None) -> DemoApp:
     """The app of the parsed flags (the model loaded); with --toy the toy world is written to `toy_root` first."""
-    from engine.api import QAConfig, TOPAVideoQA
+    from engine.api import TOPAVideoQA
+    from engine.config import QAConfig
     cfg = ServeConfig.from_args(args)
     examples: List[str] = list(cfg.examples)
     if cfg.toy:
@@ -266,22 +265,32 @@ def build_app(args, files: SessionFiles, toy_root: Optional[str] = None) -> Demo
                    title="TOPA demo: random toy model" if cfg.toy else TITLE)
 
 
-def main(args):
-    import shutil
-    import tempfile
-    cfg = ServeConfig.from_args(args)
-    cfg.check_address()
-    files = SessionFiles.create()
+@contextmanager
+def running(args, cfg: ServeConfig):
+    """The app of the flags, served in the background for the block -> (app, local URL, public URL or None);
+    however the block ends, the server stops and its folder (and a --toy world) is deleted."""
+    files, demo = SessionFiles.create(), None
     toy_root = tempfile.mkdtemp(prefix="topa_toy_") if cfg.toy else None
     try:
         app = build_app(args, files, toy_root)
         demo = app.build()
         files.seal()
-        serve(demo, cfg, files, **app.launch_options())
+        yield (app, *start(demo, cfg, **app.launch_options()))
     finally:
+        if demo is not None:
+            demo.close(verbose=False)
         files.close()
         if toy_root:
             shutil.rmtree(toy_root, ignore_errors=True)
+
+
+def main(args):
+    cfg = ServeConfig.from_args(args)
+    cfg.check_address()
+    with running(args, cfg) as (app, url, share_url):
+        print(f"app.py: serving on {url}" + (f" and {share_url}" if share_url else " (--share: a public gradio.live "
+              "link too)") + "; Ctrl-C or SIGTERM stops it", flush=True)
+        wait(app.demo)
 
 
 if __name__ == "__main__":

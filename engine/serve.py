@@ -1,12 +1,12 @@
 """The web demo as a service (app.py): its flags, checked before the model loads; the files it writes;
 its life as a server. Imports neither torch nor gradio at module level (`app.py --help` stays instant).
 
-    cfg = ServeConfig.from_args(args)   # --host/--port free, --max_upload_mb, --examples: one line each
+    cfg = ServeConfig.from_args(args)   # --max_upload_mb, --port, --examples checked: one line each
     cfg.check_address()                 # before the model loads: a taken --port is one line naming it
     files = SessionFiles.create()       # a private temporary folder, Gradio's for this server too
     demo = ...                          # the page (Gradio copies the examples into the folder now)
     files.seal()                        # what the page itself wrote stays until shutdown
-    serve(demo, cfg, files)             # launch, wait; at any exit (SIGTERM, Ctrl-C) stop, delete the folder
+    url, share_url = start(demo, cfg)   # launch in the background; wait(demo); then demo.close(), files.close()
 
 Files. Everything the server writes lives in one folder of its own (GRADIO_TEMP_DIR while it runs), removed
 whole at shutdown. Gradio names an upload by its content (`<folder>/<sha256>/<name>`): two sessions that
@@ -21,7 +21,6 @@ requests ("Too little data for declared Content-Length"). A session ends when it
 heartbeat stops) or, for an API client that keeps no heartbeat (gradio_client), after `idle_s` seconds
 without a request.
 """
-import argparse
 import hashlib
 import math
 import os
@@ -30,11 +29,12 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
 from util.errors import ConfigError, MissingFileError
+from util.settings import from_flags, setting
 
 IDLE_S = 3600.0   # an API client's session ends after an hour without a request
 
@@ -43,13 +43,16 @@ IDLE_S = 3600.0   # an API client's session ends after an hour without a request
 
 @dataclass
 class ServeConfig:
-    """app.py's own flags (the model's are add_model_args / add_api_args)."""
-    host: str = "127.0.0.1"
-    port: int = 7860
-    share: bool = False
-    examples: List[str] = field(default_factory=list)
-    max_upload_mb: float = 200.0
-    toy: bool = False
+    """app.py's own settings (the model's are QAConfig's and ModelConfig's, engine/config.py)."""
+    GROUP = "server"
+
+    toy: bool = setting(False, "serve a random tiny model (and example videos) written to a temporary folder")
+    host: str = setting("127.0.0.1", "the address to listen on; 0.0.0.0 serves other machines too")
+    port: int = setting(7860, "the port to listen on (tried before the model loads)")
+    share: bool = setting(False, "also a public gradio.live link (off unless given)")
+    examples: List[str] = setting(help="example videos shown with a default question (default: none; --toy adds "
+                                       "its own)", factory=list, nargs="*", metavar="VIDEO")
+    max_upload_mb: float = setting(200.0, "largest accepted upload in megabytes (fractions allowed)")
 
     def __post_init__(self):
         from video.frames import VIDEO_EXTS
@@ -65,8 +68,7 @@ class ServeConfig:
 
     @classmethod
     def from_args(cls, a) -> "ServeConfig":
-        return cls(host=a.host, port=a.port, share=a.share, examples=list(a.examples),
-                   max_upload_mb=a.max_upload_mb, toy=a.toy)
+        return from_flags(cls, a)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -88,22 +90,6 @@ class ServeConfig:
 
     def port_error(self, why: str) -> str:
         return f"--port {self.port}: cannot listen on {self.host}:{self.port} ({why}); choose another --port"
-
-
-def add_serve_args(p: argparse.ArgumentParser):
-    """The flags of ServeConfig (app.py)."""
-    d = ServeConfig()
-    g = p.add_argument_group("server")
-    g.add_argument("--toy", action="store_true",
-                   help="serve a random tiny model (and example videos) written to a temporary folder")
-    g.add_argument("--host", default=d.host, help="the address to listen on; 0.0.0.0 serves other machines too")
-    g.add_argument("--port", type=int, default=d.port, help="the port to listen on (checked before the model loads)")
-    g.add_argument("--share", action="store_true", help="also a public gradio.live link (off unless given)")
-    g.add_argument("--examples", nargs="*", default=d.examples, metavar="VIDEO",
-                   help="example videos shown under the upload box, each with a default question")
-    g.add_argument("--max_upload_mb", type=float, default=d.max_upload_mb,
-                   help="largest accepted upload in megabytes (fractions allowed); larger ones are refused")
-    return p
 
 
 # ---------------------------------------------------------------- files
@@ -245,15 +231,7 @@ def start(demo, cfg: ServeConfig, **page) -> Tuple[str, Optional[str]]:
     return local_url, share_url
 
 
-def serve(demo, cfg: ServeConfig, files: SessionFiles, say=print, **page):
-    """Serve `demo` until the process is stopped; whatever ends it (SIGTERM, Ctrl-C as SystemExit, an
-    error), the server is closed and the folder deleted."""
-    try:
-        local_url, share_url = start(demo, cfg, **page)
-        say(f"app.py: serving on {local_url}" + (f" and {share_url}" if share_url else " (--share: a public "
-            "gradio.live link too)") + "; Ctrl-C or SIGTERM stops it", flush=True)
-        while demo.is_running:
-            time.sleep(0.2)
-    finally:
-        demo.close(verbose=False)
-        files.close()
+def wait(demo):
+    """Until the server is closed; SIGTERM and Ctrl-C reach the caller as SystemExit (util/errors.py)."""
+    while demo.is_running:
+        time.sleep(0.2)

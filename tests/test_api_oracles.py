@@ -16,6 +16,7 @@ import json
 import math
 import os
 import socket
+from contextlib import closing
 from fractions import Fraction
 from pathlib import Path
 
@@ -267,17 +268,15 @@ def test_the_demo_answers_as_the_file_pipeline(world):
     pytest.importorskip("gradio")
     gradio_client = pytest.importorskip("gradio_client")
     import app as app_script
+    from engine.serve import ServeConfig
     args = app_script.get_args(world["model_flags"] + ["--clip_model", str(world["clip"]), "--memory_path",
                                                        str(world["data"] / "textvid" / "memory.pkl")])
-    app = app_script.build_app(args)
-    demo = app.build()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port())
-    client = gradio_client.Client(url, verbose=False)
-    try:
+    with app_script.running(args, ServeConfig(port=free_port())) as (_, url, _), \
+            closing(gradio_client.Client(url, verbose=False)) as client:
         def ask(video, mode, question="", options=()):
             opts = list(options) + [""] * (app_script.N_OPTIONS - len(options))
             return client.predict(gradio_client.handle_file(world["video"][video]), mode, question, *opts,
-                                  "protocol's", "protocol's", 0, [], api_name="/ask")
+                                  "protocol", "protocol", 0, [], api_name="/ask")
         preds = {p["qid"]: p for p in world["nextqa"]}
         for qid, (video, q, options, _) in enumerate(NEXTQA[::3]):
             p = preds[f"{video}_{qid * 3}"]
@@ -286,16 +285,13 @@ def test_the_demo_answers_as_the_file_pipeline(world):
             assert answer == f"({'ABCDE'[k]}) {options[k]}"
             want = torch.softmax(-torch.tensor(p["scores"], dtype=torch.float64), 0)
             assert max(abs(row[1] - w) for row, w in zip(chart["value"]["data"], want.tolist())) < 1e-3
-            assert [g["caption"].split(" · ")[0] for g in gallery] == [f"frame {i}" for i in frames_of("fps1", video)]
+            assert [g["caption"].split(" · ")[0] for g in gallery] == [f"#{i}" for i in frames_of("fps1", video)]
         for name in VIDEOS:
             assert ask(name, "Describe")[1] == world["msrvtt"][name]["caption"]
         mvb = {p["video"]: p for p in world["mvbench"]}
         for _, video, q, cands in mvbench_items():
             assert ask(video, "Multiple choice (MVBench letters)", q, cands)[1] == \
                 mvbench_line(mvb[f"{video}.mp4"], cands, " ")
-    finally:
-        client.close()
-        demo.close()
 
 
 def test_the_lmms_plugin_answers_as_the_file_pipeline(world):

@@ -31,26 +31,22 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The app as app.py's main builds it (private temporary folder, sealed page files), launched here."""
-    from engine.serve import ServeConfig, SessionFiles, start
+def served():
+    """The app as app.py's main serves it (a private temporary folder, the page's files sealed), here."""
+    from engine.serve import ServeConfig
     before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
     os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "1"   # a closed page is noticed within a second or two
     args = app_script.get_args(["--toy", "--device", "cpu"])
-    files = SessionFiles.create()
-    app = app_script.build_app(args, files, str(tmp_path_factory.mktemp("toy")))
-    demo = app.build()
-    files.seal()
-    url, _ = start(demo, ServeConfig(port=free_port()), **app.launch_options())
-    client = Client(url, verbose=False)
-    yield app, url, client
-    client.close()
-    demo.close(verbose=False)
-    files.close()
-    if before is None:
-        os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
-    else:
-        os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
+    try:
+        with app_script.running(args, ServeConfig(toy=True, port=free_port())) as (app, url, _):
+            client = Client(url, verbose=False)
+            yield app, url, client
+            client.close()
+    finally:
+        if before is None:
+            os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+        else:
+            os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
 
 
 def ask(client, video, mode, question="", options=(), memory="protocol", frames="protocol", max_new=0,

@@ -60,7 +60,7 @@ def test_errors_say_what_they_are(tmp_path):
 # ---------------------------------------------------------------- one source of settings, everywhere
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ["eval.py", "train.py", "ask.py", "extract_features.py", "textvid/generate.py"]
+ENTRY_POINTS = ["eval.py", "train.py", "ask.py", "extract_features.py", "textvid/generate.py", "app.py"]
 # a value other than the default for every ModelConfig setting, and the original flags that say it
 MODEL_VALUES = {"llama_model_path": "/models/x", "model": "1B", "family": "llama3", "rope_theta": 500000.0,
                 "rope_scaling_factor": 8.0, "adapter_len": 7, "adapter_layer": 3, "max_feats": 6, "bias": 2.5,
@@ -128,7 +128,8 @@ def parsers():
             "ask.py": add_flags(make_parser(ask_cli.__doc__), AskConfig),
             "extract_features.py": add_flags(make_parser(extract_features.__doc__), ExtractConfig),
             "textvid.generate": add_flags(make_parser(textvid_generate.__doc__), GenConfig),
-            "add_api_args + add_model_args": add_model_args(add_api_args(make_parser("app.py's TOPA flags")))}
+            "add_api_args + add_model_args": add_model_args(add_api_args(make_parser("app.py's TOPA flags"))),
+            "app.py": __import__("app").parser()}
 
 
 @pytest.mark.parametrize("name", list(parsers()))
@@ -155,10 +156,10 @@ def test_every_flag_has_help_and_shows_its_default(name):
 @pytest.mark.parametrize("script", ENTRY_POINTS)
 def test_help_imports_no_torch(script):
     """`--help` of each entry point answers without importing torch (lazy imports; the config modules do
-    not import it), so it answers at once."""
+    not import it), so it answers at once; app.py's without gradio either."""
     code = (f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
             f"try:\n    runpy.run_path({script!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)")
+            "print('TORCH' if {'torch', 'gradio'} & set(sys.modules) else 'NO TORCH', file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 0, r.stderr
