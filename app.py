@@ -56,13 +56,18 @@ def caption(index: int, time: float) -> str:
 
 
 class DemoApp:
-    """The page and its handlers around one TOPAVideoQA; `files` knows which session holds which file."""
+    """The page and its handlers around one TOPAVideoQA; `files` knows which session holds which file
+    (default: a folder of its own, deleted by close())."""
 
-    def __init__(self, qa, files: SessionFiles, examples=(), toy: bool = False, max_upload_mb: float = 200.0,
-                 title: str = TITLE):
-        self.qa, self.files, self.examples, self.toy, self.title = qa, files, [str(e) for e in examples], toy, title
+    def __init__(self, qa, examples=(), toy: bool = False, max_upload_mb: float = 200.0, title: str = TITLE,
+                 files: Optional[SessionFiles] = None):
+        self.qa, self.examples, self.toy, self.title = qa, [str(e) for e in examples], toy, title
+        self.files = files or SessionFiles(tempfile.mkdtemp(prefix="topa_demo_"))
         self.max_upload_mb = max_upload_mb
         self.demo = None   # build()
+
+    def close(self):
+        self.files.close()
 
     # ---- the request ----
     def ask(self, video, mode, question, *rest, request=None):
@@ -261,8 +266,8 @@ def build_app(args, files: SessionFiles, toy_root: Optional[str] = None) -> Demo
             setattr(args, flag, value)
         examples += world["examples"]
     qa = TOPAVideoQA(QAConfig.from_args(args), warn=lambda m: print(m, file=sys.stderr, flush=True)).load()
-    return DemoApp(qa, files, examples, toy=cfg.toy, max_upload_mb=cfg.max_upload_mb,
-                   title="TOPA demo: random toy model" if cfg.toy else TITLE)
+    return DemoApp(qa, examples, toy=cfg.toy, max_upload_mb=cfg.max_upload_mb,
+                   title="TOPA demo: random toy model" if cfg.toy else TITLE, files=files)
 
 
 @contextmanager
