@@ -217,6 +217,11 @@ class DemoApp:
             video.change(lambda v: ([], "", [], gr.update(visible=False)), video, [chat, answer, gallery, chart],
                          api_name=False)
 
+            def uploaded(video, request: gr.Request):   # held by the session (or refused) at once, not at Ask
+                self.check_video(video, getattr(request, "session_hash", None))
+
+            video.upload(uploaded, video, None, api_name=False, show_progress="hidden")
+
             def handler(video, mode, question, o1, o2, o3, o4, o5, memory, frames, max_new, history,
                         request: gr.Request):
                 return self.ask(video, mode, question, o1, o2, o3, o4, o5, memory, frames, max_new, history,

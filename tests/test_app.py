@@ -196,7 +196,7 @@ def test_the_first_minute_in_a_real_browser(served):
         assert page.locator("#answer textarea").input_value() == want.text   # the last answer stays
         # the settings name what they do
         page.get_by_role("button", name="Settings ▼").click()
-        assert page.locator("#memory").get_by_text(app_script.PROTOCOL).is_visible()
+        page.locator("#memory").get_by_text(app_script.PROTOCOL).wait_for(timeout=10_000)
         assert "protocol's" not in page.locator("body").inner_text()
         assert "memory off" in page.locator("#protocol").inner_text()   # multiple choice follows NExT-QA
         b.close()
@@ -216,6 +216,11 @@ def test_in_a_real_browser(served, tmp_path):
         page.get_by_text("This is a random toy model", exact=False).wait_for()
         page.locator("#video input[type=file]").set_input_files(str(video))
         page.locator("#video video").wait_for(timeout=60_000)
+        for _ in range(600):   # the upload is the page's session's as soon as it arrives, before any question
+            if set(app.files.uploads) - sessions_before:
+                break
+            time.sleep(0.1)
+        assert set(app.files.uploads) - sessions_before
         page.get_by_label("Multiple choice", exact=True).check()
         page.locator("#question textarea").fill("What moves across the picture?")
         for k, o in enumerate(["a red ball", "a green square", "yellow stripes"]):
