@@ -127,16 +127,12 @@ def commands(world: dict) -> List[List[str]]:
             ["python", "app.py", "--examples", *world["examples"], *model]]
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The description as written, every flag's default."""
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description="Write the toy world (a tiny random Llama, CLIP, TOPA checkpoint, text memory and example "
-                    "videos; about 5 s on a CPU, no download) and print the ask.py and app.py commands that use "
-                    "it.\n\n  python -m toyworld.demo --out toy\n  python ask.py toy/red_ball.mp4 --describe ... "
-                    "(as printed)", formatter_class=_Help)
+    from util.settings import make_parser
+    p = make_parser("Write the toy world (a tiny random Llama, CLIP, TOPA checkpoint, text memory and example videos; "
+                    "about 5 s on a CPU, no download) and print the ask.py and app.py commands that use it.\n\n"
+                    "  python -m toyworld.demo --out toy\n"
+                    "  python ask.py toy/red_ball.mp4 --describe ...      # as printed", prog="python -m toyworld.demo")
     p.add_argument("--out", required=True, help="the folder to write (new, empty, or an earlier toy world)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     a = p.parse_args(argv)
