@@ -11,10 +11,10 @@ its life as a server. Imports neither torch nor gradio at module level (`app.py 
 Files. Everything the server writes lives in one folder of its own (GRADIO_TEMP_DIR while it runs), removed
 whole at shutdown. Gradio names an upload by its content (`<folder>/<sha256>/<name>`): two sessions that
 send the same video get the same path, and the copy of a page's example is such a path too. So an upload
-belongs to the sessions that asked about it: it is deleted when the last of them ends, never while
-another holds it, never if it is the page's own, and not if another upload has replaced it since (a
-session that sent it but has not asked yet). A refused upload (not a video, too big, unreadable) is
-deleted at once. The frames an answer shows are written by the app into a fresh folder per answer and
+belongs to the sessions that hold it (a page as soon as its upload arrives, an API client when it asks):
+it is deleted when the last of them ends, never while another holds it, never if it is the page's own,
+and not if another upload has replaced it since (a client that sent it but has not asked yet). A refused
+upload (not a video, too big, unreadable) is deleted at once. The frames an answer shows are written by the app into a fresh folder per answer and
 never rewritten: Gradio's own gallery cache names images by content and rewrites such a file in place
 (`write_bytes`) while another client may be downloading it, which cut those downloads short under rapid
 requests ("Too little data for declared Content-Length"). A session ends when its page closes (Gradio's
