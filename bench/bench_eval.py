@@ -4,7 +4,7 @@ Prompts are real benchmark text (NExT-QA val questions; EgoSchema questions) wit
 the model is a small random Llama-shaped TOPA, so the ratio reflects the work saved, not the absolute
 speed of a 7B model. Also checks that both modes give the same scores.
 
-  python bench/bench_eval.py --fixtures $TOPA_FIXTURES [--device cuda --precision bf16]
+  python bench/bench_eval.py [--device cuda --precision bf16]
 """
 import argparse
 import csv
@@ -21,6 +21,7 @@ from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES
 from text.prompts import EGOSCHEMA, PromptBuilder
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import add_argument as add_fixtures_argument
 from toyworld.tiny import random_llama_state
 
 
@@ -59,7 +60,7 @@ def run(model, items, mode, batch_size, device, sync):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fixtures", default=os.environ.get("TOPA_FIXTURES"))
+    add_fixtures_argument(p)
     p.add_argument("--tokenizer", default="llama2", choices=["llama2", "llama3"])
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--n_layers", type=int, default=4)
@@ -69,8 +70,6 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=list(DTYPES))
     args = p.parse_args(argv)
-    if not args.fixtures:
-        p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
     torch.manual_seed(0)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

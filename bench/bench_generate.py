@@ -14,8 +14,8 @@ the protocols' exact format; the model is a random Llama-2-shaped TOPA (dim 512,
 with random gates; the memory is a random unit-norm bank (`--memory_rows`). Timing: the variants
 interleaved pass by pass, best of `--repeat`, one CPU thread by default (the machine is shared).
 
-  python bench/bench_generate.py --fixtures $TOPA_FIXTURES
-  python bench/bench_generate.py --fixtures $TOPA_FIXTURES --device cuda --precision bf16 --dim 4096 \
+  python bench/bench_generate.py
+  python bench/bench_generate.py --device cuda --precision bf16 --dim 4096 \
       --layers 32 --heads 32
 
 Measured on the shared 2-core CPU machine (fp32, 1 thread, Llama-2 tokenizer, batch 16, dim 512 x 8
@@ -53,6 +53,7 @@ from llama.adapter import TOPAArgs, build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
 from text.protocols import MSRVTT, MVBENCH, VATEX, choices_text, prompt_ids, published_correct  # noqa: E402
 from text.tokenizer import load_tokenizer  # noqa: E402
+from toyworld.fixtures import add_argument as add_fixtures_argument  # noqa: E402
 from toyworld.tiny import random_llama_state  # noqa: E402
 
 T = 10
@@ -106,7 +107,7 @@ def startup(args) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fixtures", default=os.environ.get("TOPA_FIXTURES"))
+    add_fixtures_argument(p)
     p.add_argument("--tokenizer", default="llama2", choices=["llama2", "llama3"])
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
@@ -122,8 +123,6 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=list(DTYPES))
     args = p.parse_args(argv)
-    if not args.fixtures:
-        p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ The world: a random Llama-2-shaped backbone in Meta's format (dim 512, 8 layers,
 tokenizer), a NExT-QA val file of real questions from the fixtures and random features; eval.py runs
 as the scripts run it (CPU fp32 here).
 
-  python bench/bench_startup.py --fixtures $TOPA_FIXTURES
+  python bench/bench_startup.py
 
 Measured on the shared 2-core CPU machine (fp32, dim 512 x 8 layers): see the README's Speed table.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from toyworld.fixtures import add_argument as add_fixtures_argument  # noqa: E402
 
 VARIANTS = ("before", "after")  # meta-device init as before / skip_init
 
@@ -101,15 +102,13 @@ def measure(root: Path, repeat: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fixtures", default=os.environ.get("TOPA_FIXTURES"))
+    add_fixtures_argument(p)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args.child, args.rest)
-    if not args.fixtures:
-        p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
     with tempfile.TemporaryDirectory() as tmp:
         write_world(Path(tmp), args.fixtures)
         best = measure(Path(tmp), args.repeat)

@@ -8,9 +8,9 @@ Llama-shaped TOPA, real NExT-QA val question text with a real tokenizer, the tra
 (not padding). Peak memory: CUDA `max_memory_allocated`; CPU the growth of the process's peak RSS
 from just before the first training step (resource.getrusage).
 
-  python bench/bench_train.py --fixtures $TOPA_FIXTURES [--device cuda --precision bf16] [--tasks vqa,vaq,qav]
+  python bench/bench_train.py [--device cuda --precision bf16] [--tasks vqa,vaq,qav]
       [--grad_checkpointing]
-  python bench/bench_train.py --fixtures $TOPA_FIXTURES --padding    # padding of the sampler's batches only
+  python bench/bench_train.py --padding    # padding of the sampler's batches only
 
 `--padding` reports the padding fraction (padded slots / all slots, over every task's rows) of one
 epoch of the training batch sampler on the NExT-QA val text (4,996 questions, the published finetuning
@@ -38,6 +38,7 @@ from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import add_argument as add_fixtures_argument
 from toyworld.tiny import random_llama_state
 from util.schedule import param_groups
 
@@ -151,7 +152,7 @@ def child(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fixtures", default=os.environ.get("TOPA_FIXTURES"))
+    add_fixtures_argument(p)
     p.add_argument("--tokenizer", default="llama2", choices=["llama2", "llama3"])
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--n_layers", type=int, default=4)
@@ -168,8 +169,6 @@ def main(argv=None):
                    "plain vs --group_by_length")
     p.add_argument("--mode", choices=["dynamic", "fixed", "checkpointed"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if not args.fixtures:
-        p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
     if args.padding:
         return padding(args)
     if args.mode:

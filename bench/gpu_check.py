@@ -23,8 +23,8 @@ one JSON file and one markdown table:
   bash bench/gpu_check.sh [--out DIR]           # a GPU node: < 8 min on one H100/H200
   bash bench/gpu_check.sh --tiny [--out DIR]    # the same on CPU with tiny shapes, < 1 min (CI runs it)
 
-Needs TOPA_FIXTURES (the real tokenizers and NExT-QA text). Writes DIR/gpu_check.json and
-DIR/gpu_check.md (default DIR: ./gpu_check).
+Reads the real tokenizers and NExT-QA text of tests/fixtures (`--fixtures` or TOPA_FIXTURES: another copy).
+Writes DIR/gpu_check.json and DIR/gpu_check.md (default DIR: ./gpu_check).
 """
 import argparse
 import json
@@ -56,6 +56,7 @@ from llama.model import skip_init  # noqa: E402
 from text.prompts import PromptBuilder  # noqa: E402
 from text.protocols import MSRVTT  # noqa: E402
 from text.tokenizer import load_tokenizer  # noqa: E402
+from toyworld.fixtures import add_argument as add_fixtures_argument  # noqa: E402
 from util.schedule import param_groups  # noqa: E402
 
 T = 10
@@ -362,11 +363,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (CI)")
     p.add_argument("--out", default="gpu_check", help="folder for gpu_check.json and gpu_check.md")
-    p.add_argument("--fixtures", default=os.environ.get("TOPA_FIXTURES"))
+    add_fixtures_argument(p)
     p.add_argument("--shapes", default=None, help="comma list (default: every shape of the mode)")
     args = p.parse_args(argv)
-    if not args.fixtures:
-        p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
     device = torch.device("cpu" if args.tiny else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: run on a GPU node, or pass --tiny")

@@ -1,5 +1,6 @@
-"""Shared fixtures: `fixtures_dir` (the real files of $TOPA_FIXTURES; skips when unset) and
-`tiny_world` (a small synthetic world from toyworld/synthetic.py, built once per session).
+"""Shared fixtures: `fixtures_dir` (the real public files of tests/fixtures, or of $TOPA_FIXTURES when set;
+checked before any test runs: one line names what is missing or changed) and `tiny_world` (a small synthetic
+world from toyworld/synthetic.py, built once per session).
 
 Under TOPA_CI=1 a skip is a failure, except for tests marked `cuda` (they depend on a CUDA device)."""
 import os
@@ -13,13 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from toyworld import fixtures  # noqa: E402  (after the path: a checkout that is not installed)
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    d = os.environ.get("TOPA_FIXTURES")
-    if not d:
-        pytest.skip("TOPA_FIXTURES not set")
-    return Path(d)
+    return fixtures.fixtures_dir()
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +42,9 @@ def one_thread():
 
 
 def pytest_configure(config):
+    problem = fixtures.problem()
+    if problem:
+        raise pytest.UsageError(problem)
     config.addinivalue_line("markers", "cuda: depends on a CUDA device; the only tests TOPA_CI=1 lets skip")
 
 

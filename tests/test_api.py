@@ -18,9 +18,8 @@ from toyworld.videos import save_random_clip, write_video
 from util.errors import ConfigError, DataError, MissingFileError
 from video.frames import Segments, Strided
 
-from test_eval import FIX, eval_cmd, eval_main, read_preds, write_world
+from test_eval import eval_cmd, eval_main, read_preds, write_world
 
-pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
 
 
 @pytest.fixture(scope="module")

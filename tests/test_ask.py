@@ -24,6 +24,7 @@ from llama.memory import load_memory
 from text import protocols as P
 from text.prompts import normalize_question
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import fixtures_dir
 from toyworld.tiny import make_tiny_llama
 from toyworld.videos import save_random_clip, write_video
 from util.errors import ConfigError, DataError, MissingFileError
@@ -32,8 +33,7 @@ from video.clip import ClipEncoder, preprocess
 from video.frames import Segments, Strided
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = os.environ.get("TOPA_FIXTURES")
-pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 N_FRAMES = 37
 
 

@@ -1,5 +1,5 @@
-"""Benchmark readers (dataloader/{nextqa,star,tvqa,egoschema,registry}.py) on the real public files in
-$TOPA_FIXTURES, with generated features whose rows encode their own index."""
+"""Benchmark readers (dataloader/{nextqa,star,tvqa,egoschema,registry}.py) on the real public files of
+tests/fixtures, with generated features whose rows encode their own index."""
 import csv
 import json
 import math
@@ -14,12 +14,10 @@ from dataloader import benchmarks
 from dataloader.base import DataError
 from dataloader.benchmarks import build_mcqa_dataset
 from text.prompts import PromptBuilder
+from toyworld.fixtures import fixtures_dir
 from util.errors import ConfigError, MissingFileError
 
-FIX = os.environ.get("TOPA_FIXTURES")
-if not FIX:
-    pytest.skip("TOPA_FIXTURES is not set (the folder of real tokenizers and benchmark files)",
-                allow_module_level=True)
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 
 NEXTQA_CSV = os.path.join(FIX, "nextqa", "val.csv")
 EGO_SAMPLE = os.path.join(FIX, "egoschema", "questions_sample_617b469.json")

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from llama.adapter import TOPAArgs, build_model
 from llama.checkpoint import load_meta_checkpoint
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import fixtures_dir
 from toyworld.tiny import make_tiny_llama
 from util.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from util.files import save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = os.environ.get("TOPA_FIXTURES")
-pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 N_NEXTQA = 24
 
 

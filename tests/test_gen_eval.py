@@ -26,13 +26,13 @@ from llama.memory import project_to_memory
 from llama.memory import load_memory
 from text import protocols as P
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import fixtures_dir
 from toyworld.tiny import make_tiny_llama
 from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
 from util.files import save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = os.environ.get("TOPA_FIXTURES")
-pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the COCO caption metrics need Java")
 
 # a handful of MVBench items in three tasks, and one in each of the other 17

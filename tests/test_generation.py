@@ -55,13 +55,10 @@ def how_ids(tok):
 
 
 @pytest.fixture(scope="module", params=["llama2", "llama3"])
-def real(request, tmp_path_factory):
+def real(request, tmp_path_factory, fixtures_dir):
     """(model, tokenizer): tiny random Llama-2 (MHA) / Llama-3 (GQA) sized to the real tokenizer."""
-    fix = os.environ.get("TOPA_FIXTURES")
-    if not fix:
-        pytest.skip("TOPA_FIXTURES not set")
     kind = request.param
-    tok_path = os.path.join(fix, kind, "tokenizer.model")
+    tok_path = os.path.join(fixtures_dir, kind, "tokenizer.model")
     root = tmp_path_factory.mktemp(kind)
     llama2 = kind == "llama2"
     folder = make_tiny_llama(root, tok_path, dim=64 if llama2 else 32, n_layers=2, n_heads=4,

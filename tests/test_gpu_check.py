@@ -5,13 +5,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
-FIX = os.environ.get("TOPA_FIXTURES")
 
 
-@pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
 def test_gpu_check_tiny(tmp_path):
     out = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--tiny", "--out", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, timeout=900,

@@ -27,19 +27,17 @@ from llama.memory import load_memory
 from llama.model import ModelArgs
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import fixtures_dir
 from util.errors import CheckpointError, ConfigError, DataError, InputError, one_line
 from util.files import load_pickled_tensor, safe_load
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = os.environ.get("TOPA_FIXTURES")
-needs_fix = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 HEADER = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"]
 
 
 @pytest.fixture(scope="module")
 def builder():
-    if not FIX:
-        pytest.skip("TOPA_FIXTURES not set")
     return PromptBuilder(load_tokenizer(Path(FIX) / "llama2" / "tokenizer.model"), 10)
 
 
@@ -486,8 +484,6 @@ def test_numeric_flags_are_checked_with_the_config(flag, value):
 def test_tokenizer_of_another_vocabulary_names_both_files(tiny_world, tmp_path):
     """A tokenizer.model that does not belong to the backbone: one line naming both (it named the
     embedding tensor), before the weights are read."""
-    if not FIX:
-        pytest.skip("TOPA_FIXTURES not set")
     d = tmp_path / "llama2"
     shutil.copytree(tiny_world["root"] / "pretrained" / "llama2" / "tiny", d / "tiny")
     shutil.copy(Path(FIX) / "llama2" / "tokenizer.model", d / "tokenizer.model")

@@ -19,11 +19,11 @@ from llama.memory import load_memory
 from llama.model import ModelArgs, Transformer, causal_mask
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import fixtures_dir
 from util.errors import CheckpointError, DataError, MissingFileError, TokenizerError
 from util.files import load_pickled_tensor, save_atomic
 
-FIX = os.environ.get("TOPA_FIXTURES")
-needs_fix = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 
 
 def tiny_args(vocab=300, **kw):
@@ -327,7 +327,6 @@ def option_items(builder, T, n=3, seed=0):
             for i, (q, o) in enumerate(qs[:n])]
 
 
-@needs_fix
 @pytest.mark.parametrize("kind", ["llama2", "llama3"])
 def test_shared_prefix_scores_equal_full_scores(kind):
     tok = load_tokenizer(os.path.join(FIX, kind, "tokenizer.model"))
@@ -351,7 +350,6 @@ def test_shared_prefix_scores_equal_full_scores(kind):
         assert abs(alone.item() - scores["full"][2 * 5 + k].item()) < 1e-5
 
 
-@needs_fix
 def test_packed_row_layout():
     tok = load_tokenizer(os.path.join(FIX, "llama2", "tokenizer.model"))
     seqs = PromptBuilder(tok, 10).mcqa_options("what is it", ["x", "y", "z", "w", "v"])

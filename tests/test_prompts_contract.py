@@ -1,8 +1,8 @@
-"""The prompt contract (docs/prompts.md) pinned on the real Llama-2 and Llama-3 tokenizers of $TOPA_FIXTURES.
+"""The prompt contract (docs/prompts.md) pinned on the real Llama-2 and Llama-3 tokenizers of tests/fixtures.
 
 Every expected sequence here is built independently from the token-sequence table of docs/prompts.md: the
 instruction strings are written out literally, each string segment is encoded on its own, and the
-keyword / separator ids are the ones the real tokenizers give (fixtures/README.md), not the ones the
+keyword / separator ids are the ones the real tokenizers give (tests/fixtures/README.md), not the ones the
 prompt code derives. The builder's tokens, video slot and scored span must equal that, on real
 NExT-QA, EgoSchema and TVQA questions. Also: the TVQA subtitle rule on a hand-written .srt, the
 `--truncate_dialogue` cut, and the README's count of NExT-QA val prompts longer than 128 tokens.
@@ -31,7 +31,7 @@ def tvqa_dialogues(root: Path, split: str) -> dict:
 
 # ---- docs/prompts.md facts, literally ----
 
-IDS = {  # fixtures/README.md and docs/prompts.md
+IDS = {  # tests/fixtures/README.md and docs/prompts.md
     "llama2": dict(bos=1, eos=2, sep=13, answer=22550, question=16492, description=9868, offset=4,
                    open_paren=313, close_paren=29897),
     "llama3": dict(bos=128000, eos=128001, sep=627, answer=16533, question=14924, description=5116, offset=5,

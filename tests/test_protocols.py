@@ -9,9 +9,9 @@ import pytest
 from text import protocols as P
 from text.prompts import VIDEO
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import fixtures_dir
 
-FIX = os.environ.get("TOPA_FIXTURES")
-pytestmark = pytest.mark.skipif(not FIX, reason="TOPA_FIXTURES not set")
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 
 # hand-checked ids of the real tokenizers (docs/prompts.md; decoded piece by piece when written down)
 IDS = {

@@ -30,11 +30,12 @@ from llama.build import load_topa
 from llama.checkpoint import load_topa_checkpoint
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
+from toyworld.fixtures import fixtures_dir
 from util.errors import CheckpointError, ConfigError
 from util.schedule import absolute_lr, lr_at, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = os.environ.get("TOPA_FIXTURES")
+FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -313,8 +314,6 @@ def test_sigkill_during_a_save_never_leaves_a_broken_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def builder():
-    if not FIX:
-        pytest.skip("TOPA_FIXTURES not set")
     return PromptBuilder(load_tokenizer(Path(FIX) / "llama2" / "tokenizer.model"), 10)
 
 
