@@ -40,7 +40,7 @@ The world
   a sharp soft nearest neighbour: the gap shifts `v . m` about equally for every row, so the winners
   are the rows that share the frame's concepts, and clutter that the world's text never combines with
   them cannot win. Their mean is a clean text feature with the frame's content: cosine to the frame's
-  true text feature goes from ~0.35 (raw image) to ~0.96 (projected). So a reader trained on text
+  true text feature goes from ~0.35 (raw image) to ~0.95 (projected). So a reader trained on text
   features only gets in-distribution input again without losing the content.
 * Questions (TextVid and both benchmarks) are answerable only from the video: 8 families, one per
   NExT-QA type: DO subject, DL place, DC count, TC action in the middle, TN action after X,
