@@ -87,7 +87,8 @@ acc = lambda run, ds: json.load(open(f"{res}/{run}/accuracy_{ds}_val.json"))["ac
 cols = [("nextqa", "total", "all")]  # (dataset, bucket, header): C/T/D, and each raw type where a group has several
 for g in "CTD":
     raw = [b for b in acc("nextqa", "nextqa") if len(b) == 2 and b[0] == g]
-    cols += [("nextqa", g, f"{g} ({raw[0]})" if len(raw) == 1 else g)] + ([("nextqa", b, b) for b in raw] * (len(raw) > 1))
+    cols.append(("nextqa", g, f"{g} ({raw[0]})" if len(raw) == 1 else g))
+    cols += [("nextqa", b, b) for b in raw] if len(raw) > 1 else []
 cols += [("egos", "total", "all")]
 rows = [("before pre-alignment", "before_{}"), (f"after {epochs} epochs, text only", "{}"),
         ("after, with --memory", "{}_memory")]
