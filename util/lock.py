@@ -6,8 +6,10 @@
 The kernel drops the lock with the last file descriptor, however the process ends (exit, exception,
 SIGKILL, a crash), so a lock left by a dead run never blocks the next one; the lock file stays (it is
 never removed: removing it would let two runs lock two different files). A second run that finds the
-lock held is refused at once with the holder's pid and command, which the holder writes into the file.
-Under torchrun rank 0 takes the lock (see `util.dist.on_main`) and holds it until every rank is done.
+lock held is refused at once with the holder's pid and command, which the holder writes into the file;
+with `wait=True` (a shared cache that the first process builds and the others then use, e.g. the TextVid
+index) it says whom it waits for, on one line, and waits. Under torchrun rank 0 takes the lock (see
+`util.dist.on_main`) and holds it until every rank is done.
 """
 import fcntl
 import json
@@ -22,9 +24,10 @@ LOCK_NAME = ".topa.lock"
 
 
 class OutputLock:
-    """An exclusive lock on `path` (created if needed); `what` names the output in the refusal."""
+    """An exclusive lock on `path` (created if needed); `what` names the output in the refusal (or in the
+    line saying whom it waits for, with `wait`)."""
 
-    def __init__(self, path, what: str):
+    def __init__(self, path, what: str, wait: bool = False):
         self.path, self._fd = Path(path), None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,9 +38,12 @@ class OutputLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
-            os.close(fd)
-            raise ConfigError(f"{what} is in use by another run ({holder}); wait for it to end or stop it, "
-                              "or choose another folder") from None
+            if not wait:
+                os.close(fd)
+                raise ConfigError(f"{what} is in use by another run ({holder}); wait for it to end or stop it, "
+                                  "or choose another folder") from None
+            print(f"{what}: waiting for another run ({holder})", file=sys.stderr, flush=True)
+            _wait(fd, what, self.path)
         except OSError as e:
             os.close(fd)
             raise ConfigError(f"{what}: cannot lock {self.path} ({e.strerror or e})") from None
@@ -60,6 +66,18 @@ class OutputLock:
 
     def __del__(self):
         self.release()
+
+
+def _wait(fd: int, what: str, path: Path):
+    """Block until the lock on `fd` is ours; `fd` is closed if that fails (or a signal ends the wait)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+        os.close(fd)
+        raise ConfigError(f"{what}: cannot lock {path} ({e.strerror or e})") from None
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _holder(fd: int) -> str:
