@@ -21,7 +21,8 @@ setup(
                                     "textvid", "textvid.*"]),
     package_data={"textvid": ["prompts/*"]},  # the default prompt template and answer schema
     install_requires=["torch>=2.4", "sentencepiece", "tiktoken", "numpy", "tqdm", "srt",
-                      "safetensors>=0.4"],  # Hugging Face-format Llama folders (no dependencies of its own)
+                      "safetensors>=0.4",   # Hugging Face-format Llama folders (no dependencies of its own)
+                      "pyarrow>=14"],       # the memory-mapped TextVid index (dataloader/textvid/index.py)
     extras_require={
         # extract_features.py: CLIP (transformers), decoding (PyAV wheels bundle FFmpeg; av 19 needs
         # Python >= 3.12, so the cap keeps a wheel for every supported Python), images (pillow)

@@ -18,6 +18,7 @@ import torch
 
 from dataloader.base import load_json, read_text
 from dataloader.benchmarks import memory_file
+from dataloader.textvid.tideo import frame_texts, read_tideos, tideo_idx
 from util.errors import ConfigError, DataError, MissingFileError
 from util.files import safe_load, save_atomic
 
@@ -35,33 +36,18 @@ class TextUnit:
     problem: Optional[str] = None
 
 
-def read_tideos(path: str) -> List[TextUnit]:
-    """One unit per tideo of a TextVid json; a malformed tideo is a unit with a problem."""
+def tideo_units(path: str) -> List[TextUnit]:
+    """One unit per tideo of a TextVid json (read and checked by the dataset's reader); a tideo whose frames
+    are malformed is a unit with a problem (listed, like a bad video)."""
     if not os.path.isfile(path):
         raise MissingFileError(f"TextVid annotations not found: {path}")
-    raw = load_json(path)
-    if not isinstance(raw, list):
-        raise DataError(f"{path}: expected a list of tideos")
     units = []
-    for pos, t in enumerate(raw):
-        if not isinstance(t, dict) or "idx" not in t:
-            raise DataError(f"{path}: entry {pos} is not a tideo with an 'idx'")
-        idx = str(t["idx"])
-        texts, problem = [], None
-        frames = t.get("frames")
-        if not isinstance(frames, list) or not frames:
-            problem = "'frames' is not a non-empty list of frame dicts"
-        else:
-            for k, fr in enumerate(frames):
-                if not isinstance(fr, dict) or not fr:
-                    problem = f"frame {k} is not a non-empty dict"
-                    break
-                bad = [name for name, v in fr.items() if not isinstance(v, str)]
-                if bad:
-                    problem = f"frame {k}: entry '{bad[0]}' is not text"
-                    break
-                texts += list(fr.values())
-        units.append(TextUnit([idx], texts if problem is None else [], problem))
+    for pos, t in read_tideos(path):
+        idx = tideo_idx(t, path, pos)          # an entry that is not a tideo: the file is malformed
+        try:
+            units.append(TextUnit([idx], frame_texts(t, path, pos)[1]))
+        except DataError as e:
+            units.append(TextUnit([idx], [], str(e)))
     return units
 
 
@@ -140,7 +126,7 @@ def plan(args, settings: dict) -> Task:
     root = args.data_root
     if args.dataset == "textvid":
         path = args.annotations or os.path.join(root, "textvid", "textvid.json")
-        units = read_tideos(path)
+        units = tideo_units(path)
         out = FileDirOutput(args.output or os.path.join(root, "textvid", "features"), settings, suffix=".pkl")
         return Task("textvid", units, out, process_texts, unit_word="tideos", item_word="sentences",
                     group=group_size(args))
