@@ -1,4 +1,4 @@
-"""Training (train.py, engine.train_one_epoch, dataloader/textvid.py, dataloader/training.py) on tiny
+"""Training (train.py, engine.train_one_epoch, dataloader/textvid/, dataloader/training.py) on tiny
 2-layer Llamas in Meta's format, fp32 on CPU, with the synthetic world of toyworld/synthetic.py."""
 import inspect
 import json
