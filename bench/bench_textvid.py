@@ -88,7 +88,7 @@ def write_textvid(folder: Path, n: int, seed: int = 0):
 # ---- measuring, in a child process ----
 
 def pss(pid="self") -> dict:
-    """{'pss': MiB, 'anon': MiB} of a process."""
+    """{'pss': MiB, 'anon': MiB} of a process (/proc/PID/smaps_rollup)."""
     out = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
@@ -98,24 +98,58 @@ def pss(pid="self") -> dict:
     return out
 
 
+def index_pss(pid) -> float:
+    """MiB: the PSS of a process's mappings of the TextVid index file (/proc/PID/smaps)."""
+    total, mapping = 0.0, ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if " " in key:                              # a mapping's header line: address range, ..., path
+                mapping = line.split()[-1] if len(line.split()) > 5 else ""
+            elif key == "Pss" and mapping.endswith(".index.arrow"):
+                total += int(rest.split()[0]) / 1024
+    return total
+
+
+def _record_start(path: str, worker_id: int):
+    """DataLoader worker_init_fn: the worker's PSS before its first item."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), **pss()}) + "\n")
+
+
 def feed(ds, items: int, workers: int, batch_size: int = 16) -> dict:
-    """items/s through `workers` DataLoader workers, and their PSS growth from the first batch to the last."""
+    """items/s through `workers` DataLoader workers, and their PSS growth (summed over the workers) from their
+    first batch and from their start to the end of `items` items."""
+    import functools
+
     import torch
     from dataloader.training import TaskBatchSampler, TrainCollate
+    fd, starts = tempfile.mkstemp(prefix="bench_textvid_workers.")
+    os.close(fd)
     sampler = TaskBatchSampler(len(ds), batch_size, seed=0, caption_prob=0.5)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollate(), num_workers=workers)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollate(), num_workers=workers,
+                                         worker_init_fn=functools.partial(_record_start, starts))
     it = iter(loader)
     next(it)
     kids = multiprocessing.active_children()
-    before = [pss(p.pid) for p in kids]
+    first = {p.pid: pss(p.pid) for p in kids}
     t0, n = time.time(), 0
     while n < items:
         n += next(it).n_items
     seconds = time.time() - t0
-    after = [pss(p.pid) for p in kids]
+    end = {p.pid: pss(p.pid) for p in kids}
+    index = sum(index_pss(pid) for pid in end)
     del it
-    return {"items_per_s": n / seconds, "workers_pss_growth": sum(a["pss"] - b["pss"] for a, b in zip(after, before)),
-            "workers_anon_growth": sum(a["anon"] - b["anon"] for a, b in zip(after, before))}
+    with open(starts) as f:
+        start = {r["pid"]: r for r in map(json.loads, f)}
+    os.unlink(starts)
+
+    def growth(since, key):
+        return sum(end[pid][key] - since[pid][key] for pid in end)
+    return {"items_per_s": n / seconds, "workers_pss_growth": growth(first, "pss"),
+            "workers_anon_growth": growth(first, "anon"), "workers_pss_from_start": growth(start, "pss"),
+            "workers_anon_from_start": growth(start, "anon"),
+            "workers_index_pss": index}
 
 
 def child(variant: str, root: Path, fixtures: str, items: int, workers: int) -> dict:
@@ -204,8 +238,11 @@ def table(res: dict, n: int) -> str:
                  f"{res['build']['startup_s'] * scale:.0f} |")
     row("rank PSS after start-up (MiB)", "rank_pss", lambda x: f"{x:.0f}", True)
     row("  of which anonymous (MiB)", "rank_anon", lambda x: f"{x:.0f}", True)
-    row("workers' PSS growth (MiB)", "workers_pss_growth", lambda x: f"{x:+.1f}", load=False)
+    row("workers' PSS growth from their first batch (MiB)", "workers_pss_growth", lambda x: f"{x:+.1f}", load=False)
     row("  of which anonymous (MiB)", "workers_anon_growth", lambda x: f"{x:+.1f}", load=False)
+    row("workers' PSS growth from their start (MiB)", "workers_pss_from_start", lambda x: f"{x:+.1f}", load=False)
+    row("  of which anonymous (MiB)", "workers_anon_from_start", lambda x: f"{x:+.1f}", load=False)
+    row("  the index file's pages, shared (MiB)", "workers_index_pss", lambda x: f"{x:.1f}", load=False)
     row("items/s", "items_per_s", lambda x: f"{x:.0f}", load=False)
     return "\n".join(lines)
 
