@@ -16,7 +16,8 @@ process:
 
 PSS (proportional set size, /proc/PID/smaps_rollup) counts shared pages once over the processes sharing
 them; "anon" is its anonymous part (Python objects, copied on write in the workers), the rest is file pages
-mapped by the process (the index's page cache, shared by every rank and worker of the machine). The items
+mapped by the process (the index's page cache, shared by every rank and worker of the machine). Items/s
+depends on what else the machine runs; the workers' CPU time per item (/proc/PID/stat) much less. The items
 are the recipe's (`--answer_balance --video_caption --openvqa`, half the batches captions), batch 16, the
 real Llama-2 tokenizer. Start-up and rank memory are also given at 721K tideos (x 721000 / N: linear, an
 upper bound for what does not grow with N).
@@ -111,6 +112,13 @@ def index_pss(pid) -> float:
     return total
 
 
+def cpu_seconds(pid) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _record_start(path: str, worker_id: int):
     """DataLoader worker_init_fn: the worker's PSS before its first item."""
     with open(path, "a") as f:
@@ -133,10 +141,12 @@ def feed(ds, items: int, workers: int, batch_size: int = 16) -> dict:
     next(it)
     kids = multiprocessing.active_children()
     first = {p.pid: pss(p.pid) for p in kids}
+    cpu0 = sum(cpu_seconds(p.pid) for p in kids)
     t0, n = time.time(), 0
     while n < items:
         n += next(it).n_items
     seconds = time.time() - t0
+    cpu = sum(cpu_seconds(p.pid) for p in kids) - cpu0
     end = {p.pid: pss(p.pid) for p in kids}
     index = sum(index_pss(pid) for pid in end)
     del it
@@ -146,7 +156,7 @@ def feed(ds, items: int, workers: int, batch_size: int = 16) -> dict:
 
     def growth(since, key):
         return sum(end[pid][key] - since[pid][key] for pid in end)
-    return {"items_per_s": n / seconds, "workers_pss_growth": growth(first, "pss"),
+    return {"items_per_s": n / seconds, "worker_cpu_ms": cpu / n * 1000, "workers_pss_growth": growth(first, "pss"),
             "workers_anon_growth": growth(first, "anon"), "workers_pss_from_start": growth(start, "pss"),
             "workers_anon_from_start": growth(start, "anon"),
             "workers_index_pss": index}
@@ -210,7 +220,7 @@ def prepare(args):
 
 
 def best(runs: list) -> dict:
-    """One variant's passes: the least seconds, the most items/s, the median memory."""
+    """One variant's passes: the least seconds, the most items/s, the median memory and CPU time per item."""
     out = {}
     for key in runs[0]:
         values = sorted(r[key] for r in runs)
@@ -275,6 +285,7 @@ def table(res: dict, n: int) -> str:
     row("  of which anonymous (MiB)", "workers_anon_from_start", lambda x: f"{x:+.1f}", load=False)
     row("  the index file's pages, shared (MiB)", "workers_index_pss", lambda x: f"{x:.1f}", load=False)
     row("items/s", "items_per_s", lambda x: f"{x:.0f}", load=False)
+    row("workers' CPU time per item (ms)", "worker_cpu_ms", lambda x: f"{x:.2f}", load=False)
     return "\n".join(lines)
 
 
