@@ -299,14 +299,14 @@ def test_torchrun_rank0_builds_and_the_other_rank_waits(tmp_path, builder):
         "import sys, torch.distributed as d\nfrom dataloader.textvid import TextVidDataset\n"
         "d.init_process_group('gloo')\n"
         f"ds = TextVidDataset({str(tmp_path)!r}, None)\n"
-        "print('rank', d.get_rank(), len(ds), ds.tideos.path, flush=True)\nd.destroy_process_group()\n")
+        "sys.stdout.write(f'rank {d.get_rank()} {len(ds)}\\n')\nsys.stdout.flush()\nd.destroy_process_group()\n")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("indexing") == 1
     ranks = sorted(line.split()[1:3] for line in p.stdout.splitlines() if line.startswith("rank"))
-    assert ranks == [["0", str(N)], ["1", str(N)]]
+    assert ranks == [["0", str(N)], ["1", str(N)]], p.stdout      # one write per rank: lines never interleave
 
 
 # ---- packing ----
