@@ -30,6 +30,7 @@ import torch
 
 from util.errors import CheckpointError, MissingFileError
 
+from .fields import Field, read_fields
 from .model import RopeScaling
 
 HF_LAYER_KEYS = {
@@ -88,70 +89,125 @@ def ffn_args(dim: int, intermediate_size: int) -> Tuple[int, Optional[float]]:
                           f"for hidden_size {dim}")
 
 
+# config.json's fields, typed (llama/fields.py); `to` names the ModelArgs field a value gives. The others
+# are checked and read below (rope_theta may sit in rope_parameters; the width and the head size are checked
+# against the ModelArgs rules; hidden_act, biases and pretraining_tp must say what Llama's math does).
+CONFIG_JSON = (
+    Field("model_type", str),
+    Field("hidden_size", int, low=1, to="dim"), Field("num_hidden_layers", int, low=1, to="n_layers"),
+    Field("num_attention_heads", int, low=1, to="n_heads"),
+    Field("num_key_value_heads", int, None, low=1, nullable=True, to="n_kv_heads"),
+    Field("vocab_size", int, low=1, to="vocab_size"), Field("intermediate_size", int, low=1),
+    Field("rms_norm_eps", float, low=0, above=True, to="norm_eps"),
+    Field("rope_theta", float, None, low=0, above=True, nullable=True),
+    Field("tie_word_embeddings", bool, False, nullable=True, to="tie_embeddings"),
+    Field("head_dim", int, None, low=1, nullable=True), Field("hidden_act", str, "silu"),
+    Field("attention_bias", bool, False, nullable=True), Field("mlp_bias", bool, False, nullable=True),
+    Field("pretraining_tp", int, 1, low=1, nullable=True),
+    Field("max_position_embeddings", int, None, low=1, nullable=True),
+)
+# a rope_scaling / rope_parameters object; "type" is the name before transformers 4.45
+ROPE_JSON = (Field("rope_type", str, None, nullable=True), Field("type", str, None, nullable=True),
+             Field("rope_theta", float, None, low=0, above=True, nullable=True))
+LLAMA3_JSON = (Field("factor", float, low=1, to="factor"),
+               Field("low_freq_factor", float, low=0, above=True, to="low_freq_factor"),
+               Field("high_freq_factor", float, low=0, above=True, to="high_freq_factor"),
+               Field("original_max_position_embeddings", int, low=1, to="original_max_position_embeddings"))
+LLAMA3_SCALING = tuple(f.key for f in LLAMA3_JSON)
+SCALING_NUMBERS = LLAMA3_SCALING + ("beta_fast", "beta_slow", "short_factor", "long_factor", "attention_factor")
+
+
 def hf_params(folder) -> dict:
     """config.json of a Llama folder -> the ModelArgs fields (Meta's names, as in params.json).
-    Anything that changes the math implemented here (another model type, rope scaling, biases, another
-    activation or head size) is an error naming the file."""
+    Every field that changes the math is typed (`CONFIG_JSON`); anything the math implemented here does
+    not do (another model type, rope scaling, biases, another activation or head size) and fields that
+    disagree are an error naming the field and the file."""
     path = Path(folder) / "config.json"
     cfg = read_config(folder)
-    if cfg.get("model_type") != "llama":
-        raise CheckpointError(f"{path}: model_type is {cfg.get('model_type')!r}, not 'llama'")
-
-    def need(key, kind=int):
-        value = cfg.get(key)
-        if not isinstance(value, (int, kind)) or isinstance(value, bool):
-            raise CheckpointError(f"{path}: '{key}' is missing or not {'an integer' if kind is int else 'a number'}")
-        return value
-
-    scaling = rope_scaling(cfg, path)
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{path}: hidden_act {cfg['hidden_act']!r} is not Llama's silu")
+    values = read_fields(cfg, CONFIG_JSON, path)
+    if values["model_type"] != "llama":
+        raise CheckpointError(f"{path}: model_type is {values['model_type']!r}, not 'llama'")
+    if values["hidden_act"] != "silu":
+        raise CheckpointError(f"{path}: hidden_act {values['hidden_act']!r} is not Llama's silu")
     for key in ("attention_bias", "mlp_bias"):
-        if cfg.get(key):
+        if values[key]:
             raise CheckpointError(f"{path}: {key}=true is not Llama (no biases)")
-    dim, n_heads = need("hidden_size"), need("num_attention_heads")
-    if cfg.get("head_dim") not in (None, dim // n_heads):
-        raise CheckpointError(f"{path}: head_dim {cfg['head_dim']} is not hidden_size / num_attention_heads")
+    args = {f.to: values[f.key] for f in CONFIG_JSON if f.to}
+    dim, n_heads = args["dim"], args["n_heads"]
+    if values["head_dim"] not in (None, dim // n_heads):
+        raise CheckpointError(f"{path}: head_dim {values['head_dim']} is not hidden_size / num_attention_heads")
     try:
-        multiple_of, mult = ffn_args(dim, need("intermediate_size"))
+        args["multiple_of"], args["ffn_dim_multiplier"] = ffn_args(dim, values["intermediate_size"])
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    n_kv_heads = need("num_key_value_heads") if cfg.get("num_key_value_heads") is not None else n_heads
-    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
-    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
-        raise CheckpointError(f"{path}: rope_theta {theta!r} is not a number")
-    return {"dim": dim, "n_layers": need("num_hidden_layers"), "n_heads": n_heads, "n_kv_heads": n_kv_heads,
-            "vocab_size": need("vocab_size"), "multiple_of": multiple_of, "ffn_dim_multiplier": mult,
-            "norm_eps": need("rms_norm_eps", float),
-            "rope_theta": float(theta), "rope_scaling": scaling, "tie_embeddings": bool(cfg.get("tie_word_embeddings"))}
+    args["n_kv_heads"] = args["n_kv_heads"] or n_heads
+    args["rope_theta"], args["rope_scaling"] = rope_settings(cfg, values["rope_theta"], path)
+    return args
 
 
-LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+def hf_context(folder) -> Optional[int]:
+    """config.json's max_position_embeddings (the positions the model was trained for), None if absent."""
+    return read_fields(read_config(folder), CONFIG_JSON, Path(folder) / "config.json")["max_position_embeddings"]
 
 
-def rope_scaling(cfg: dict, path) -> Optional[RopeScaling]:
-    """config.json's RoPE scaling: None (rope_type absent or "default"), or Meta's "llama3" scaling with its
-    four numbers (`rope_scaling`, or transformers 5's `rope_parameters`). Another rope_type (linear, dynamic,
-    yarn, ...) changes the math differently: an error naming the field."""
+def rope_settings(cfg: dict, theta: Optional[float], path) -> Tuple[float, Optional[RopeScaling]]:
+    """(rope_theta, RoPE scaling) of config.json: rope_theta at the top or (transformers 5) in
+    rope_parameters, the scaling in rope_scaling or rope_parameters (`rope_scaling`). Where both places
+    say it, they must agree."""
+    objects = {}
     for field in ("rope_parameters", "rope_scaling"):
-        if not isinstance(cfg.get(field) or {}, dict):
+        obj = cfg.get(field) or {}
+        if not isinstance(obj, dict):
             raise CheckpointError(f"{path}: '{field}' must be a JSON object")
-    field = "rope_parameters" if (cfg.get("rope_parameters") or {}).get("rope_type") else "rope_scaling"
-    rope = cfg.get(field) or {}
-    key = "rope_type" if "rope_type" in rope else "type"  # "type": transformers < 4.45
-    rope_type = rope.get(key)
-    if rope_type in (None, "default"):
+        objects[field] = obj
+    inner = read_fields(objects["rope_parameters"], ROPE_JSON, f"{path}: rope_parameters")["rope_theta"]
+    if theta is not None and inner is not None and theta != inner:
+        raise CheckpointError(f"{path}: rope_theta {theta:g} and rope_parameters.rope_theta {inner:g} disagree")
+    said = {field: rope_scaling(obj, f"{path}: {field}") for field, obj in objects.items()}
+    stated = [(f, v) for f, v in said.items() if v != "unstated"]
+    if len(stated) == 2 and stated[0][1] != stated[1][1]:
+        raise CheckpointError(f"{path}: rope_parameters and rope_scaling disagree ({_scaling_text(stated[0][1])} "
+                              f"and {_scaling_text(stated[1][1])}): keep one of them")
+    scaling = stated[0][1] if stated else None
+    return (theta if theta is not None else inner if inner is not None else 10000.0), scaling
+
+
+def _scaling_text(s: Optional[RopeScaling]) -> str:
+    return "no scaling" if s is None else (f"factor {s.factor:g}, low_freq_factor {s.low_freq_factor:g}, "
+                                           f"high_freq_factor {s.high_freq_factor:g}, original_max_position_"
+                                           f"embeddings {s.original_max_position_embeddings}")
+
+
+def rope_scaling(rope: dict, where: str):
+    """One rope_scaling / rope_parameters object: None (rope_type "default", or absent with no scaling
+    numbers), Meta's "llama3" scaling with its four numbers, or "unstated" (an empty object, or
+    rope_parameters holding rope_theta only). Another rope_type (linear, dynamic, yarn, ...) changes the
+    math differently, and scaling numbers without a rope_type say no scaling to transformers while the
+    numbers say otherwise: errors naming the field."""
+    kinds = read_fields(rope, ROPE_JSON, where)
+    if kinds["rope_type"] and kinds["type"] and kinds["rope_type"] != kinds["type"]:
+        raise CheckpointError(f"{where}: rope_type {kinds['rope_type']!r} and type {kinds['type']!r} disagree")
+    key = "rope_type" if kinds["rope_type"] else "type"
+    rope_type = kinds[key]
+    if rope_type is None:
+        numbers = [k for k in SCALING_NUMBERS if k in rope]
+        if numbers:
+            raise CheckpointError(f"{where} holds scaling numbers ({', '.join(numbers)}) but no rope_type: add "
+                                  "\"rope_type\": \"llama3\" (Llama-3.1/3.2) or remove them")
+        return "unstated"
+    if rope_type == "default":
         return None
     if rope_type != "llama3":
-        raise CheckpointError(f"{path}: {field}.{key} {rope_type!r} is not supported (only Llama-3.1/3.2's "
+        raise CheckpointError(f"{where}.{key} {rope_type!r} is not supported (only Llama-3.1/3.2's "
                               f"\"llama3\" RoPE scaling is)")
-    bad = [k for k in LLAMA3_SCALING if isinstance(rope.get(k), bool) or not isinstance(rope.get(k), (int, float))]
-    if bad:
-        raise CheckpointError(f"{path}: {field} of rope_type \"llama3\" needs numbers {', '.join(bad)}")
+    missing = [k for k in LLAMA3_SCALING if k not in rope]
+    if missing:
+        raise CheckpointError(f"{where} of rope_type \"llama3\" needs numbers {', '.join(missing)}")
+    numbers = read_fields(rope, LLAMA3_JSON, where)
     try:
-        scaling = RopeScaling(**{k: rope[k] for k in LLAMA3_SCALING})
+        scaling = RopeScaling(**{f.to: numbers[f.key] for f in LLAMA3_JSON})
     except ValueError as e:
-        raise CheckpointError(f"{path}: {field}: {e}") from None
+        raise CheckpointError(f"{where}: {e}") from None
     return None if scaling.factor == 1 else scaling
 
 

@@ -16,7 +16,7 @@ fused path. A `LayerCache` per layer holds keys/values for incremental decoding.
 """
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 from .config import ATTN_IMPLS
+from .fields import Field, read_fields
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class ModelArgs:
 
     @classmethod
     def from_params_json(cls, path, scaling_factor: float = 8.0, **overrides) -> "ModelArgs":
-        """Read Meta's params.json; keys we do not know are an error (they could change the math).
+        """Read Meta's params.json (the fields of `PARAMS_JSON`, typed; keys we do not know are an error:
+        they could change the math).
 
         `use_scaled_rope: true` (Llama-3.1, 3.2) is Meta's "llama3" RoPE scaling with the factor of
         `rope_scaling_factor` (and `rope_high_freq_factor`) when the file states them (Meta's names, used
@@ -98,45 +100,40 @@ class ModelArgs:
             raise CheckpointError(f"{path}: not a valid params.json ({e})") from None
         if not isinstance(params, dict):
             raise CheckpointError(f"{path}: expected a JSON object of model hyper-parameters")
-        # Meta's fields only: params.json never holds the derived ones
-        known = {f.name for f in fields(ModelArgs)} - {"rope_scaling", "tie_embeddings"}
-        scaling_keys = {"use_scaled_rope", "rope_scaling_factor", "rope_high_freq_factor"}
-        unknown = set(params) - known - scaling_keys - {"max_batch_size", "max_seq_len"}
+        unknown = set(params) - {f.key for f in PARAMS_JSON}
         if unknown:
             raise CheckpointError(f"{path}: unknown params.json keys {sorted(unknown)}")
-        scaled = params.get("use_scaled_rope", False)
-        if not isinstance(scaled, bool):
-            raise CheckpointError(f"{path}: 'use_scaled_rope' = {scaled!r} is not true or false")
-        scaling = {k: params[k] for k in ("rope_scaling_factor", "rope_high_freq_factor") if k in params}
-        params = {k: v for k, v in params.items() if k in known}
-        for k, v in {**params, **scaling}.items():
-            if not _valid_param(k, v):
-                raise CheckpointError(f"{path}: '{k}' = {v!r} is not a valid value")
-        params.update({k: v for k, v in overrides.items() if v is not None})
+        values = read_fields(params, PARAMS_JSON, path)
+        args = {f.to: values[f.key] for f in PARAMS_JSON if f.to}
+        args.update({k: v for k, v in overrides.items() if v is not None})
+        scaling = {k: values[k] for k in ("rope_scaling_factor", "rope_high_freq_factor") if values[k] is not None}
         try:
-            if scaled:
-                params["rope_scaling"] = RopeScaling(factor=float(scaling.get("rope_scaling_factor", scaling_factor)),
-                                                     high_freq_factor=float(scaling.get("rope_high_freq_factor", 4.0)))
+            if values["use_scaled_rope"]:
+                args["rope_scaling"] = RopeScaling(factor=scaling.get("rope_scaling_factor", float(scaling_factor)),
+                                                   high_freq_factor=scaling.get("rope_high_freq_factor", 4.0))
             elif scaling:
                 raise ValueError(f"{', '.join(sorted(scaling))} without use_scaled_rope=true")
-            return cls(**params)
+            return cls(**args)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: {e}") from None
 
 
-INT_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "vocab_size")
-
-
-def _valid_param(key: str, v) -> bool:
-    """params.json values: sizes are ints >= 1 (vocab_size -1: the tokenizer's), the rest positive numbers;
-    n_kv_heads and ffn_dim_multiplier may be null."""
-    if v is None:
-        return key in ("n_kv_heads", "ffn_dim_multiplier")
-    if isinstance(v, bool):
-        return False
-    if key in INT_PARAMS:
-        return isinstance(v, int) and (v >= 1 or (key == "vocab_size" and v == -1))
-    return isinstance(v, (int, float)) and v > 0
+# Meta's params.json: sizes are integers >= 1 (vocab_size -1: the tokenizer's), the rest positive numbers;
+# n_kv_heads and ffn_dim_multiplier may be null. max_seq_len and max_batch_size are Meta's runtime limits:
+# checked, not used.
+PARAMS_JSON = (
+    Field("dim", int, low=1, to="dim"), Field("n_layers", int, low=1, to="n_layers"),
+    Field("n_heads", int, low=1, to="n_heads"), Field("n_kv_heads", int, None, low=1, nullable=True, to="n_kv_heads"),
+    Field("vocab_size", int, -1, low=1, also=(-1,), to="vocab_size"),
+    Field("multiple_of", int, 256, low=1, to="multiple_of"),
+    Field("ffn_dim_multiplier", float, None, low=0, above=True, nullable=True, to="ffn_dim_multiplier"),
+    Field("norm_eps", float, 1e-5, low=0, above=True, to="norm_eps"),
+    Field("rope_theta", float, 10000.0, low=0, above=True, to="rope_theta"),
+    Field("use_scaled_rope", bool, False),
+    Field("rope_scaling_factor", float, None, low=0, above=True),
+    Field("rope_high_freq_factor", float, None, low=0, above=True),
+    Field("max_seq_len", int, None, low=1), Field("max_batch_size", int, None, low=1),
+)
 
 
 class skip_init(TorchFunctionMode):
