@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-from text.prompts import PromptBuilder, PromptStyle
+from text.prompts import PromptBuilder, PromptStyle, text_problem
 from util import dist
 
 from .base import DataError, EvalItem, QARecord, fit_frames
@@ -77,11 +77,9 @@ def make_mcqa_dataset(records: List[QARecord], features, builder: PromptBuilder,
             raise DataError(f"{r.source}: question id {r.qid} repeats the one of {seen[r.qid].source} (ids must be "
                             "unique: predictions and submissions are keyed by them)")
         seen[r.qid] = r
-        if not str(r.question).strip():
-            raise DataError(f"{r.source}: question {r.qid}: the question text is empty")
-        for k, o in enumerate(r.options):
-            if not str(o).strip():
-                raise DataError(f"{r.source}: question {r.qid}: option {k} is empty")
+        problem = text_problem(str(r.question), [str(o) for o in r.options])
+        if problem:
+            raise DataError(f"{r.source}: question {r.qid}: {problem}")
     if train:
         no_ans = [r for r in records if r.answer is None]
         if no_ans:

@@ -50,21 +50,20 @@ import torch
 
 from dataloader.base import EvalItem, QARecord, fit_frames
 from dataloader.packing import ScoringCollate, collate_rows, single_row
-from llama.build import load_tokenizer_for, load_topa
+from llama.build import context_length, load_tokenizer_for, load_topa
 from llama.generation import Watch, greedy_generate, nonfinite_pick
 from llama.memory import load_memory, project_to_memory
 from text.prompts import DEFAULT, LETTERS, VIDEO, PromptBuilder, PromptStyle, Sequence as Seq, normalize_question
-from text.protocols import (MSRVTT, MVBENCH, choices_text, generated_text, letter_ids, masked_ids,
-                            predicted_letter, prompt_ids)
+from text.protocols import (MSRVTT, MVBENCH, OPEN_NEW_TOKENS, OPEN_P2, choices_text, generated_text, letter_ids,
+                            masked_ids, predicted_letter, prompt_ids)
 from util import dist
 from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
 
 from .config import QAConfig, add_api_args, memory_on  # noqa: F401 (QAConfig, add_api_args: the API's settings)
 from .losses import group_mean, token_nll
+from .requests import Requests
 from .scoring import prediction_rows, score_batch
 
-OPEN_P2 = "\nQuestion: {question}\nAnswer:"
-OPEN_NEW_TOKENS = 20
 CHOOSE_FPS = 1  # NExT-QA / EgoSchema features: 1 frame per second (docs/extraction.md)
 
 
@@ -92,7 +91,7 @@ FRAME_RULES = {"segments": "MVBench's 10 segments", "strided": "frames i*(n//T) 
 def frame_rules(T: int) -> Dict[str, object]:
     """The frame rules of the request kinds, by name."""
     from video.frames import Segments, Strided
-    return {"fps1": FittedRate(CHOOSE_FPS, T), "segments": Segments(T), "strided": Strided(T)}
+    return {"fps1": FittedRate(CHOOSE_FPS, T), "segments": Segments(T), "strided": Strided(T, repeat=True)}
 
 
 @dataclass(frozen=True)
@@ -247,6 +246,7 @@ class TOPAVideoQA:
         self.device = dist.select_device(self.cfg.device)
         self.tok = load_tokenizer_for(self.cfg.model)
         self.builder = PromptBuilder(self.tok, self.T)
+        self.edge = Requests(self.tok, self.T, context_length(self.cfg.model), FRAME_RULES)  # engine/requests.py
         self.warn = warn
         self._lock = threading.RLock()
         self._model = self._clip = self._memory = None
@@ -278,6 +278,7 @@ class TOPAVideoQA:
 
     def check_memory(self, kind: str, memory: Optional[bool] = None):
         """MissingFileError now if `kind` would project onto a memory file that does not exist."""
+        self.edge.memory(memory)
         if self.use_memory(kind, memory) and self._memory is None and not os.path.isfile(self.cfg.memory_path):
             raise MissingFileError(f"the memory projection needs {self.cfg.memory_path} (--memory_path; the TextVid "
                                    f"text feature memory): not found. --no_memory answers without it")
@@ -296,6 +297,7 @@ class TOPAVideoQA:
     @_locked
     def load(self, memory: bool = True) -> "TOPAVideoQA":
         """Load everything now (the model, CLIP, and the memory when `memory` and its file exists)."""
+        self.edge.memory(memory)
         self.clip, self.model  # noqa: B018 (loads)
         if memory and os.path.isfile(self.cfg.memory_path):
             self.memory_tensor()
@@ -309,6 +311,7 @@ class TOPAVideoQA:
         mtime and size are unchanged, or (a file touched since, as Gradio does with the uploads it hands
         out again) when its size and content digest are. `fps`: the rate of a frame array (default
         frames_fps)."""
+        video = self.edge.features(video, fps)
         if isinstance(video, VideoFeatures):
             return video
         if not isinstance(video, (str, os.PathLike)):
@@ -371,12 +374,8 @@ class TOPAVideoQA:
         """The model's input [T, 768] on the device (fitted, projected per the protocol or `memory`) and
         the frames it came from (`frames`: a frame_rules name instead of the protocol's)."""
         if torch.is_tensor(video):
-            if video.ndim != 2 or video.shape[1] != 768:
-                raise DataError(f"video features must be [n, 768], got {list(video.shape)}")
             picked, feats = None, video
         else:
-            if frames is not None and frames not in FRAME_RULES:
-                raise ConfigError(f"frames must be one of {', '.join(FRAME_RULES)}, not {frames!r}")
             picked = self.features(video).frames(frames or KINDS[kind].rule)
             feats = picked.features
         v = fit_frames(feats, self.T).to(self.device)
@@ -388,6 +387,7 @@ class TOPAVideoQA:
     # ---- multiple choice by scoring ----
     @_locked
     def choose(self, video, question: str, options: Sequence[str], **kw) -> Choice:
+        self.edge.choose([(video, question, options)], one=True, **kw)
         return self.choose_batch([(video, question, options)], **kw)[0]
 
     @_locked
@@ -395,9 +395,9 @@ class TOPAVideoQA:
                      frames: Optional[str] = None, style: PromptStyle = DEFAULT) -> List[Choice]:
         """(video, question, options) per request -> a Choice each: eval.py's packed scoring. `memory`
         and `frames` (a FRAME_RULES name) replace the protocol's; `style` is a benchmark's wording."""
+        requests = self.edge.choose(requests, memory=memory, frames=frames, style=style)
         items, picked = [], []
         for i, (video, question, options) in enumerate(requests):
-            _check_question(question, options, len(LETTERS))
             v, f = self._video(video, "choose", memory, frames)
             rec = QARecord(vid=str(i), qid=str(i), question=question, options=list(options), answer=None,
                            source="choose")
@@ -419,12 +419,14 @@ class TOPAVideoQA:
     # ---- generation ----
     @_locked
     def describe(self, video, **kw) -> Answer:
+        self.edge.describe([video], one=True, **kw)
         return self.describe_batch([video], **kw)[0]
 
     @_locked
     def describe_batch(self, videos: Sequence, memory: Optional[bool] = None, frames: Optional[str] = None,
                        max_new_tokens: Optional[int] = None) -> List[Answer]:
         """MSR-VTT's captioning prompt: "... Answer: It is a video of" + greedy tokens, first sentence."""
+        videos = self.edge.describe(videos, memory=memory, frames=frames, max_new_tokens=max_new_tokens)
         p = MSRVTT
         new = max_new_tokens or p.max_new_tokens
         return self._generate([self._request(i, v, "describe", (memory, frames), p.p1, p.p2, new, p.mask, p.marker,
@@ -432,16 +434,16 @@ class TOPAVideoQA:
 
     @_locked
     def answer(self, video, question: str, **kw) -> Answer:
+        self.edge.answer([(video, question)], one=True, **kw)
         return self.answer_batch([(video, question)], **kw)[0]
 
     @_locked
     def answer_batch(self, requests: Sequence[Tuple[object, str]], memory: Optional[bool] = None,
                      frames: Optional[str] = None, max_new_tokens: Optional[int] = None) -> List[Answer]:
         """Open questions: MSR-VTT's instruction, "Question: Q\\nAnswer:", greedy to the end of the line."""
+        requests = self.edge.answer(requests, memory=memory, frames=frames, max_new_tokens=max_new_tokens)
         out = []
         for i, (v, q) in enumerate(requests):
-            if not str(q).strip():
-                raise ConfigError("the question is empty")
             p2 = OPEN_P2.format(question=normalize_question(q))
             out.append(self._request(i, v, "answer", (memory, frames), MSRVTT.p1, p2, max_new_tokens or OPEN_NEW_TOKENS,
                                      False, "Answer:", str.strip, until=("\n",)))
@@ -449,6 +451,7 @@ class TOPAVideoQA:
 
     @_locked
     def mvbench(self, video, question: str, options: Sequence[str], **kw) -> Answer:
+        self.edge.mvbench([(video, question, options)], one=True, **kw)
         return self.mvbench_batch([(video, question, options)], **kw)[0]
 
     @_locked
@@ -456,9 +459,9 @@ class TOPAVideoQA:
                       frames: Optional[str] = None, max_new_tokens: Optional[int] = None) -> List[Answer]:
         """MVBench's letter protocol: the option whose letter ranks highest (among the given letters) at
         the first position after "The correct choice is ("; the free generation is kept beside it."""
+        requests = self.edge.mvbench(requests, memory=memory, frames=frames, max_new_tokens=max_new_tokens)
         p, out = MVBENCH, []
         for i, (v, q, options) in enumerate(requests):
-            _check_question(q, options, len(LETTERS))
             p2 = p.p2_text(question=q, choices=choices_text(options))
             out.append(self._request(i, v, "mvbench", (memory, frames), p.p1, p2, max_new_tokens or p.max_new_tokens,
                                      p.mask, p.marker, p.cut, n_letters=len(options)))
@@ -466,6 +469,7 @@ class TOPAVideoQA:
 
     @_locked
     def complete(self, video, context: str, **kw) -> Answer:
+        self.edge.complete([(video, context)], one=True, **kw)
         return self.complete_batch([(video, context)], **kw)[0]
 
     @_locked
@@ -473,6 +477,7 @@ class TOPAVideoQA:
                        max_new_tokens: int = 32, memory: Optional[bool] = None, frames: Optional[str] = None,
                        p1: str = MSRVTT.p1) -> List[Answer]:
         """Greedy continuation of `[BOS] p1 VIDEO×T context` (no mask), cut at the first `until` string."""
+        requests, until = self.edge.complete(requests, until, max_new_tokens, memory=memory, frames=frames, p1=p1)
         return self._generate([self._request(i, v, "complete", (memory, frames), p1, ctx, max_new_tokens, False, "",
                                              lambda s: s, until=tuple(until)) for i, (v, ctx) in enumerate(requests)])
 
@@ -528,6 +533,7 @@ class TOPAVideoQA:
     # ---- likelihood (harnesses) ----
     @_locked
     def loglikelihood(self, video, context: str, continuation: str, **kw) -> LogLikelihood:
+        self.edge.loglikelihood([(video, context, continuation)], one=True, **kw)
         return self.loglikelihood_batch([(video, context, continuation)], **kw)[0]
 
     @_locked
@@ -538,6 +544,7 @@ class TOPAVideoQA:
         are those the encoding of context + continuation adds after the context's (lm-eval's split;
         spaces at the end of the context move to the continuation). `with_greedy` also says whether each
         continuation is the greedy one (a second forward pass)."""
+        requests = self.edge.loglikelihood(requests, memory=memory, frames=frames, p1=p1, with_greedy=with_greedy)
         seqs, videos = [], []
         for video, context, continuation in requests:
             ctx_text = context.rstrip(" ")
@@ -573,12 +580,3 @@ class TOPAVideoQA:
         wrong.index_add_(0, batch.t_group, (top != batch.t_tgt).float())
         return (wrong == 0).cpu()
 
-
-def _check_question(question: str, options: Sequence[str], most: int):
-    if not str(question).strip():
-        raise ConfigError("the question is empty")
-    if len(options) < 2 or len(options) > most:
-        raise ConfigError(f"give 2 to {most} options, got {len(options)}")
-    for k, o in enumerate(options):
-        if not str(o).strip():
-            raise ConfigError(f"option {k + 1} is empty")

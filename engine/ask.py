@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from text.protocols import LETTERS
+from text.prompts import choice_problem, text_problem
 from util.errors import ConfigError
 from util.settings import setting
 
@@ -37,23 +37,16 @@ class AskConfig:
     max_new_tokens: Optional[int] = setting(None, "the token budget (default: the prompt's protocol)")
 
     def __post_init__(self):
+        if self.describe and self.options:
+            raise ConfigError("--describe takes no --options (it asks for a description; --question with "
+                              "--options asks a multiple-choice question)")
         if self.describe == (self.question is not None):
             raise ConfigError("give either --question (with or without --options) or --describe")
-        if self.question is not None and not self.question.strip():
-            raise ConfigError("--question: the question text is empty")
-        empty = [k for k, o in enumerate(self.options) if not o.strip()]
-        if empty:
-            raise ConfigError(f"--options: option {empty[0]} is empty")
-        seen = {}
-        for k, o in enumerate(self.options):
-            if o.strip() in seen:
-                raise ConfigError(f"--options: options {seen[o.strip()]} and {k} are the same text {o.strip()!r}: "
-                                  "the answer could not tell them apart")
-            seen[o.strip()] = k
-        if self.options and len(self.options) < 2:
-            raise ConfigError(f"--options needs at least 2 options, got {len(self.options)}")
-        if len(self.options) > len(LETTERS):
-            raise ConfigError(f"--options: at most {len(LETTERS)} options")
+        if self.question is not None:
+            problem = choice_problem(self.question, self.options) if self.options else \
+                text_problem(self.question, [])
+            if problem:
+                raise ConfigError(f"{'--question' if problem.startswith('the question') else '--options'}: {problem}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
 

@@ -37,7 +37,7 @@ from .adapter import TOPA, TOPAArgs, build_model, load_trainable
 from .backbones import BACKBONES, scaling_releases
 from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
 from .config import FAMILIES, ModelConfig
-from .hf import HFSafetensors, hf_params
+from .hf import HFSafetensors, hf_context, hf_params
 from .model import RopeScaling
 
 
@@ -144,6 +144,27 @@ def model_args(cfg: ModelConfig, backbone: Backbone, tok: Tokenizer) -> TOPAArgs
     elif args.vocab_size != tok.n_words:
         raise CheckpointError(f"{params} has vocab_size {args.vocab_size} but {tok.path} has {tok.n_words} tokens")
     return args
+
+
+# The positions each family was trained for (Meta's model cards); Llama-3.1/3.2 (RoPE-scaled) 131072.
+# Hugging Face folders say it in config.json (max_position_embeddings).
+CONTEXT = {"llama2": 4096, "llama3": 8192}
+SCALED_CONTEXT = 131072
+
+
+def context_length(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> int:
+    """The longest sequence (prompt and generated tokens) the backbone was trained for: config.json's
+    max_position_embeddings, else the family's (`CONTEXT`; `SCALED_CONTEXT` for a Meta folder with
+    use_scaled_rope). Read from the config files only, before any weight."""
+    backbone = backbone or locate_backbone(cfg)
+    if backbone.kind == "hf":
+        told = hf_context(backbone.folder)
+        if told is not None:
+            return told
+        return SCALED_CONTEXT if hf_params(backbone.folder)["rope_scaling"] else CONTEXT[cfg.family]
+    params = backbone.folder / "params.json"
+    scaled = params.is_file() and TOPAArgs.from_params_json(params).rope_scaling is not None
+    return SCALED_CONTEXT if scaled else CONTEXT[cfg.family]
 
 
 # Meta's params.json of Llama-3.2 1B/3B says `use_scaled_rope` without a factor, and Meta's reference code
@@ -388,4 +409,5 @@ def load_topa(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, tokeni
 
 
 __all__ = ["TOPA", "ModelConfig", "Backbone", "locate_backbone", "load_topa", "load_tokenizer_for", "model_args",
+           "context_length",
            "open_weights", "resolve_dtype", "DTYPES", "check_recorded_settings"]

@@ -69,6 +69,36 @@ def normalize_question(q: str, enders: str = "?") -> str:
     return q
 
 
+def text_problem(question: str, options: Seq[str]) -> Optional[str]:
+    """eval.py's rule for a multiple-choice question's text: the question and every option hold text.
+    What is wrong (option positions 0-based), or None."""
+    if not question.strip():
+        return "the question text is empty"
+    for k, o in enumerate(options):
+        if not o.strip():
+            return f"option {k} is empty"
+    return None
+
+
+def choice_problem(question: str, options: Seq[str]) -> Optional[str]:
+    """The rule for a question someone asks (ask.py's flags, the Python API's requests): eval.py's
+    `text_problem`, 2 to 26 options, no two of them the same text (the answer could not tell them
+    apart). What is wrong, or None. A benchmark's annotations may repeat an option (`gold_index` refuses
+    only a gold answer that is ambiguous)."""
+    if not 2 <= len(options) <= len(LETTERS):
+        return f"give 2 to {len(LETTERS)} options, got {len(options)}"
+    problem = text_problem(question, options)
+    if problem:
+        return problem
+    seen = {}
+    for k, o in enumerate(options):
+        if o.strip() in seen:
+            return (f"options {seen[o.strip()]} and {k} are the same text {o.strip()!r}: the answer could not "
+                    "tell them apart")
+        seen[o.strip()] = k
+    return None
+
+
 def options_text(options: Seq[str]) -> str:
     return "Choices: \n" + "".join(f"({LETTERS[i]}) {o}\n" for i, o in enumerate(options))
 

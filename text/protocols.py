@@ -81,6 +81,11 @@ VATEX = GenProtocol(
     memory=False, max_new_tokens=15, mask=False, marker="Video Caption: ", cut=vatex_caption, metric="caption")
 
 
+# the open-QA prompt of pre-alignment (the Python API's `answer`: after MSRVTT.p1, greedy to the end of the line)
+OPEN_P2 = "\nQuestion: {question}\nAnswer:"
+OPEN_NEW_TOKENS = 20
+
+
 # ---- prompts and ids ----
 
 def choices_text(candidates: Sequence) -> str:

@@ -49,6 +49,11 @@ class ConfigError(InputError, ValueError):
     """Flags that contradict each other or the data."""
 
 
+class RequestError(InputError, ValueError, TypeError):
+    """A Python API request (engine/api.py) of the wrong type, shape, dtype or value; the message names the
+    argument, and in a batched call the request's index. A TypeError too where the type is what is wrong."""
+
+
 class OutputError(InputError, OSError):
     """An output that cannot be written: a full disk, a read-only folder, a folder another run holds."""
 

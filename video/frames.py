@@ -18,7 +18,8 @@ Rules (each returns 0-based positions, one per feature row, in row order):
     last = first + n - 1; seg = (b - a)/N; idx_i = int(a + seg/2 + round(seg*i)), rounding half to
     even (numpy's). No bounds = (-100000, 100000), the whole video. a > b (window after the end) is a
     failure. With `min_frames`, fewer frames than that is a failure (used for --num_frames).
-  * Strided(N): frame i*(n // N), i = 0..N-1 (MSR-VTT, VATEX). Needs n >= N.
+  * Strided(N): frame i*(n // N), i = 0..N-1 (MSR-VTT, VATEX). Needs n >= N; with `repeat` (the Python
+    API, which answers any video of one frame or more) fewer frames give frame floor(i*n/N).
 
 Frames are handed to `transform` (e.g. CLIP's preprocessing) as soon as they are decoded, and only the
 frames some rule asks for are converted and kept, so a long video costs memory for its kept frames only.
@@ -114,13 +115,17 @@ class Segments:
 
 @dataclass(frozen=True)
 class Strided:
-    """Frame i*(n // num), i = 0..num-1 (MSR-VTT and VATEX captioning)."""
+    """Frame i*(n // num), i = 0..num-1 (MSR-VTT and VATEX captioning); with `repeat`, a video of fewer
+    frames gives frame floor(i*n/num) (each frame repeated, in order) instead of failing."""
     num: int = 10
+    repeat: bool = False
     needs_count = True
 
     def indices(self, n: int, fps: Optional[Fraction], first: int = 0) -> List[int]:
         if n < 1:
             raise VideoError("empty: no frames")
+        if n < self.num and self.repeat:
+            return [i * n // self.num for i in range(self.num)]
         if n < self.num:
             raise VideoError(f"too short: {n} frames, {self.num} needed")
         return [i * (n // self.num) for i in range(self.num)]
