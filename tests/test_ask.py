@@ -27,7 +27,7 @@ from text.tokenizer import load_tokenizer
 from toyworld.fixtures import fixtures_dir
 from toyworld.tiny import make_tiny_llama
 from toyworld.videos import save_random_clip, write_video
-from util.errors import ConfigError, DataError, MissingFileError
+from util.errors import ConfigError, MissingFileError
 from util.files import save_atomic
 from video.clip import ClipEncoder, preprocess
 from video.frames import Segments, Strided
@@ -138,6 +138,5 @@ def test_cli_prints_the_answer_and_one_line_errors(world, tmp_path):
     import ask as ask_script
     with pytest.raises(MissingFileError, match="nowhere.pkl.*--no_memory"):
         ask_script.main(ask_script.get_args(argv(world, "--describe") + ["--memory_path", "nowhere.pkl"]))
-    short = write_video(tmp_path / "short.mp4", 4, 25, (64, 48))
-    with pytest.raises(DataError, match="short.mp4: too short: 4 frames, 10 needed"):
-        ask_script.main(ask_script.get_args([str(short)] + argv(world, "--describe")[1:]))
+    short = write_video(tmp_path / "short.mp4", 4, 25, (64, 48))   # fewer frames than T: answered, as by every kind
+    assert ask_script.main(ask_script.get_args([str(short)] + argv(world, "--describe")[1:]))
