@@ -30,4 +30,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args(), "eval.py")
+    run_cli(main, get_args(), "eval.py", hint=lambda: "the predictions of finished steps are kept; the same "
+            "command evaluates again from the start")

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     command itself is wrong (one line on stderr, and SystemExit(1) from run_cli)."""
     cfg = get_args(argv)
     from video.extract import main as run
-    return run_cli(run, cfg, "extract_features.py")
+    return run_cli(run, cfg, "extract_features.py",
+                   hint=lambda: "what was finished is kept (run the same command to resume)")
 
 
 if __name__ == "__main__":

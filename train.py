@@ -27,5 +27,12 @@ def main(args):
     return run(TrainConfig.from_args(args))
 
 
+def stop_hint(args) -> str:
+    """The end of the line a signal prints: the --resume that continues this run (engine/checkpointing.py)."""
+    from engine.checkpointing import stop_hint
+    return stop_hint(args.output_dir, args.finetune)
+
+
 if __name__ == "__main__":
-    run_cli(main, get_args(), "train.py")
+    args = get_args()
+    run_cli(main, args, "train.py", hint=lambda: stop_hint(args))

@@ -274,7 +274,7 @@ def resume_training(ckpt: dict, source: str, model, optimizer, scaler, sampler, 
             what = ", ".join(_setting(*c) for c in order)
             raise ConfigError(f"{source} is a mid-epoch checkpoint (epoch {epoch}, {iteration} batches done): it "
                               f"continues only with the same data order, but {what}; keep those settings, or "
-                              f"resume from the epoch checkpoint before it ({checkpoint_name(epoch - 1)})")
+                              f"{_restart_before(source, epoch)}")
     if dist.is_main():
         for c in changes:
             print(describe_change(*c), flush=True)
@@ -291,6 +291,26 @@ def resume_training(ckpt: dict, source: str, model, optimizer, scaler, sampler, 
     if dist.is_main():
         print(f"resumed {source}: epoch {epoch} done, continuing at epoch {epoch + 1}", flush=True)
     return Resumed(epoch + 1, 0, ckpt.get("best"))
+
+
+def _restart_before(source: str, epoch: int) -> str:
+    """Where a run whose mid-epoch checkpoint (of `epoch`) cannot continue with new settings can start
+    from: the epoch checkpoint before it, where that file exists; else a new run."""
+    before = Path(source).parent / checkpoint_name(epoch - 1)
+    if epoch > 0 and before.is_file():
+        return f"resume from the epoch checkpoint before it ({before})"
+    return (f"start a new run with them (no epoch checkpoint before it: {before.name} does not exist)" if epoch > 0
+            else "start a new run with them (it is in the first epoch: no epoch checkpoint comes before it)")
+
+
+def stop_hint(output_dir, finetune: bool) -> str:
+    """How train.py goes on after a signal stopped it (the end of its one line), naming a file that exists:
+    `--resume <output_dir>/checkpoint_last.pth` (without `--finetune`: the run is now its own), or, when
+    no checkpoint was written, `--overwrite` (the folder holds the stopped run's log)."""
+    last = Path(output_dir) / "checkpoint_last.pth"
+    if last.is_file():
+        return f"continue with --resume {last}" + (" and without --finetune" if finetune else "")
+    return "no checkpoint was written: start over with --overwrite (deletes the stopped run's files)"
 
 
 # ---- the output folder: runs never mix ----

@@ -66,6 +66,13 @@ class DataConfig:
     def memory_file(self) -> str:
         return benchmarks.memory_file(self.data_root, self.memory_path)
 
+    def check_dataset(self, dataset: str):
+        """The TVQA flags are for TVQA: --sub, and --truncate_dialogue, which cuts what --sub adds."""
+        if (self.sub or self.truncate_dialogue) and not benchmarks.get(dataset).subtitles:
+            raise ConfigError(f"--{'sub' if self.sub else 'truncate_dialogue'} is for TVQA, not {dataset}")
+        if self.truncate_dialogue and not self.sub:
+            raise ConfigError("--truncate_dialogue cuts the subtitles that --sub adds: without --sub it does nothing")
+
     def dialogue_max_len(self, dataset: str) -> Optional[int]:
         """The length TVQA dialogue is cut to (--truncate_dialogue), None otherwise."""
         return self.max_seq_len if self.truncate_dialogue and benchmarks.get(dataset).subtitles else None
@@ -128,8 +135,10 @@ class EvalConfig:
             raise ConfigError(f"--spice is for the captioning benchmarks (msrvtt, vatex), not {bench.name}")
         if self.scoring not in ("packed", "full"):
             raise ConfigError(f"--scoring must be packed or full, not {self.scoring!r}")
-        if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
-            raise ConfigError(f"--sub is for TVQA, not {self.data.dataset}")
+        self.data.check_dataset(bench.name)
+        if not gen.kv_cache and bench.kind != "generate":
+            raise ConfigError(f"--no_kv_cache is for the generation benchmarks (mvbench, msrvtt, vatex), not "
+                              f"{bench.name} (its options are scored, nothing is generated)")
 
     @property
     def use_memory(self) -> bool:
@@ -162,8 +171,9 @@ class OptimConfig:
             raise ConfigError("--accum_iter must be >= 1")
         if self.epochs < 1 or self.warmup_epochs < 0:
             raise ConfigError(f"--epochs ({self.epochs}) must be >= 1 and --warmup_epochs ({self.warmup_epochs}) >= 0")
-        positive(blr=self.blr, lr=self.lr, clip_grad=self.clip_grad)
-        at_least_zero(min_lr=self.min_lr, weight_decay=self.weight_decay, weight_captioning=self.weight_captioning)
+        positive(blr=self.blr, clip_grad=self.clip_grad)
+        at_least_zero(lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay,
+                      weight_captioning=self.weight_captioning)  # --lr 0: losses measured, weights kept
         if self.lr is not None and self.min_lr > self.lr:
             raise ConfigError(f"--min_lr ({self.min_lr}) is above --lr ({self.lr}): the schedule decays to --min_lr")
 
@@ -237,13 +247,15 @@ class TrainConfig:
             self.data.dataset = "textvid"
         else:
             self.data.dataset = benchmarks.get(self.data.dataset or "nextqa").name
-            if self.data.sub and not benchmarks.get(self.data.dataset).subtitles:
-                raise ConfigError(f"--sub is for TVQA, not {self.data.dataset}")
+            self.data.check_dataset(self.data.dataset)
         if self.group_by_length and self.textvid:
             raise ConfigError("--group_by_length is for benchmark finetuning: a TextVid item's length is drawn "
                               "anew every epoch (its QA, caption or open answer)")
         if self.finetune and not self.resume:
             raise ConfigError("--finetune needs --resume <TOPA checkpoint> (without a checkpoint it is the baseline)")
+        if self.resume and not self.finetune and self.start_epoch:
+            raise ConfigError(f"--start_epoch {self.start_epoch} with --resume: the checkpoint says where the run "
+                              "continues; drop --start_epoch")
         self.eval_datasets = [benchmarks.get(n).name for n in self.eval_datasets]
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"--stop_after must be >= 1, got {self.stop_after}")
@@ -321,9 +333,9 @@ def positive(**flags):
 
 
 def at_least_zero(**flags):
-    """Each flag is a finite number >= 0; else a ConfigError naming it."""
+    """Each flag given (not None) is a finite number >= 0; else a ConfigError naming it."""
     for name, v in flags.items():
-        if not (math.isfinite(v) and v >= 0):
+        if v is not None and not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"--{name} must be a number >= 0, got {v}")
 
 

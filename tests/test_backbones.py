@@ -262,6 +262,72 @@ def test_other_rope_types_and_bad_scaling_are_refused_naming_the_field(tmp_path)
     assert p["rope_scaling"] == RopeScaling(32.0) and p["rope_theta"] == 500000.0 and p["tie_embeddings"]
 
 
+def test_config_fields_read_loosely_are_refused_naming_the_field_and_the_file(backbone, tmp_path):
+    """Each of these loaded, and changed the math: a llama3 scaling without rope_type was no scaling, the
+    string "false" tied the embeddings and dropped the file's lm_head, 8192.5 was a position count, and of
+    two disagreeing rope objects one was picked. Each is refused when the folder is loaded, before any
+    weight is read, naming the field and config.json."""
+    import shutil
+    src = backbone["root"] / "hf"
+    good = json.loads((src / "config.json").read_text())
+    scaling = good["rope_scaling"]
+    no_type = {k: v for k, v in scaling.items() if k != "rope_type"}
+    cases = [
+        ({"rope_scaling": no_type}, "config.json: rope_scaling holds scaling numbers (factor, low_freq_factor, "
+                                    "high_freq_factor, original_max_position_embeddings) but no rope_type"),
+        ({"tie_word_embeddings": "false"}, "config.json: 'tie_word_embeddings' = 'false' is not true or false"),
+        ({"rope_scaling": {**scaling, "original_max_position_embeddings": 8192.5}},
+         "config.json: rope_scaling: 'original_max_position_embeddings' = 8192.5 is not an integer >= 1"),
+        ({"rope_parameters": {**scaling, "factor": 2 * scaling["factor"], "rope_theta": good["rope_theta"]}},
+         f"config.json: rope_parameters and rope_scaling disagree (factor {2 * scaling['factor']:g}, "),
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+         "config.json: rope_theta 500000 and rope_parameters.rope_theta 10000 disagree"),
+        ({"rope_scaling": {**scaling, "type": "linear"}}, "rope_type 'llama3' and type 'linear' disagree"),
+        ({"hidden_size": 64.0}, "config.json: 'hidden_size' = 64.0 is not an integer >= 1"),
+        ({"rms_norm_eps": "1e-5"}, "config.json: 'rms_norm_eps' = '1e-5' is not a finite number > 0"),
+        ({"rope_theta": float("nan")}, "config.json: 'rope_theta' = nan is not a finite number > 0"),
+        ({"attention_bias": "false"}, "config.json: 'attention_bias' = 'false' is not true or false"),
+        ({"max_position_embeddings": "4k"}, "config.json: 'max_position_embeddings' = '4k' is not an integer >= 1"),
+    ]
+    for i, (extra, msg) in enumerate(cases):
+        folder = tmp_path / str(i)
+        shutil.copytree(src, folder)
+        (folder / "config.json").write_text(json.dumps({**good, **extra}))
+        with pytest.raises(CheckpointError) as e:
+            load(folder)
+        assert msg in str(e.value) and str(folder / "config.json") in str(e.value), (extra, str(e.value))
+    # the same numbers in both places, as transformers 5 may write them, are one scaling
+    both = tmp_path / "both"
+    shutil.copytree(src, both)
+    (both / "config.json").write_text(json.dumps({**good, "rope_parameters": {**scaling, "rope_theta": 500000}}))
+    assert load(both)[0].args.rope_scaling == RopeScaling(backbone["factor"])
+
+
+def test_the_context_length_follows_the_backbone(backbone, tiny_world):
+    """The positions the Python API's prompts must fit: config.json's max_position_embeddings, else the
+    family's (Llama-2 4096, Llama-3 8192, RoPE-scaled Llama-3.1/3.2 131072)."""
+    root = backbone["root"]
+    assert llama.build.context_length(ModelConfig(llama_model_path=str(root / "meta"), model="tiny",
+                                                  family="llama3")) == 131072
+    assert llama.build.context_length(ModelConfig(llama_model_path=str(root / "hf"), family="llama3")) == 4096
+    assert llama.build.context_length(ModelConfig(llama_model_path=str(tiny_world["root"] / "pretrained" / "llama2"),
+                                                  model="tiny")) == 4096
+
+
+def test_params_json_fields_are_typed(tmp_path):
+    """params.json: Infinity was a rope_theta, a file without dim or n_heads took 7B's, 2.0 heads passed."""
+    params = {"dim": 64, "n_layers": 2, "n_heads": 2, "vocab_size": 128, "multiple_of": 32, "norm_eps": 1e-5}
+    for change, msg in ((dict(rope_theta=float("inf")), "'rope_theta' = inf is not a finite number > 0"),
+                        (dict(dim=None), "'dim' is missing (it must be an integer >= 1)"),
+                        (dict(n_heads=2.0), "'n_heads' = 2.0 is not an integer >= 1"),
+                        (dict(max_seq_len="2048"), "'max_seq_len' = '2048' is not an integer >= 1"),
+                        (dict(vocab_size=-2), "'vocab_size' = -2 is not an integer >= 1 (or -1)")):
+        written = {k: v for k, v in {**params, **change}.items() if v is not None}
+        (tmp_path / "params.json").write_text(json.dumps(written))
+        with pytest.raises(CheckpointError, match=rf"params\.json: {msg}".replace("(", r"\(").replace(")", r"\)")):
+            ModelArgs.from_params_json(tmp_path / "params.json")
+
+
 def test_params_json_scaling(tmp_path):
     params = {"dim": 64, "n_layers": 2, "n_heads": 2, "vocab_size": 128, "multiple_of": 32, "norm_eps": 1e-5}
 

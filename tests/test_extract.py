@@ -491,6 +491,29 @@ def test_resumed_extraction_equals_an_uninterrupted_one_bit_for_bit(tmp_path, cl
         assert (data / "nextqa" / "clipvitl14.pth").read_bytes() == (whole / "nextqa" / "clipvitl14.pth").read_bytes()
 
 
+def test_resume_with_another_group_or_batch_size_is_refused_naming_the_flag(tmp_path, clip_dir, capsys):
+    """Which frames are encoded together moves the features (by up to ~1e-3): a resumed run with another
+    --batch_size or --group was accepted and mixed features of two groupings in one file."""
+    vids, data = tmp_path / "videos", tmp_path / "data"
+    names = [f"v{i}" for i in range(5)]
+    for i, v in enumerate(names):
+        write_video(vids / f"{v}.mp4", 25 * (2 + i % 3), 25, (64, 48), code=False)
+    nextqa_csv(data / "nextqa" / "val.csv", names)
+    argv = ["--dataset", "nextqa", "--data_root", data, "--video_dir", vids, "--save_every", 1]
+    assert extract(clip_dir, *argv, "--batch_size", 7, "--group", 3, "--max_videos", 2) == 0
+    parts = data / "nextqa" / "clipvitl14.pth.parts"
+    capsys.readouterr()
+    for other, said, same in ((["--batch_size", 8, "--group", 3], "--batch_size: 7 there, 8 now", "--batch_size 7"),
+                              (["--batch_size", 7, "--group", 2], "--group: 3 there, 2 now", "--group 3"),
+                              (["--batch_size", 32], "--batch_size: 7 there, 32 now; --group: 3 there, 2 now",
+                               "--batch_size 7 --group 3")):
+        assert extract(clip_dir, *argv, *other) == 1
+        err = capsys.readouterr().err
+        assert f"{parts} holds features made with other settings ({said}); rerun with {same} to continue them" in err
+    assert extract(clip_dir, *argv, "--batch_size", 7, "--group", 3) == 0
+    assert list(safe_load(data / "nextqa" / "clipvitl14.pth")) == names
+
+
 def test_second_extraction_into_one_output_is_refused(tmp_path, clip_dir, capsys):
     """An output another run holds is refused at once, naming that run (the lock is `.<file>.lock`)."""
     from util.lock import OutputLock

@@ -470,6 +470,76 @@ def test_device_cuda_without_cuda_is_one_line(prog, tmp_path):
     assert "--device cuda: this torch is built without CUDA" in line or "--device cuda: no CUDA device" in line
 
 
+# eval.py, train.py, ask.py, extract_features.py: a flag that another one (or the dataset) makes meaningless was
+# ignored, or read as the other one; each is one line naming both, when the config is built
+CONTRADICTIONS = [
+    ("eval.py", ["--dataset", "egos", "--test", "--split", "val"], "--test means --split test, but --split says val"),
+    ("eval.py", ["--dataset", "tvqa", "--truncate_dialogue"], "--truncate_dialogue cuts the subtitles that --sub adds"),
+    ("eval.py", ["--dataset", "nextqa", "--truncate_dialogue", "--sub"], "--sub is for TVQA, not nextqa"),
+    ("eval.py", ["--dataset", "star", "--truncate_dialogue"], "--truncate_dialogue is for TVQA, not star"),
+    ("eval.py", ["--dataset", "nextqa", "--no_kv_cache"], "--no_kv_cache is for the generation benchmarks"),
+    ("train.py", ["--dataset", "tvqa", "--truncate_dialogue"], "--truncate_dialogue cuts the subtitles"),
+    ("train.py", ["--resume", "out/checkpoint_3.pth", "--start_epoch", "2"],
+     "--start_epoch 2 with --resume: the checkpoint says where the run continues"),
+    ("ask.py", ["v.mp4", "--describe", "--options", "a", "b"], "--describe takes no --options"),
+    ("extract_features.py", ["--dataset", "mvbench", "--mvbench_root", "M", "--fps", "2"],
+     "--fps is for --dataset nextqa, star, tvqa, egos, folder; --dataset mvbench does not use it"),
+    ("extract_features.py", ["--dataset", "msrvtt", "--splits", "val"], "--splits is for --dataset nextqa"),
+    ("extract_features.py", ["--dataset", "nextqa", "--tasks", "a"], "--tasks is for --dataset mvbench"),
+    ("extract_features.py", ["--dataset", "memory", "--sentences", "s.txt", "--group", "4"], "--group is for"),
+    ("extract_features.py", ["--dataset", "memory", "--sentences", "s.txt", "--video_dir", "v"], "--video_dir is for"),
+    ("extract_features.py", ["--dataset", "egos", "--annotations", "a.json"], "--annotations is for --dataset msrvtt"),
+]
+
+
+def _config_of(prog: str, argv):
+    """What `prog` builds from `argv` before it reads anything (its config, or its parsed flags)."""
+    if prog == "eval.py":
+        from engine.config import EvalConfig, eval_parser
+        return EvalConfig.from_args(eval_parser().parse_args(argv))
+    if prog == "train.py":
+        from engine.config import TrainConfig
+        return TrainConfig.from_args(train.get_args(argv))
+    if prog == "ask.py":
+        import ask
+        from engine.ask import AskConfig
+        a = ask.get_args(argv)
+        return AskConfig(video=a.video, question=a.question, options=a.options, describe=a.describe)
+    import extract_features
+    return extract_features.get_args(argv)
+
+
+@pytest.mark.parametrize("prog,argv,msg", CONTRADICTIONS, ids=[f"{p}:{' '.join(a)}" for p, a, _ in CONTRADICTIONS])
+def test_flag_contradictions_are_refused_when_the_config_is_built(prog, argv, msg, capsys):
+    with pytest.raises((ConfigError, SystemExit)) as e:
+        _config_of(prog, argv)
+    said = capsys.readouterr().err if e.type is SystemExit else str(e.value)
+    assert msg in said
+
+
+def test_eval_test_with_split_is_refused_before_any_data_is_read(tmp_path):
+    """`--dataset egos --test --split val` ran val (and read the data before anything said so)."""
+    p = subprocess.run([sys.executable, str(REPO / "eval.py"), "--dataset", "egos", "--test", "--split", "val",
+                        "--data_root", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 1
+    assert error_line(p.stderr, "eval.py") == ("eval.py: error: --test means --split test, but --split says val: drop "
+                                               "one of them")
+    from engine.config import EvalConfig, eval_parser
+    assert EvalConfig.from_args(eval_parser().parse_args(["--dataset", "egos", "--test"])).split == "test"
+    assert EvalConfig.from_args(eval_parser().parse_args(["--dataset", "egos", "--test", "--split", "test"])).split \
+        == "test"
+
+
+def test_lr_zero_is_accepted_negative_and_non_finite_are_not():
+    """--lr 0 (losses measured, weights kept) was refused; torch's optimizers and the original accept it."""
+    from engine.config import TrainConfig
+    assert TrainConfig.from_args(train.get_args(["--lr", "0"])).optim.absolute_lr(8, 1) == 0.0
+    for value in ("-0.5", "nan", "inf"):
+        with pytest.raises(ConfigError, match=rf"^--lr must be a number >= 0, got {value}"):
+            TrainConfig.from_args(train.get_args(["--lr", value]))
+
+
 @pytest.mark.parametrize("flag,value", [("--lr", "-1"), ("--blr", "0"), ("--min_lr", "nan"), ("--weight_decay", "-0.1"),
                                         ("--clip_grad", "-1"), ("--tau", "0"), ("--variance", "-1"),
                                         ("--rope_theta", "-5"), ("--adapter_layer", "0"), ("--eval_batch_size", "0")])

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -835,6 +836,93 @@ def test_mid_epoch_checkpoint_killed_and_resumed_equals_the_uninterrupted_run(wo
                                           r"\(checkpoint: 4\).*checkpoint_0\.pth"):
         train.main(train.get_args(base_args(world, tmp_path / "C", *TEXTVID, "--epochs", 2, "--batch_size", 2,
                                             "--resume", tmp_path / "mid.pth")))
+
+
+def test_a_mid_epoch_checkpoint_that_cannot_continue_names_a_file_that_exists(world, resume_runs, tmp_path):
+    """With another --batch_size a mid-epoch checkpoint cannot continue; the way out it names exists: in the
+    first epoch a new run (it named checkpoint_-1.pth), later the epoch checkpoint before it in its folder."""
+    a, _ = resume_runs
+    for epoch in (0, 1):
+        mid = load_topa_checkpoint(a / f"checkpoint_{epoch}.pth")
+        mid["iteration"], mid["sampler"]["batches_done"] = 2, 2
+        folder = tmp_path / f"mid{epoch}"
+        folder.mkdir()
+        torch.save(mid, folder / f"checkpoint_{epoch}_iter2.pth")
+        if epoch:
+            shutil.copy(a / "checkpoint_0.pth", folder / "checkpoint_0.pth")
+        with pytest.raises(ConfigError) as e:
+            train.main(train.get_args(base_args(world, tmp_path / f"C{epoch}", *TEXTVID, "--epochs", 2, "--batch_size", 2,
+                                                "--resume", folder / f"checkpoint_{epoch}_iter2.pth")))
+        msg = str(e.value)
+        assert f"mid-epoch checkpoint (epoch {epoch}, 2 batches done)" in msg and "checkpoint_-1" not in msg
+        if epoch == 0:
+            assert msg.endswith("keep those settings, or start a new run with them (it is in the first epoch: no "
+                                "epoch checkpoint comes before it)")
+        else:
+            assert msg.endswith(f"keep those settings, or resume from the epoch checkpoint before it "
+                                f"({folder / 'checkpoint_0.pth'})")
+
+
+CTRL_C_DRIVER = """
+import runpy, sys, time
+from util.logging import RunLogger
+real = RunLogger.write
+def write(self, kind, record, step=None):  # stands still in epoch 1: the test sends Ctrl-C there
+    real(self, kind, record, step)
+    if kind == "iter" and (record["epoch"], record["iter"]) == (1, 2):
+        time.sleep(300)
+RunLogger.write = write
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_ctrl_c_names_the_command_that_continues_the_run(world, resume_runs, tmp_path):
+    """train.py's Ctrl-C line said "run the same command to resume", which is refused (the folder holds a
+    run); it names the --resume that continues, and that command continues exactly."""
+    a, _ = resume_runs
+    b = tmp_path / "B"
+    driver = tmp_path / "driver.py"
+    driver.write_text(CTRL_C_DRIVER)
+    args = base_args(world, b, *TEXTVID, "--epochs", 2)
+    p = subprocess.Popen([sys.executable, str(driver), str(REPO / "train.py"), *args], cwd=REPO, env=run_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and p.poll() is None and not (
+                (b / "log.jsonl").exists() and '"epoch": 1, "iter": 2' in (b / "log.jsonl").read_text()):
+            time.sleep(0.05)
+        assert p.poll() is None, p.stderr.read()[-3000:]
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=60)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
+    last = b / "checkpoint_last.pth"
+    said = re.findall(r"train\.py: stopped by [^\r\n]*", err)   # after a progress bar on its line
+    assert said == [f"train.py: stopped by SIGINT (Ctrl-C); continue with --resume {last}"], err[-3000:]
+    with pytest.raises(ConfigError, match="already holds a training run's files"):
+        train.main(train.get_args(args))            # the same command
+    train.main(train.get_args(args + ["--resume", str(last)]))
+    assert log_lines(b, "iter") == log_lines(a, "iter")
+    from engine.checkpointing import stop_hint
+    assert stop_hint(tmp_path / "empty", False) == ("no checkpoint was written: start over with --overwrite (deletes "
+                                                     "the stopped run's files)")
+    assert stop_hint(b, True) == f"continue with --resume {last} and without --finetune"
+
+
+def test_lr_zero_measures_losses_and_keeps_the_weights(world, resume_runs, tmp_path):
+    """--lr 0 was refused; torch's optimizers and the original accept it: the losses are measured, the
+    weights (weight decay included) stay those of the checkpoint."""
+    a, _ = resume_runs
+    out = tmp_path / "zero"
+    train.main(train.get_args(base_args(world, out, "--dataset", "nextqa", "--finetune", "--resume", a / "checkpoint_1.pth",
+                                        "--lr", 0, "--weight_decay", 0.1, "--epochs", 1, "--batch_size", 4,
+                                        "--eval_datasets", "none", "--log_every", 1)))
+    assert max_diff(ckpt_model(out / "checkpoint_0.pth"), ckpt_model(a / "checkpoint_1.pth")) == 0
+    losses = [x["loss"] for x in log_lines(out, "iter")]
+    assert losses and all(np.isfinite(losses)) and {x["lr"] for x in log_lines(out, "iter")} == {0.0}
 
 
 def test_resume_states_every_changed_flag(resume_runs, tmp_path, capsys):

@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import sys
+from typing import Callable
 
 
 class InputError(Exception):
@@ -89,9 +90,10 @@ def _end_children():
 NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
 
-def _on_signal(prog: str, pid: int):
-    """SIGTERM and SIGINT in the main process: end the workers, say so on one line, and unwind the run as
-    SystemExit(128 + signum) (finally blocks run: finished parts are saved; no traceback)."""
+def _on_signal(prog: str, pid: int, hint: Callable[[], str]):
+    """SIGTERM and SIGINT in the main process: end the workers, say so on one line (with the entry point's
+    `hint`: what is kept and how to continue), and unwind the run as SystemExit(128 + signum) (finally
+    blocks run: finished parts are saved; no traceback)."""
     def handler(signum, frame):
         if os.getpid() != pid:  # a forked child (a DataLoader worker): die as without the handler
             signal.signal(signum, signal.SIG_DFL)
@@ -99,18 +101,19 @@ def _on_signal(prog: str, pid: int):
             return
         signal.signal(signum, signal.SIG_IGN)  # once: the unwinding is not interrupted again
         _end_children()
-        print(f"{prog}: stopped by {NAMES[signum]}; what was finished is kept (run the same command to resume)",
-              file=sys.stderr, flush=True)
+        said = hint()
+        print(f"{prog}: stopped by {NAMES[signum]}" + (f"; {said}" if said else ""), file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     return handler
 
 
-def run_cli(main, args, prog: str):
+def run_cli(main, args, prog: str, hint: Callable[[], str] = lambda: ""):
     """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1;
     SIGTERM and SIGINT (Ctrl-C) end the DataLoader workers, print one line and exit with 143 / 130
-    (module docstring)."""
-    before = signal.signal(signal.SIGTERM, _on_signal(prog, os.getpid()))
-    before_int = signal.signal(signal.SIGINT, _on_signal(prog, os.getpid()))
+    (module docstring). `hint()` is the end of that line: what the entry point keeps and how to go on
+    (it names files that exist then; "" says nothing more)."""
+    before = signal.signal(signal.SIGTERM, _on_signal(prog, os.getpid(), hint))
+    before_int = signal.signal(signal.SIGINT, _on_signal(prog, os.getpid(), hint))
     try:
         return main(args)
     except InputError as e:

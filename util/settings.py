@@ -205,8 +205,11 @@ def _flag_value(f: dataclasses.Field, tp, ns: argparse.Namespace):
     if base is bool and not optional and _default(f):
         return not getattr(ns, f"no_{name}")
     value = getattr(ns, name)
-    if m["shortcut"] and value is None and getattr(ns, m["shortcut"][0]):
-        value = m["shortcut"][1]
+    if m["shortcut"] and getattr(ns, m["shortcut"][0]):
+        flag, short = m["shortcut"][:2]
+        if value is not None and value != short:
+            raise ConfigError(f"--{flag} means --{name} {short}, but --{name} says {value}: drop one of them")
+        value = short
     return value
 
 

@@ -13,6 +13,13 @@ from util.settings import PRECISIONS, setting
 CLIP_MODEL = "openai/clip-vit-large-patch14"   # the one default CLIP of every entry point
 VIDEO_DATASETS = tuple(benchmarks.BENCHMARKS) + ("folder",)   # the benchmarks' videos, or any folder of videos
 TEXT_DATASETS = ("textvid", "memory")                          # CLIP text features
+ANNOTATED = ("nextqa", "star", "tvqa", "egos")                 # videos named by annotation files, at --fps
+SEARCHED = ANNOTATED + ("msrvtt", "vatex", "folder")           # videos found by name under --video_dir
+# flags (default None) that only some datasets read: any other dataset would ignore them, so they are refused there
+USED_BY = {"video_dir": SEARCHED, "video_map": SEARCHED, "splits": ANNOTATED, "fps": ANNOTATED + ("folder",),
+           "mvbench_root": ("mvbench",), "tasks": ("mvbench",), "annotations": ("msrvtt", "vatex", "textvid"),
+           "sentences": ("memory",),
+           "group": tuple(d for d in VIDEO_DATASETS + TEXT_DATASETS if d != "memory")}  # memory: chunks are groups
 
 
 def _comma_list(text: str) -> List[str]:
@@ -71,6 +78,10 @@ class ExtractConfig:
             raise ConfigError("--fps and --num_frames exclude each other")
         if self.num_frames is not None and self.dataset != "folder":
             raise ConfigError("--num_frames is for --dataset folder (the benchmarks have their own rules)")
+        for name, datasets in USED_BY.items():
+            if getattr(self, name) is not None and self.dataset not in datasets:
+                raise ConfigError(f"--{name} is for --dataset {', '.join(datasets)}; --dataset {self.dataset} does "
+                                  "not use it")
         if self.fps is not None and self.fps <= 0:
             raise ConfigError("--fps must be positive")
         for name in ("batch_size", "group", "save_every", "max_videos", "num_frames"):

@@ -100,8 +100,13 @@ def process_videos(groups: List[List[sources.Job]], output, encoder: ClipEncoder
 # ---- what each --dataset means ----
 
 def _settings(args, dataset: str, rule: str, precision: str) -> dict:
+    """What the features depend on, recorded beside them and compared on resume. --batch_size and --group
+    decide which frames are encoded together, which moves the features by up to ~1e-3 (the memory's
+    chunks are its groups: no --group there)."""
+    grouping = {"batch_size": args.batch_size} if dataset == "memory" else \
+        {"batch_size": args.batch_size, "group": group_size(args)}
     return {"dataset": dataset, "sampling": rule, "clip_model": os.path.basename(os.path.normpath(args.clip_model)),
-            "precision": precision, "feature_dim": FEATURE_DIM}
+            "precision": precision, "feature_dim": FEATURE_DIM, **grouping}
 
 
 def _precision(args, procs: Procs) -> str:

@@ -41,14 +41,25 @@ def _read_json(path) -> Optional[dict]:
     return load_json(path) if os.path.isfile(path) else None
 
 
+FLAG_SETTINGS = ("batch_size", "group")  # settings that are flags of the same name
+
+
 def _check(found: Optional[dict], settings: dict, where) -> None:
+    """Refuse results made with settings other than `settings`, naming each difference (a flag as the
+    flag, with the value that continues them)."""
     if found is None:
         return
     found = found.get("settings", found)
     diff = {k: (found.get(k), v) for k, v in settings.items() if found.get(k) != v}
     if diff:
-        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-        raise SettingsMismatch(f"{where} holds features made with other settings ({shown}); pass "
+        def name(k):
+            return f"--{k}" if k in FLAG_SETTINGS else k
+        shown = "; ".join(f"{name(k)}: {'not recorded' if a is None else repr(a)} there, {b!r} now"
+                          for k, (a, b) in diff.items())
+        flags_only = all(k in FLAG_SETTINGS and a is not None for k, (a, _) in diff.items())
+        again = f"rerun with {' '.join(f'--{k} {a}' for k, (a, _) in diff.items())} to continue them, " \
+            if flags_only else ""
+        raise SettingsMismatch(f"{where} holds features made with other settings ({shown}); {again}pass "
                                f"--overwrite to start over, or write elsewhere with --output")
 
 
