@@ -61,7 +61,7 @@ from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
 
 from .config import QAConfig, add_api_args, memory_on  # noqa: F401 (QAConfig, add_api_args: the API's settings)
 from .losses import group_mean, token_nll
-from .requests import Requests
+from .edge import RequestChecks
 from .scoring import prediction_rows, score_batch
 
 CHOOSE_FPS = 1  # NExT-QA / EgoSchema features: 1 frame per second (docs/extraction.md)
@@ -246,7 +246,7 @@ class TOPAVideoQA:
         self.device = dist.select_device(self.cfg.device)
         self.tok = load_tokenizer_for(self.cfg.model)
         self.builder = PromptBuilder(self.tok, self.T)
-        self.edge = Requests(self.tok, self.T, context_length(self.cfg.model), FRAME_RULES)  # engine/requests.py
+        self.edge = RequestChecks(self.tok, self.T, context_length(self.cfg.model), FRAME_RULES)  # engine/edge.py
         self.warn = warn
         self._lock = threading.RLock()
         self._model = self._clip = self._memory = None

@@ -1,4 +1,4 @@
-"""The Python API's edge (engine/requests.py) on the demo's toy world (tiny random Llama-2-style model in
+"""The Python API's edge (engine/edge.py) on the demo's toy world (tiny random Llama-2-style model in
 Meta's format, tiny random CLIP, H.264 examples; toyworld/demo.py): what a notebook, app.py or the
 lmms-eval plugin may pass, and the one line each refusal is, the same through the API, the demo's page
 (gradio_client) and lmms-eval. Every test here failed before the edge existed: the request was answered

@@ -38,7 +38,7 @@ KINDS_OF_VIDEO = ("a path (a video file or a folder of numbered frames), uint8 R
                   "features [n, 768], or what features() returned")
 
 
-class Requests:
+class RequestChecks:
     """The checks of one TOPAVideoQA's requests: its tokenizer, T, the backbone's context (positions) and
     the names of its frame rules. Each method takes the public method's arguments and returns its
     requests as the API reads them (options as lists, torch frames as numpy, numpy features as torch)."""
@@ -122,9 +122,10 @@ class Requests:
         return self.video(video)
 
     @staticmethod
-    def memory(memory, name: str = "memory"):
+    def memory(memory):
+        """`memory`: True, False or None (the protocol's); "no" would read as true."""
         if memory is not None and not isinstance(memory, (bool, np.bool_)):
-            raise RequestError(f"{name} must be True, False or None, not {memory!r}")
+            raise RequestError(f"memory must be True, False or None, not {memory!r}")
 
     # ---- the video ----
     def video(self, v):
