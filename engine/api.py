@@ -34,6 +34,8 @@ What each request does (docs/prompts.md has the prompts):
 decoded once for all three frame rules and its features are kept (by path, mtime and size; a touched
 file by its content digest) so that another question on it decodes nothing. One caller at a time:
 every public method holds the instance's lock.
+Every public method checks its requests first (engine/edge.py): a malformed one is one RequestError
+naming the argument (and, in a batch, the request's index), before anything is decoded or computed.
 """
 import hashlib
 import math
@@ -60,8 +62,8 @@ from util import dist
 from util.errors import ConfigError, DataError, MissingFileError, NonFiniteError
 
 from .config import QAConfig, add_api_args, memory_on  # noqa: F401 (QAConfig, add_api_args: the API's settings)
-from .losses import group_mean, token_nll
 from .edge import RequestChecks
+from .losses import group_mean, token_nll
 from .scoring import prediction_rows, score_batch
 
 CHOOSE_FPS = 1  # NExT-QA / EgoSchema features: 1 frame per second (docs/extraction.md)
