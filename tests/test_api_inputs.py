@@ -213,22 +213,20 @@ def test_a_video_of_one_frame_is_answered_by_every_request_kind(qa, toy):
 # ---------------------------------------------------------------- the same line through the demo and lmms-eval
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served():
+    """app.py's --toy app, served as its main serves it (app.running)."""
     if not os.environ.get("TOPA_CI"):
         pytest.importorskip("gradio_client")
     from gradio_client import Client
 
     import app as app_script
+    from engine.serve import ServeConfig
     from test_app import free_port
     args = app_script.get_args(["--toy", "--device", "cpu"])
-    app = app_script.build_app(args, str(tmp_path_factory.mktemp("toy_app")))
-    demo = app.build()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=app.examples,
-                            max_file_size="200mb")
-    client = Client(url, verbose=False)
-    yield app, client
-    client.close()
-    demo.close()
+    with app_script.running(args, ServeConfig(toy=True, port=free_port())) as (app, url, _):
+        client = Client(url, verbose=False)
+        yield app, client
+        client.close()
 
 
 def test_the_demo_shows_the_api_refusal_as_it_is(served):

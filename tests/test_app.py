@@ -121,7 +121,7 @@ def test_bad_uploads_are_messages_and_deleted_at_once(served, tmp_path):
         ask(client, text, "Describe")
     for name in ("broken.mp4", "notes.txt"):   # refused uploads: gone from the server at once
         assert files_named(app.files.root, name) == [], name
-    # too short for Describe's 10 frames, but a video: kept for the requests it can answer (1 frame/s)
+    # a video, however short: kept for the session's next requests
     (kept,) = files_named(app.files.root, "short.mp4")
     ask(client, {"path": str(kept), "meta": {"_type": "gradio.FileData"}}, "Multiple choice", "What?", ["a", "b"])
     with pytest.raises(AppError, match="at least two options"):

@@ -272,8 +272,6 @@ def test_40_rapid_requests_are_all_answered(service, tmp_path):
     assert "Traceback" not in service.log and "Content-Length" not in service.log, service.log
 
 
-@pytest.mark.xfail(strict=True, reason="util/errors.py's signal line still says 'run the same command to resume' for "
-                                       "every entry point until run_cli takes the entry point's own ending (#23)")
 def test_sigint_stops_the_server_and_leaves_nothing(service):
     """The last test of the service: Ctrl-C ends it with one line that says it stopped; its folder (uploads,
     frames, the toy world) is gone."""
@@ -281,7 +279,9 @@ def test_sigint_stops_the_server_and_leaves_nothing(service):
     last = service.log.strip().splitlines()[-1]
     assert last.startswith("app.py: stopped by SIGINT") and "resume" not in last, service.log
     assert "Traceback" not in service.log, service.log
-    assert files_in(service.tmp) == [] and list(service.tmp.iterdir()) == []
+    # (torch makes an empty torchinductor_<user>/ in TMPDIR when transformers is imported: torch's, not the app's)
+    assert files_in(service.tmp) == [] and [p for p in service.tmp.iterdir()
+                                            if not p.name.startswith("torchinductor_")] == []
 
 
 # ---------------------------------------------------------------- the toy world's command line

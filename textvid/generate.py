@@ -35,4 +35,5 @@ def main(cfg: GenConfig):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args(), "textvid.generate")
+    run_cli(main, get_args(), "textvid.generate",
+            hint=lambda: "what was finished is kept (run the same command to resume)")
