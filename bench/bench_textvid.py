@@ -22,7 +22,7 @@ are the recipe's (`--answer_balance --video_caption --openvqa`, half the batches
 real Llama-2 tokenizer. Start-up and rank memory are also given at 721K tideos (x 721000 / N: linear, an
 upper bound for what does not grow with N).
 
-  python bench/bench_textvid.py --fixtures $TOPA_FIXTURES --tideos 20000 [--root DIR] [--pack]
+  python bench/bench_textvid.py --tideos 20000 [--root DIR] [--pack]
 
 `--root DIR` keeps the synthetic data in DIR (written when DIR/textvid/textvid.json is absent), or reads a
 real TextVid there. Measured numbers: the README's "TextVid at scale".
@@ -42,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from toyworld.fixtures import add_argument as add_fixtures_argument  # noqa: E402
 
 VARIANTS = ("json_load", "today", "build", "new", "packed")
 PAPER_TIDEOS = 721_000
@@ -294,7 +295,7 @@ def table(res: dict, n: int) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fixtures", default=os.environ.get("TOPA_FIXTURES"), help="holds llama2/tokenizer.model")
+    add_fixtures_argument(p)  # holds llama2/tokenizer.model
     p.add_argument("--tideos", type=int, default=20000)
     p.add_argument("--root", type=Path, default=None, help="keep (or read) the data here: DIR/textvid/")
     p.add_argument("--items", type=int, default=2000)
@@ -303,8 +304,6 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="interleaved passes (best of them)")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if not args.fixtures:
-        p.error("--fixtures (or TOPA_FIXTURES) must point at the fixtures folder")
     if args.child:
         print(json.dumps(child(args.child, args.root, args.fixtures, args.items, args.workers)))
         return

@@ -30,17 +30,14 @@ from textvid_reference import ReferenceTextVidDataset
 from util.errors import DataError, InputError, MissingFileError
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = os.environ.get("TOPA_FIXTURES")
 N = 14
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def builder():
-    if not FIX:
-        pytest.skip("TOPA_FIXTURES not set")
-    return PromptBuilder(load_tokenizer(Path(FIX) / "llama2" / "tokenizer.model"), 10)
+def builder(fixtures_dir):
+    return PromptBuilder(load_tokenizer(fixtures_dir / "llama2" / "tokenizer.model"), 10)
 
 
 def make_tideos(n=N, seed=0):
