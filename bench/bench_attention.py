@@ -32,8 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from dataloader.packing import collate_rows, pack_options, single_row  # noqa: E402
+from engine import infer  # noqa: E402
 from engine.losses import span_loss  # noqa: E402
-from engine.scoring import score_batch  # noqa: E402
 from llama.adapter import TOPAArgs, build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
 from llama.generation import greedy_generate  # noqa: E402
@@ -96,7 +96,7 @@ def build(args):
 
     def score(impl):
         model.eval().set_attn_impl(impl)
-        scores = [x for b in scoring for x in score_batch(model, b)]
+        scores = [x.nll for b in scoring for x in infer.score(model, b)]
         return len(scores), scores
 
     def train(impl, causal):

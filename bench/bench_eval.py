@@ -16,7 +16,7 @@ import torch
 
 from dataloader.base import EvalItem, fit_frames
 from dataloader.packing import ScoringCollate
-from engine.scoring import score_batch
+from engine.infer import score
 from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES
 from text.prompts import EGOSCHEMA, PromptBuilder
@@ -49,11 +49,11 @@ def run(model, items, mode, batch_size, device, sync):
     coll = ScoringCollate(mode)
     batches = [coll(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
     scores = []
-    score_batch(model, batches[0].to(device))  # warm-up
+    score(model, batches[0].to(device))  # warm-up
     sync()
     t0 = time.perf_counter()
     for b in batches:
-        scores += score_batch(model, b.to(device))
+        scores += [s.nll for s in score(model, b.to(device))]
     sync()
     return len(items) / (time.perf_counter() - t0), torch.tensor(scores)
 

@@ -149,7 +149,7 @@ def main(argv=None):
         kw = {"batch_size": args.batch_size, **VARIANTS[variant]}
         sync()
         t0 = time.perf_counter()
-        outs = generate(model, tok, items, protocol, device=device, progress=False,
+        outs = generate(model, tok, items, protocol, progress=False,
                         memory=memory if protocol.memory else None, **kw)
         sync()
         t1 = time.perf_counter()

@@ -50,7 +50,7 @@ from dataloader.packing import ScoringCollate  # noqa: E402
 from dataloader.training import TrainCollate  # noqa: E402
 from engine.generation import generate  # noqa: E402
 from engine.losses import TrainStep, qav_loss, span_loss, token_nll, total_loss  # noqa: E402
-from engine.scoring import score_batch  # noqa: E402
+from engine.infer import score  # noqa: E402
 from llama.adapter import TOPA, TOPAArgs, build_model, is_trainable  # noqa: E402
 from llama.model import skip_init  # noqa: E402
 from text.prompts import PromptBuilder  # noqa: E402
@@ -120,7 +120,7 @@ def scores_and_losses(model, eval_items, train_batch, device):
         model.set_attn_impl(impl)
         with torch.no_grad():
             batch = ScoringCollate("packed")(eval_items).to(device)
-            scores = torch.tensor(score_batch(model, batch))
+            scores = torch.tensor([s.nll for s in score(model, batch)])
             losses = {k: float(v) for k, v in TrainStep(model)(train_batch.to(device)).items()}
         out[impl] = (scores, losses)
     model.set_attn_impl("sdpa")
@@ -163,10 +163,10 @@ def sdpa_backends(model, eval_items, train_batch, gen_items, tok, device) -> dic
     batch = ScoringCollate("packed")(eval_items).to(device)
     part = train_batch.to(device).parts["vqa"]
     with torch.no_grad():
-        out = {"masked (packed scoring)": sdpa_ops(lambda: score_batch(model, batch)),
+        out = {"masked (packed scoring)": sdpa_ops(lambda: score(model, batch)),
                "causal, no mask (training rows)": sdpa_ops(lambda: span_loss(model, part)),
                "decoding (KV cache, mask)": sdpa_ops(lambda: generate(model, tok, gen_items[:2], MSRVTT, batch_size=2,
-                                                                      device=device, progress=False))}
+                                                                      progress=False))}
     out["math_fallback"] = sorted(k for k, ops in out.items() if any("math" in o for o in ops))
     return out
 
@@ -213,10 +213,10 @@ def generation_speed(model, tok, items, device) -> dict:
     out, ids = {}, {}
     for bs in (1, 16):
         for kv in (True, False):
-            generate(model, tok, items[:2], MSRVTT, batch_size=bs, device=device, kv_cache=kv, progress=False)
+            generate(model, tok, items[:2], MSRVTT, batch_size=bs, kv_cache=kv, progress=False)
             sync()
             t0 = time.perf_counter()
-            got = generate(model, tok, items, MSRVTT, batch_size=bs, device=device, kv_cache=kv, progress=False)
+            got = generate(model, tok, items, MSRVTT, batch_size=bs, kv_cache=kv, progress=False)
             sync()
             dt = time.perf_counter() - t0
             ids[bs, kv] = [o["ids"] for o in got]

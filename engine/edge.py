@@ -32,6 +32,7 @@ import torch
 from text.prompts import DEFAULT, PromptBuilder, PromptStyle, choice_problem, normalize_question, text_problem
 from text.protocols import MSRVTT, MVBENCH, OPEN_NEW_TOKENS, OPEN_P2, choices_text, prompt_ids
 from util.errors import RequestError
+from video.features import VideoFeatures
 
 FEATURE_DIM = 768
 KINDS_OF_VIDEO = ("a path (a video file or a folder of numbered frames), uint8 RGB frames [n, H, W, 3], CLIP "
@@ -130,7 +131,6 @@ class RequestChecks:
     # ---- the video ----
     def video(self, v):
         """`v` checked (module docstring), in the form the API reads it."""
-        from .api import VideoFeatures  # the API's own result (imported here: the API imports this module)
         if isinstance(v, VideoFeatures):
             return v
         if isinstance(v, (str, os.PathLike)):

@@ -6,9 +6,10 @@ under its benchmark's protocol (text/protocols.py) and read from the decoded tex
             skip_missing, left out and counted)
   batches   items sorted by prompt length, cut into batches of `batch_size` (the run shell, engine/run.py,
             runs them over the processes: N processes give exactly the outputs of one)
-  decoding  `greedy_generate` from a KV cache (kv_cache=False: recomputing the whole sequence per token,
-            the reference); the memory projection per the protocol or the flags. A token picked from
-            scores that are not finite is an error naming the item, never an answer
+  decoding  the inference core (engine/infer.py: `greedy_generate` from a KV cache; kv_cache=False:
+            recomputing the whole sequence per token, the reference); the memory projection per the
+            protocol or the flags. A token picked from scores that are not finite is an error naming the
+            item, never an answer
   outputs   streamed per step by the run shell; at the end rank 0 rewrites the predictions in item
             order and writes the metric file, each atomically:
             MVBench   predictions_mvbench_<split>.jsonl (task, index, video, answer = gold letter, text =
@@ -35,15 +36,14 @@ import torch
 from dataloader import benchmarks
 from dataloader.base import fit_frames
 from llama.adapter import TOPA
-from llama.generation import Watch, greedy_generate, nonfinite_pick
-from llama.memory import project
-from text.protocols import (LETTERS, GenProtocol, generated_text, letter_ids, masked_ids, predicted_letter,
-                            prompt_ids, published_correct)
+from text.protocols import (LETTERS, GenProtocol, letter_ids, masked_ids, predicted_letter, prompt_ids,
+                            published_correct)
 from text.tokenizer import Tokenizer
 from util import dist
 from util.errors import DataError, NonFiniteError
 from util.files import write_text_atomic
 
+from . import infer
 from .caption_metrics import METRICS, check_tools, coco_caption_metrics
 from .config import EvalConfig
 from .run import StepRows, gather_steps, jsonl, my_batches, output_names
@@ -82,37 +82,33 @@ def plan_batches(items: List[GenItem], batch_size: int) -> List[List[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: GenProtocol, *, device,
-                   memory=None, masked=(), letters=None, kv_cache: bool = True) -> StepRows:
+def generate_batch(model: TOPA, tok: Tokenizer, its: List[GenItem], protocol: GenProtocol, decoding: infer.Decoding,
+                   memory=None) -> StepRows:
     """The answers of one batch (see `generate`), and an error naming the first item one of whose
     tokens was picked from scores that are not finite (that item gets no answer)."""
-    video = project(torch.stack([it.video for it in its]).to(device), memory)
-    watch = Watch(letters or ())
-    ids = greedy_generate(model, [it.prompt for it in its], video, max_new_tokens=protocol.max_new_tokens,
-                          eos_id=tok.eos_id, masked_ids=masked, use_cache=kv_cache, observe=watch)
-    bad, first = watch.read()
+    prompts = [infer.Prompt(it.prompt, it.video, len(it.record.candidates) if decoding.letters else 0) for it in its]
     rows, error = [], None
-    for b, (it, gen) in enumerate(zip(its, ids)):
-        if nonfinite_pick(bad, b, gen):
+    for it, g in zip(its, infer.generate(model, tok, prompts, decoding, memory)):
+        if not g.finite:
             error = error or NonFiniteError(
                 f"{it.record.source}: item {it.record.key}: the model's next-token scores are not finite (its "
                 "output overflowed or is NaN), so it has no answer; check the checkpoint's tensors, or run "
                 "with --precision fp32")
             continue
-        after, text = generated_text(tok, it.prompt, gen, protocol.marker)
-        o = {"index": it.index, "ids": gen, "after": after, "answer": protocol.cut(after), "text": text}
-        if letters:
-            o["letter"] = LETTERS[int(first[b, :len(it.record.candidates)].argmax())]
+        o = {"index": it.index, "ids": g.ids, "after": g.after, "answer": protocol.cut(g.after), "text": g.text}
+        if decoding.letters:
+            o["letter"] = LETTERS[g.letter]
         rows.append(o)
     return rows, error
 
 
 def generate_steps(model: TOPA, tok: Tokenizer, items: List[GenItem], batches: List[List[int]], protocol: GenProtocol,
-                   *, device, memory=None, masked=(), letters=None, kv_cache: bool = True) -> Iterator[StepRows]:
+                   *, memory=None, masked=(), letters=None, kv_cache: bool = True) -> Iterator[StepRows]:
     """(answers, error) of each of `batches` (lists of item indices) in turn (see `generate_batch`)."""
+    decoding = infer.Decoding(protocol.max_new_tokens, protocol.marker, tuple(masked), tuple(letters or ()),
+                              kv_cache=kv_cache)
     for b in batches:
-        yield generate_batch(model, tok, [items[i] for i in b], protocol, device=device, memory=memory,
-                             masked=masked, letters=letters, kv_cache=kv_cache)
+        yield generate_batch(model, tok, [items[i] for i in b], protocol, decoding, memory)
 
 
 def decoding_ids(tok: Tokenizer, items: List[GenItem], protocol: GenProtocol, letter_constrained: bool,
@@ -126,19 +122,19 @@ def decoding_ids(tok: Tokenizer, items: List[GenItem], protocol: GenProtocol, le
 
 @torch.no_grad()
 def generate(model: TOPA, tok: Tokenizer, items: List[GenItem], protocol: GenProtocol, *, batch_size: int,
-             device, memory: Optional[torch.Tensor] = None, kv_cache: bool = True,
+             memory: Optional[torch.Tensor] = None, kv_cache: bool = True,
              letter_constrained: bool = False, progress: bool = True, desc: str = "generate") -> List[dict]:
     """Generate every item once over the ranks as eval.py does (engine/run.py), without a predictions
     stream; every rank returns every answer, in item order. Per item: `index`, `ids` (generated, EOS left
     out), `after` (the decoded text after the marker), `answer` (the protocol's cut of it), `text` (the
     generated text as it reads in context) and, with `letter_constrained`, `letter` (argmax of the first
-    step over the item's valid letters)."""
+    step over the item's valid letters). The model's device runs it."""
     model.eval()
     masked, letters = decoding_ids(tok, items, protocol, letter_constrained,
                                    warn=print if dist.is_main() else (lambda s: None))
     batches, n_steps = my_batches(plan_batches(items, batch_size))
-    steps = generate_steps(model, tok, items, batches, protocol, device=device, memory=memory, masked=masked,
-                           letters=letters, kv_cache=kv_cache)
+    steps = generate_steps(model, tok, items, batches, protocol, memory=memory, masked=masked, letters=letters,
+                           kv_cache=kv_cache)
     return gather_steps(steps, n_steps, len(items), desc=desc, progress=progress)
 
 
@@ -254,8 +250,8 @@ class GenerationTask:
     def steps(self, run, model, memory, items, batches) -> Iterator[StepRows]:
         self.masked, letters = decoding_ids(run.tok, items, self.protocol, self.gen.letter_constrained,
                                             warn=print if dist.is_main() else (lambda s: None))
-        return generate_steps(model, run.tok, items, batches, self.protocol, device=run.device, memory=memory,
-                              masked=self.masked, letters=letters, kv_cache=self.gen.kv_cache)
+        return generate_steps(model, run.tok, items, batches, self.protocol, memory=memory, masked=self.masked,
+                              letters=letters, kv_cache=self.gen.kv_cache)
 
     def row(self, items, o: dict) -> dict:
         return prediction_row(items[o["index"]], o, self.protocol.metric, self.gen.letter_constrained)

@@ -2,6 +2,7 @@
 forward of a packed batch (dataloader/packing.py):
 
     token_nll    NLL of every scored token [N] (fp32), logits once per distinct predicting position
+                 (token_logits, then nll_of: the inference core, engine/infer.py, reads both)
     group_mean   mean per group (an option's span: its score; a training item's span)
     span_loss    training's token cross-entropy over the scored spans (vqa, vaq, caption)
     qav_loss     the video-from-question-and-answer frame loss
@@ -18,12 +19,21 @@ from dataloader.training import TrainBatch
 from llama.adapter import TOPA
 
 
-def token_nll(model: TOPA, batch: Batch, video: Optional[torch.Tensor], gate2: bool = True) -> torch.Tensor:
-    """NLL of every scored token [N] (fp32). Logits are computed once per distinct predicting position."""
+def token_logits(model: TOPA, batch: Batch, video: Optional[torch.Tensor], gate2: bool = True) -> torch.Tensor:
+    """Logits [U, vocab] (fp32) at the batch's distinct predicting positions (`batch.t_pred`)."""
     h = model.hidden(batch.tokens, batch.positions, batch.mask, video, batch.video_start, gate2=gate2)
-    logits = model.logits(h.flatten(0, 1)[batch.t_pred])   # [U, vocab] fp32
+    return model.logits(h.flatten(0, 1)[batch.t_pred])
+
+
+def nll_of(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """NLL of every scored token [N] from `token_logits`."""
     lse = torch.logsumexp(logits, dim=-1)                   # [U]
     return lse[batch.t_inv] - logits[batch.t_inv, batch.t_tgt]
+
+
+def token_nll(model: TOPA, batch: Batch, video: Optional[torch.Tensor], gate2: bool = True) -> torch.Tensor:
+    """NLL of every scored token [N] (fp32). Logits are computed once per distinct predicting position."""
+    return nll_of(token_logits(model, batch, video, gate2), batch)
 
 
 def group_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:

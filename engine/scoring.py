@@ -1,13 +1,13 @@
 """Multiple-choice scoring (NExT-QA, STAR, TVQA, EgoSchema): every option of a question is scored by the
-mean NLL of its scored span and the prediction is the argmin. With `packed` scoring (default) each
-question's shared prefix runs once; `full` runs each option's whole sequence (same scores). A score
-that is not finite is an error naming the question, never a prediction.
+mean NLL of its scored span (the inference core, engine/infer.py) and the prediction is the argmin.
+With `packed` scoring (default) each question's shared prefix runs once; `full` runs each option's
+whole sequence (same scores). A score that is not finite is an error naming the question, never a
+prediction.
 
 `ScoringTask` is what the run shell (engine/run.py) runs for eval.py; `evaluate` is the same scoring
 for training's per-epoch evaluation (no stream, no run of its own).
 """
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,32 +19,22 @@ from torch.utils.data import DataLoader
 from dataloader import benchmarks
 from dataloader.packing import Batch, ScoringCollate
 from llama.adapter import TOPA
-from llama.memory import project
 from text.prompts import PromptBuilder
 from util.errors import InputError, NonFiniteError
 from util.files import write_text_atomic
 
+from . import infer
 from .config import EvalConfig
-from .losses import group_mean, token_nll
 from .run import StepRows, gather_steps, jsonl, my_batches, output_names
 
 
-@torch.no_grad()
-def score_batch(model: TOPA, batch: Batch, memory=None) -> List[List[float]]:
-    """Per item of the batch, its options' scores (mean span NLL), in option order."""
-    nll = token_nll(model, batch, project(batch.video, memory))
-    scores = group_mean(nll, batch.t_group, batch.n_groups).cpu()
-    per_item = torch.bincount(batch.g_item.cpu(), minlength=len(batch.items)).tolist()
-    return [s.tolist() for s in scores.split(per_item)]
-
-
-def prediction_rows(batch: Batch, scores: List[List[float]]) -> StepRows:
+def prediction_rows(batch: Batch, scores: List[infer.Scored]) -> StepRows:
     """A prediction for every item of the batch whose scores are all finite, and an error naming the
     first question whose scores are not (such a question never gets a prediction)."""
     rows, error = [], None
-    for it, sc in zip(batch.items, scores):
-        r = it.record
-        if not all(math.isfinite(x) for x in sc):
+    for it, s in zip(batch.items, scores):
+        r, sc = it.record, s.nll
+        if not s.finite:
             error = error or NonFiniteError(
                 f"{r.source}: question {r.qid}: option scores {sc} are not finite (the model's output "
                 "overflowed or is NaN), so it has no prediction; check the checkpoint's tensors, or run with "
@@ -78,7 +68,7 @@ def score_steps(model: TOPA, dataset, batches: List[List[int]], *, device, memor
             if batch is None:
                 return
             batch.to(device)
-            yield prediction_rows(batch, score_batch(model, batch, memory))
+            yield prediction_rows(batch, infer.score(model, batch, memory))
         except InputError as e:
             yield [], e
             return

@@ -9,12 +9,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dataloader import benchmarks
 from engine.api import QAConfig, TOPAVideoQA
 from llama.build import ModelConfig
 from text.prompts import VIDEO
-from toyworld.videos import save_random_clip, write_video
+from toyworld.videos import code_image, save_random_clip, write_frame_folder, write_video
 from util.errors import DataError, MissingFileError, RequestError
 from video.frames import Segments, Strided
 
@@ -102,6 +103,29 @@ def test_generation_equals_ask_py_and_the_cache_decodes_once(world, capsys):
     qa.describe(video)
     qa.describe(str(world / "other.mp4"))
     assert qa.stats["decoded"] == 3
+
+
+def test_a_frame_folder_rewritten_in_place_is_decoded_again(world, tmp_path):
+    """Issue 23: the cache keys a frame folder by its files (names, sizes, mtimes; then their content), not
+    by the folder's own mtime, which stays the same when frames are rewritten in place."""
+    folder = write_frame_folder(tmp_path / "frames", 40, size=(64, 48))
+    qa = make_api(world)
+    before = qa.features(str(folder)).frames("strided").features.clone()
+    qa.features(str(folder))
+    assert qa.stats == {"decoded": 1, "cache_hits": 1}
+    st = os.stat(folder)
+    for k in range(40):   # the same names, other pictures (frame k now shows the number k + 7)
+        Image.fromarray(code_image(k + 7, (64, 48))).save(folder / f"{k + 1:05d}.jpg", quality=95)
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(folder).st_mtime_ns == st.st_mtime_ns
+    after = qa.features(str(folder)).frames("strided").features
+    assert qa.stats == {"decoded": 2, "cache_hits": 1}
+    fresh = make_api(world).features(str(folder)).frames("strided").features   # a cache that never saw the old frames
+    assert torch.equal(after, fresh) and not torch.allclose(after, before, atol=1e-3)
+    for f in folder.iterdir():   # touched, same content: answered from the cache (its content digest)
+        os.utime(f, ns=(1, 1))
+    assert torch.equal(qa.features(str(folder)).frames("strided").features, fresh)
+    assert qa.stats == {"decoded": 2, "cache_hits": 2}
 
 
 def test_features_pick_the_protocol_frames(world, qa):
