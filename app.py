@@ -264,7 +264,7 @@ def build_app(args, files: SessionFiles, toy_root: Optional[str] = None) -> Demo
     from engine.config import QAConfig
     cfg = ServeConfig.from_args(args)
     examples: List[str] = list(cfg.examples)
-    if cfg.toy:
+    if cfg.toy:   # toyworld/ is test support, not runtime code: --toy is the one runtime use of it
         from toyworld.demo import build_toy, toy_flags
         world = build_toy(toy_root)
         for flag, value in toy_flags(world).items():

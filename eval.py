@@ -10,7 +10,7 @@ question is evaluated exactly once. Writes accuracy (or caption metrics) and per
   torchrun --nproc_per_node 4 eval.py ... --dataset egos --test     # EgoSchema test: a submission file
 """
 from engine.config import EvalConfig, eval_parser
-from util.errors import run_cli
+from util.errors import dry_run, run_cli
 
 
 def get_args(argv=None):
@@ -18,8 +18,7 @@ def get_args(argv=None):
 
 
 def main(args):
-    if args.dry_run:
-        print(vars(args))
+    if dry_run(args):
         return None
     from dataloader import benchmarks
     from engine import run

@@ -12,7 +12,7 @@ published recipes).
   python train.py ... --finetune --resume topa.pth --dataset nextqa   # weights only, fresh optimizer
 """
 from engine.config import TrainConfig, train_parser
-from util.errors import run_cli
+from util.errors import dry_run, run_cli
 
 
 def get_args(argv=None):
@@ -20,8 +20,7 @@ def get_args(argv=None):
 
 
 def main(args):
-    if args.dry_run:
-        print(vars(args))
+    if dry_run(args):
         return None
     from engine.training import run
     return run(TrainConfig.from_args(args))

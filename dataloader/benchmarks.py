@@ -89,7 +89,7 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("star", "STAR", star.N_OPTIONS, prompts.STAR, _reader(star.read_records),
               "star/clipvitl14.pth", FPS1, MCQA_SPLITS, _raw_type),
     Benchmark("tvqa", "TVQA", tvqa.N_OPTIONS, prompts.TVQA, tvqa.read_records, "tvqa/clipvitl14.pth",
-              Frames("fps", 3), ("train", "val", "test_public", "test"), subtitles=True),
+              Frames("fps", tvqa.FPS), ("train", "val", "test_public", "test"), subtitles=True),
     Benchmark("egos", "EgoSchema", egoschema.N_OPTIONS, prompts.EGOSCHEMA, _reader(egoschema.read_records),
               "egos/features", FPS1, ("val", "test")),
     Benchmark("mvbench", "MVBench", 0, prompts.DEFAULT, _reader(mvbench.read_records), "mvbench/clipvitl14.pth",

@@ -13,7 +13,7 @@ from .base import DataError, QARecord, jsonl_objects, parse_answer, require
 
 N_OPTIONS = 5
 OPTION_KEYS = [f"a{i}" for i in range(N_OPTIONS)]
-FPS = 3
+FPS = 3  # TVQA's features and frame folders; every frame folder's default rate (video.frames.FOLDER_FPS)
 
 
 def annotation_path(root, split) -> str:

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from dataloader import benchmarks
+from dataloader import benchmarks, tvqa
 from llama.config import ModelConfig
 from util.errors import ConfigError
 from util.settings import FALSE, TRUE, add_flags, flat, from_flags, group_of, make_parser, setting
@@ -296,7 +296,7 @@ class QAConfig:
     memory: Optional[bool] = setting(None, "project the frames onto the text memory (default: each request's protocol)",
                                      no_help="no memory projection", parse=lambda s: _tri_state(s, "memory"))
     memory_path: str = setting(benchmarks.memory_file(), "the TextVid text-feature memory")
-    frames_fps: float = setting(3.0, "the frame rate of a frame folder")
+    frames_fps: float = setting(float(tvqa.FPS), "the frame rate of a frame folder (TVQA's)")
     device: str = setting(RunConfig.device, DEVICE_HELP)
     batch_size: int = setting(8, "requests per device batch (the *_batch methods)", cli=False)
     cache_size: int = setting(64, "videos whose features are kept", cli=False)

@@ -29,14 +29,14 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from dataloader.base import FEATURE_DIM
 from text.prompts import DEFAULT, PromptBuilder, PromptStyle, choice_problem, normalize_question, text_problem
 from text.protocols import MSRVTT, MVBENCH, OPEN_NEW_TOKENS, OPEN_P2, choices_text, prompt_ids
 from util.errors import RequestError
 from video.features import VideoFeatures
 
-FEATURE_DIM = 768
 KINDS_OF_VIDEO = ("a path (a video file or a folder of numbered frames), uint8 RGB frames [n, H, W, 3], CLIP "
-                  "features [n, 768], or what features() returned")
+                  f"features [n, {FEATURE_DIM}], or what features() returned")
 
 
 class RequestChecks:
@@ -219,7 +219,7 @@ def _array(v):
     floating = v.is_floating_point() if is_torch else np.issubdtype(dtype, np.floating)
     if len(shape) == 2:
         if shape[1] != FEATURE_DIM:
-            raise RequestError(f"video features must be [n, 768] (CLIP ViT-L/14 rows), got {shape}")
+            raise RequestError(f"video features must be [n, {FEATURE_DIM}] (CLIP ViT-L/14 rows), got {shape}")
         if not floating:
             raise RequestError(f"video features must be floating point, got {dtype}")
         if shape[0] < 1:
@@ -236,7 +236,7 @@ def _array(v):
                            "one-frame video")
     if len(shape) != 4 or shape[-1] != 3:
         raise RequestError(f"video: an array of shape {shape} is neither RGB frames [n, H, W, 3] (channels last) "
-                           "nor CLIP features [n, 768]")
+                           f"nor CLIP features [n, {FEATURE_DIM}]")
     if min(shape[:3]) < 1:
         raise RequestError(f"video frames {shape} hold no pixel" if shape[0] else f"video frames {shape} hold no frame")
     _uint8(dtype, floating, is_torch, "video frames are")

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataloader.base import FEATURE_DIM
 from util.errors import CheckpointError
 
 from .checkpoint import StateDict
@@ -67,7 +68,7 @@ class TOPAArgs(ModelArgs):
     adapter_len: int = ModelConfig.adapter_len
     adapter_layer: Optional[int] = None  # None -> n_layers (every published script)
     max_feats: int = ModelConfig.max_feats
-    clip_dim: int = 768
+    clip_dim: int = FEATURE_DIM
     bias: float = ModelConfig.bias  # gate2 init is -bias
 
     def __post_init__(self):

@@ -13,11 +13,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from dataloader.base import FEATURE_DIM
 from util.errors import DataError, MissingFileError
 from util.files import load_pickled_tensor, nonfinite
 
 
-def load_memory(path, max_rows: int = 1_000_000, dim: int = 768) -> torch.Tensor:
+def load_memory(path, max_rows: int = 1_000_000, dim: int = FEATURE_DIM) -> torch.Tensor:
     """memory.pkl: [N, dim] unit-norm text features -> the first `max_rows` rows, stored in fp16
     (1M rows: 1.5 GB instead of 3.1 GB in fp32). `project_to_memory` does its math in fp32, chunk by
     chunk; rounding unit-norm rows to fp16 moves each element by at most 2^-11 of its value (below

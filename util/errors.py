@@ -107,6 +107,15 @@ def _on_signal(prog: str, pid: int, hint: Callable[[], str]):
     return handler
 
 
+def dry_run(args) -> bool:
+    """--dry_run (train.py, eval.py): print the parsed arguments (the scripts' tests read them) and tell the
+    caller to run nothing."""
+    if getattr(args, "dry_run", False):
+        print(vars(args))
+        return True
+    return False
+
+
 def run_cli(main, args, prog: str, hint: Callable[[], str] = lambda: ""):
     """`main(args)`; an `InputError` ends the process with one line `prog: error: ...` and exit code 1;
     SIGTERM and SIGINT (Ctrl-C) end the DataLoader workers, print one line and exit with 143 / 130

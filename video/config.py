@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from dataloader import benchmarks
+from dataloader import benchmarks, tvqa
 from util.errors import ConfigError
 from util.settings import PRECISIONS, setting
 
@@ -52,7 +52,7 @@ class ExtractConfig:
                                          "3)", group="sampling")
     num_frames: Optional[int] = setting(None, "folder: this many frames per video, from uniform segments, instead of "
                                               "--fps (default: none, --fps)", group="sampling")
-    frames_fps: float = setting(3, "the frame rate of frame folders (TVQA's: 3)", group="sampling")
+    frames_fps: float = setting(tvqa.FPS, "the frame rate of frame folders (TVQA's)", group="sampling")
     clip_model: str = setting(CLIP_MODEL, "CLIP in Hugging Face format: a local folder or a hub name", group="running")
     device: str = setting("auto", "auto, cpu, cuda (torchrun: one GPU per process)", group="running")
     precision: Optional[str] = setting(None, "CLIP compute dtype (default fp16 on GPU, fp32 on CPU); features are "

@@ -21,7 +21,7 @@ from util.errors import ConfigError, MissingFileError, one_line
 from . import sources
 from .clip import FEATURE_DIM, ClipEncoder, preprocess
 from .config import TEXT_DATASETS, VIDEO_DATASETS
-from .frames import FixedRate, Segments, Strided, VideoError, as_fraction, read_frames
+from .frames import FOLDER_FPS, FixedRate, Segments, Strided, VideoError, as_fraction, read_frames
 from .run import Batcher, Procs, Task, group_size, run_task
 from .store import DictOutput, FileDirOutput
 
@@ -136,7 +136,7 @@ def _mvbench_jobs(args, bench: Benchmark):
     if not args.mvbench_root:
         raise ConfigError("--dataset mvbench needs --mvbench_root (the folder holding json/ and video/)")
     jobs, key_order = sources.mvbench_jobs(args.mvbench_root, args.tasks)
-    return jobs, key_order, "", f"MVBench {bench.frames.n} segments; frame folders at 3 fps"
+    return jobs, key_order, "", f"MVBench {bench.frames.n} segments; frame folders at {FOLDER_FPS} fps"
 
 
 def _caption_jobs(args, bench: Benchmark):

@@ -33,9 +33,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from dataloader import tvqa
+
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 NO_BOUNDS = (-100000.0, 100000.0)  # MVBench's "whole video"
+FOLDER_FPS = tvqa.FPS  # frame folders' default rate: TVQA's (and MVBench Episodic Reasoning's) frames
 
 
 class VideoError(Exception):
@@ -54,6 +57,14 @@ def round_half_up(x: Fraction) -> int:
 
 # ---- sampling rules ----
 
+def check_count(n: int, needed: int = 1):
+    """VideoError unless a video of `n` frames has the `needed` frames a rule needs (and at least one)."""
+    if n < 1:
+        raise VideoError("empty: no frames")
+    if n < needed:
+        raise VideoError(f"too short: {n} frames, {needed} needed")
+
+
 @dataclass(frozen=True)
 class FixedRate:
     """Row j = frame round_half_up(j*fps/rate) while < n (see the module docstring)."""
@@ -61,8 +72,7 @@ class FixedRate:
     needs_count = False
 
     def indices(self, n: int, fps: Optional[Fraction], first: int = 0) -> List[int]:
-        if n < 1:
-            raise VideoError("empty: no frames")
+        check_count(n)
         step = self._step(fps)
         out, j = [], 0
         while True:
@@ -95,10 +105,7 @@ class Segments:
     needs_count = True
 
     def indices(self, n: int, fps: Optional[Fraction], first: int = 0) -> List[int]:
-        if n < 1:
-            raise VideoError("empty: no frames")
-        if n < self.min_frames:
-            raise VideoError(f"too short: {n} frames, {self.min_frames} needed")
+        check_count(n, self.min_frames)
         bounded = (self.start, self.end) != NO_BOUNDS
         if bounded and (not fps or fps <= 0):
             raise VideoError("no frame rate: the video stream reports no average rate")
@@ -122,12 +129,9 @@ class Strided:
     needs_count = True
 
     def indices(self, n: int, fps: Optional[Fraction], first: int = 0) -> List[int]:
-        if n < 1:
-            raise VideoError("empty: no frames")
-        if n < self.num and self.repeat:
+        if self.repeat and 1 <= n < self.num:
             return [i * n // self.num for i in range(self.num)]
-        if n < self.num:
-            raise VideoError(f"too short: {n} frames, {self.num} needed")
+        check_count(n, self.num)
         return [i * (n // self.num) for i in range(self.num)]
 
 
@@ -308,7 +312,7 @@ def _pick(rule: Rule, n: int, fps, first: int, kept: Dict[int, np.ndarray]) -> O
     return idx, np.stack([kept[i] for i in idx])  # [rows, *frame shape]
 
 
-def read_frames(path: str, rules: Sequence[Rule], transform: Transform, folder_fps=3) -> List[Outcome]:
+def read_frames(path: str, rules: Sequence[Rule], transform: Transform, folder_fps=FOLDER_FPS) -> List[Outcome]:
     """A video file or a frame folder (`folder_fps` frames per second); missing paths are a VideoError."""
     if os.path.isdir(path):
         return read_frame_folder(path, rules, transform, folder_fps)

@@ -23,9 +23,8 @@ from dataloader.base import load_json
 from dataloader.mvbench import MVBENCH_TASKS
 from util.errors import ConfigError, DataError, MissingFileError
 
-from .frames import IMAGE_EXTS, VIDEO_EXTS, Rule, Segments
+from .frames import FOLDER_FPS, IMAGE_EXTS, VIDEO_EXTS, Rule, Segments
 
-FOLDER_FPS = 3  # TVQA's (and MVBench Episodic Reasoning's) frame folders
 
 
 @dataclass
