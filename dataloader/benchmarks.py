@@ -44,7 +44,7 @@ def _raw_type(qtype: str) -> List[str]:
 
 
 @dataclass(frozen=True)
-class Frames:
+class Sampling:
     """Which frames of a video its feature rows are (video/frames.py implements the rules; see
     docs/extraction.md): `fps` frames a second, MVBench's `mvbench` window rule with `n` segments, or
     `strided` = frames i * (count // n)."""
@@ -60,7 +60,7 @@ class Benchmark:
     style: PromptStyle
     read: Callable[[str, str, bool], List[QARecord]]  # (root, split, sub) -> records
     features_at: str                                  # under --data_root: a .pth dict vid -> [n, 768], or a folder
-    frames: Frames                                    # how the feature rows were sampled from the video
+    frames: Sampling                                  # how the feature rows were sampled from the video
     splits: Tuple[str, ...]                           # the splits of the published annotations
     type_groups: Callable[[str], List[str]] = _no_types  # qtype -> accuracy buckets besides "total"
     subtitles: bool = False                           # accepts --sub / --truncate_dialogue
@@ -82,24 +82,24 @@ def _reader(read):
     return lambda root, split, sub: read(root, split)
 
 
-FPS1, MCQA_SPLITS = Frames("fps", 1), ("train", "val", "test")
+FPS1, MCQA_SPLITS = Sampling("fps", 1), ("train", "val", "test")
 BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("nextqa", "NExT-QA", nextqa.N_OPTIONS, prompts.DEFAULT, _reader(nextqa.read_records),
               "nextqa/clipvitl14.pth", FPS1, MCQA_SPLITS, nextqa.type_groups),
     Benchmark("star", "STAR", star.N_OPTIONS, prompts.STAR, _reader(star.read_records),
               "star/clipvitl14.pth", FPS1, MCQA_SPLITS, _raw_type),
     Benchmark("tvqa", "TVQA", tvqa.N_OPTIONS, prompts.TVQA, tvqa.read_records, "tvqa/clipvitl14.pth",
-              Frames("fps", tvqa.FPS), ("train", "val", "test_public", "test"), subtitles=True),
+              Sampling("fps", tvqa.FPS), ("train", "val", "test_public", "test"), subtitles=True),
     Benchmark("egos", "EgoSchema", egoschema.N_OPTIONS, prompts.EGOSCHEMA, _reader(egoschema.read_records),
               "egos/features", FPS1, ("val", "test")),
     Benchmark("mvbench", "MVBench", 0, prompts.DEFAULT, _reader(mvbench.read_records), "mvbench/clipvitl14.pth",
-              Frames("mvbench", 10), ("test",), kind="generate", protocol=protocols.MVBENCH, default_split="test"),
+              Sampling("mvbench", 10), ("test",), kind="generate", protocol=protocols.MVBENCH, default_split="test"),
     Benchmark("msrvtt", "MSR-VTT", 0, prompts.DEFAULT,
               lambda root, split, sub: captioning.read_records(root, "msrvtt", split), "msrvtt/clipvitl14.pth",
-              Frames("strided", 10), ("test",), kind="generate", protocol=protocols.MSRVTT, default_split="test"),
+              Sampling("strided", 10), ("test",), kind="generate", protocol=protocols.MSRVTT, default_split="test"),
     Benchmark("vatex", "VATEX", 0, prompts.DEFAULT,
               lambda root, split, sub: captioning.read_records(root, "vatex", split), "vatex/clipvitl14.pth",
-              Frames("strided", 10), ("test",), kind="generate", protocol=protocols.VATEX, default_split="test"),
+              Sampling("strided", 10), ("test",), kind="generate", protocol=protocols.VATEX, default_split="test"),
 ]}
 ALIASES = {"egoschema": "egos", "next-qa": "nextqa", "next_qa": "nextqa", "msr-vtt": "msrvtt", "msr_vtt": "msrvtt"}
 
