@@ -10,7 +10,7 @@ frames, memory and prompt each uses; it is the Python API behind this script).
 
 Needs the optional install: pip install -e ".[video]".
 """
-from engine.ask import AskConfig
+from engine.asking import AskConfig
 from util.errors import run_cli
 from util.settings import add_flags, from_flags, make_parser
 
@@ -20,7 +20,7 @@ def get_args(argv=None):
 
 
 def main(args):
-    from engine.ask import run
+    from engine.asking import run
     return run(from_flags(AskConfig, args))
 
 

@@ -21,11 +21,11 @@ def main(args):
     if dry_run(args):
         return None
     from dataloader import benchmarks
-    from engine import run
+    from engine import evaluation
     from engine.generation import GenerationTask
     from engine.scoring import ScoringTask
     cfg = EvalConfig.from_args(args)
-    return run.run(cfg, GenerationTask if benchmarks.get(cfg.data.dataset).kind == "generate" else ScoringTask)
+    return evaluation.run(cfg, GenerationTask if benchmarks.get(cfg.data.dataset).kind == "generate" else ScoringTask)
 
 
 if __name__ == "__main__":

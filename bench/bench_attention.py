@@ -36,7 +36,7 @@ from engine import infer  # noqa: E402
 from engine.losses import span_loss  # noqa: E402
 from llama.adapter import TOPAArgs, build_model  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
-from llama.generation import greedy_generate  # noqa: E402
+from llama.decoding import greedy_generate  # noqa: E402
 from text.prompts import VIDEO, Sequence  # noqa: E402
 from toyworld.tiny import random_llama_state  # noqa: E402
 

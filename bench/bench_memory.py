@@ -46,7 +46,7 @@ from engine.losses import token_nll  # noqa: E402
 from engine.losses import qav_loss, span_loss  # noqa: E402
 from llama.adapter import TOPA, TOPAArgs, build_model, is_trainable  # noqa: E402
 from llama.build import DTYPES  # noqa: E402
-from llama.checkpoint import MetaShards, load_meta_checkpoint  # noqa: E402
+from llama.weights import MetaShards, load_meta_checkpoint  # noqa: E402
 from text.prompts import VIDEO, Sequence  # noqa: E402
 
 GiB, MiB = 2 ** 30, 2 ** 20

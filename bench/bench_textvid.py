@@ -132,7 +132,7 @@ def feed(ds, items: int, workers: int, batch_size: int = 16) -> dict:
     import functools
 
     import torch
-    from dataloader.training import TaskBatchSampler, TrainCollate
+    from dataloader.train_batches import TaskBatchSampler, TrainCollate
     fd, starts = tempfile.mkstemp(prefix="bench_textvid_workers.")
     os.close(fd)
     sampler = TaskBatchSampler(len(ds), batch_size, seed=0, caption_prob=0.5)

@@ -32,7 +32,7 @@ import torch
 
 from dataloader.base import TrainItem, fit_frames
 from dataloader.packing import Batch
-from dataloader.training import TaskBatchSampler, TrainCollate
+from dataloader.train_batches import TaskBatchSampler, TrainCollate
 from engine.losses import TrainStep, total_loss
 from llama.adapter import TOPAArgs, build_model
 from llama.build import DTYPES

@@ -47,10 +47,10 @@ import bench_generate  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_train  # noqa: E402
 from dataloader.packing import ScoringCollate  # noqa: E402
-from dataloader.training import TrainCollate  # noqa: E402
+from dataloader.train_batches import TrainCollate  # noqa: E402
 from engine.generation import generate  # noqa: E402
-from engine.losses import TrainStep, qav_loss, span_loss, token_nll, total_loss  # noqa: E402
 from engine.infer import score  # noqa: E402
+from engine.losses import TrainStep, qav_loss, span_loss, token_nll, total_loss  # noqa: E402
 from llama.adapter import TOPA, TOPAArgs, build_model, is_trainable  # noqa: E402
 from llama.model import skip_init  # noqa: E402
 from text.prompts import PromptBuilder  # noqa: E402

@@ -10,7 +10,7 @@ summed over ranks). It is written only at an accumulation boundary, when no grad
 optimizer state is the whole training state. The sampler state records the position.
 
 Everything is a tensor, a plain container or an `argparse.Namespace`, so the file loads with
-`llama.checkpoint.load_topa_checkpoint` (weights_only=True). Files are written atomically
+`llama.weights.load_topa_checkpoint` (weights_only=True). Files are written atomically
 (`save_atomic`); `checkpoint_last.pth` / `checkpoint_best.pth` are atomically replaced hard links to the
 newest file (a copy where the file system has no hard links).
 

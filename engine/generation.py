@@ -4,7 +4,7 @@ under its benchmark's protocol (text/protocols.py) and read from the decoded tex
   items     each record's prompt `[BOS] enc(P1) VIDEO×T enc(P2)` and fitted video [T, 768], all built and
             checked before the model loads; a record without features is an error naming it (or, with
             skip_missing, left out and counted)
-  batches   items sorted by prompt length, cut into batches of `batch_size` (the run shell, engine/run.py,
+  batches   items sorted by prompt length, cut into batches of `batch_size` (the run shell, engine/evaluation.py,
             runs them over the processes: N processes give exactly the outputs of one)
   decoding  the inference core (engine/infer.py: `greedy_generate` from a KV cache; kv_cache=False:
             recomputing the whole sequence per token, the reference); the memory projection per the
@@ -46,7 +46,7 @@ from util.files import write_text_atomic
 from . import infer
 from .caption_metrics import METRICS, check_tools, coco_caption_metrics
 from .config import EvalConfig
-from .run import StepRows, gather_steps, jsonl, my_batches, output_names
+from .evaluation import StepRows, gather_steps, jsonl, my_batches, output_names
 
 
 @dataclass
@@ -124,7 +124,7 @@ def decoding_ids(tok: Tokenizer, items: List[GenItem], protocol: GenProtocol, le
 def generate(model: TOPA, tok: Tokenizer, items: List[GenItem], protocol: GenProtocol, *, batch_size: int,
              memory: Optional[torch.Tensor] = None, kv_cache: bool = True,
              letter_constrained: bool = False, progress: bool = True, desc: str = "generate") -> List[dict]:
-    """Generate every item once over the ranks as eval.py does (engine/run.py), without a predictions
+    """Generate every item once over the ranks as eval.py does (engine/evaluation.py), without a predictions
     stream; every rank returns every answer, in item order. Per item: `index`, `ids` (generated, EOS left
     out), `after` (the decoded text after the marker), `answer` (the protocol's cut of it), `text` (the
     generated text as it reads in context) and, with `letter_constrained`, `letter` (argmax of the first
@@ -223,7 +223,7 @@ def write_outputs(out_dir, bench, split: str, items, outs, settings: dict, skipp
 
 
 class GenerationTask:
-    """eval.py on a generation benchmark, as the run shell runs it (engine/run.py)."""
+    """eval.py on a generation benchmark, as the run shell runs it (engine/evaluation.py)."""
     done = "items generated"
 
     def __init__(self, cfg: EvalConfig):

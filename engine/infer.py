@@ -17,7 +17,7 @@ over plain request records, built by each caller from its own inputs:
 
 The scored NLL is the loss's (engine/losses.py: logits once per distinct predicting position); `greedy`
 also says whether every scored token is its position's argmax (lm-eval's "is greedy"), from the same
-forward. Generation is `llama.generation.greedy_generate` (KV cache, or the full recomputation). A video
+forward. Generation is `llama.decoding.greedy_generate` (KV cache, or the full recomputation). A video
 is projected onto the text memory here when `memory` is given (batched on the device), or arrives
 projected (the API projects per request). The callers plan the batches (eval.py over the processes;
 `score_all` / `generate_all` in chunks of `batch_size`, in order). A score or a pick that is not finite
@@ -31,7 +31,7 @@ import torch
 
 from dataloader.packing import Batch, ScoringCollate
 from llama.adapter import TOPA
-from llama.generation import Watch, greedy_generate, nonfinite_pick
+from llama.decoding import Watch, greedy_generate, nonfinite_pick
 from llama.memory import project
 from text.prompts import Sequence as Seq
 from text.protocols import generated_text

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataloader.packing import Batch
-from dataloader.training import TrainBatch
+from dataloader.train_batches import TrainBatch
 from llama.adapter import TOPA
 
 

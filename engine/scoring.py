@@ -4,7 +4,7 @@ With `packed` scoring (default) each question's shared prefix runs once; `full` 
 whole sequence (same scores). A score that is not finite is an error naming the question, never a
 prediction.
 
-`ScoringTask` is what the run shell (engine/run.py) runs for eval.py; `evaluate` is the same scoring
+`ScoringTask` is what the run shell (engine/evaluation.py) runs for eval.py; `evaluate` is the same scoring
 for training's per-epoch evaluation (no stream, no run of its own).
 """
 import json
@@ -25,7 +25,7 @@ from util.files import write_text_atomic
 
 from . import infer
 from .config import EvalConfig
-from .run import StepRows, gather_steps, jsonl, my_batches, output_names
+from .evaluation import StepRows, gather_steps, jsonl, my_batches, output_names
 
 
 def prediction_rows(batch: Batch, scores: List[infer.Scored]) -> StepRows:
@@ -91,7 +91,7 @@ class EvalResult:
 def evaluate(model: TOPA, dataset, *, batch_size: int, device, memory=None, scoring: str = "packed",
              max_seq_len: Optional[int] = None, num_workers: int = 0, progress: bool = True,
              desc: str = "eval") -> EvalResult:
-    """Score `dataset` (an MCQADataset) over the ranks as eval.py does (engine/run.py), without a
+    """Score `dataset` (an MCQADataset) over the ranks as eval.py does (engine/evaluation.py), without a
     predictions stream; every rank returns every prediction. Prompts longer than `max_seq_len` are
     scored whole (never cut) and counted."""
     model.eval()
@@ -160,7 +160,7 @@ def result_title(name: str, split: str, result: EvalResult, max_seq_len: int) ->
 
 
 class ScoringTask:
-    """eval.py on a multiple-choice benchmark, as the run shell runs it (engine/run.py)."""
+    """eval.py on a multiple-choice benchmark, as the run shell runs it (engine/evaluation.py)."""
     done = "questions scored"
 
     def __init__(self, cfg: EvalConfig):

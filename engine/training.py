@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from dataloader import benchmarks
 from dataloader.textvid import TextVidDataset
-from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainCollate
+from dataloader.train_batches import MCQATrainDataset, TaskBatchSampler, TrainCollate
 from llama.adapter import TOPA
 from llama.build import load_tokenizer_for, load_topa, resolve_dtype
 from llama.memory import load_memory

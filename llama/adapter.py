@@ -56,9 +56,9 @@ from torch import nn
 from dataloader.base import FEATURE_DIM
 from util.errors import CheckpointError
 
-from .checkpoint import StateDict
 from .config import ModelConfig
 from .model import Attention, LayerCache, ModelArgs, Transformer, TransformerBlock, repeat_kv, skip_init
+from .weights import StateDict
 
 
 @dataclass
@@ -315,7 +315,7 @@ def build_model(args: TOPAArgs, backbone, dtype: torch.dtype = torch.float32,
                 trainable_source: str = "TOPA checkpoint", attn_impl: str = "sdpa") -> TOPA:
     """Build a TOPA model without ever allocating random backbone weights or holding the model twice.
 
-    backbone: a weight source (`llama.checkpoint.MetaShards`, `llama.hf.HFSafetensors`) or a Meta state
+    backbone: a weight source (`llama.weights.MetaShards`, `llama.hf.HFSafetensors`) or a Meta state
     dict. The model is built on the `meta` device without random initialisation (`skip_init`); then
     each backbone tensor in turn is allocated on `device` in `dtype` and filled from the source, so the
     device's peak is the weights themselves (plus one slice when a copy needs a contiguous staging

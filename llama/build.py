@@ -35,10 +35,10 @@ from util.errors import CheckpointError, MissingFileError
 
 from .adapter import TOPA, TOPAArgs, build_model, load_trainable
 from .backbones import BACKBONES, scaling_releases
-from .checkpoint import MetaShards, load_topa_checkpoint, recorded_flags
 from .config import FAMILIES, ModelConfig
 from .hf import HFSafetensors, hf_context, hf_params
 from .model import RopeScaling
+from .weights import MetaShards, load_topa_checkpoint, recorded_flags
 
 
 @dataclass

@@ -212,7 +212,7 @@ def rope_scaling(rope: dict, where: str):
 
 
 class HFSafetensors:
-    """The `*.safetensors` files of an HF Llama folder as a weight source (see `llama.checkpoint`):
+    """The `*.safetensors` files of an HF Llama folder as a weight source (see `llama.weights`):
     `shapes` in Meta's names, `read_into` one tensor at a time with the rotary row order undone.
     Tied folders (`tie_word_embeddings`, Llama-3.2 1B/3B) have no `lm_head.weight`: the model reads only
     the embedding (`build_model`); without the flag the missing tensor is an error, like any other."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.api import QAConfig, TOPAVideoQA
-from engine.ask import AskConfig
+from engine.asking import AskConfig
 from llama.build import ModelConfig, context_length
 from text.protocols import MSRVTT, OPEN_P2, prompt_ids
 from toyworld.demo import EXAMPLES, TOY_SETTINGS, build_toy, example_frames, write_mp4

@@ -30,7 +30,7 @@ from dataloader.base import fit_frames
 from engine.api import QAConfig, TOPAVideoQA
 from llama.adapter import TOPAArgs, build_model
 from llama.build import ModelConfig
-from llama.checkpoint import load_meta_checkpoint
+from llama.weights import load_meta_checkpoint
 from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama
 from toyworld.videos import save_random_clip, write_video

@@ -297,7 +297,7 @@ def test_toy_world_command_line_and_the_commands_it_prints(tmp_path):
     assert [c[1] for c in cmds] == ["ask.py", "ask.py", "ask.py", "app.py"], r.stdout
     import ask
     from engine.api import QAConfig, TOPAVideoQA
-    from engine.ask import mc_line
+    from engine.asking import mc_line
     first = ask.get_args(cmds[0][2:])
     qa = TOPAVideoQA(QAConfig.from_args(first), warn=lambda m: None)
     video = first.video

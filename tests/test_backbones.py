@@ -20,9 +20,9 @@ import llama.model
 import train
 from llama.adapter import is_trainable
 from llama.build import ModelConfig, load_topa
-from llama.checkpoint import load_meta_checkpoint, load_topa_checkpoint
 from llama.hf import hf_params
 from llama.model import ModelArgs, RopeScaling
+from llama.weights import load_meta_checkpoint, load_topa_checkpoint
 from test_loading import write_hf_folder
 from test_train import TEXTVID, base_args, known_accuracy, max_diff
 from toyworld.tiny import make_tiny_llama, write_meta_checkpoint

@@ -118,7 +118,7 @@ def test_recorded_args_keep_the_original_names():
 def parsers():
     import ask as ask_cli
     import extract_features
-    from engine.ask import AskConfig
+    from engine.asking import AskConfig
     from engine.config import add_api_args, add_model_args, eval_parser, train_parser
     from textvid import generate as textvid_generate
     from textvid.config import GenConfig

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from llama.adapter import TOPAArgs, build_model
-from llama.checkpoint import load_meta_checkpoint
+from llama.weights import load_meta_checkpoint
 from text.tokenizer import load_tokenizer
 from toyworld.fixtures import fixtures_dir
 from toyworld.tiny import make_tiny_llama

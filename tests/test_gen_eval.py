@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from dataloader import captioning, mvbench
 from dataloader.base import fit_frames
 from llama.adapter import TOPAArgs, build_model
-from llama.checkpoint import load_meta_checkpoint
-from llama.generation import greedy_generate
+from llama.decoding import greedy_generate
 from llama.memory import project_to_memory
 from llama.memory import load_memory
+from llama.weights import load_meta_checkpoint
 from text import protocols as P
 from text.tokenizer import load_tokenizer
 from toyworld.fixtures import fixtures_dir

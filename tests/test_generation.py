@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from llama.adapter import TOPAArgs, build_model
-from llama.checkpoint import load_meta_checkpoint
-from llama.generation import SYNC_EVERY, greedy_generate, shared_prefix
+from llama.decoding import SYNC_EVERY, greedy_generate, shared_prefix
 from llama.model import Transformer
+from llama.weights import load_meta_checkpoint
 from text.prompts import VIDEO
 from text.tokenizer import load_tokenizer
 from toyworld.tiny import make_tiny_llama

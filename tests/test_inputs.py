@@ -22,9 +22,9 @@ from dataloader.benchmarks import build_mcqa_dataset
 from dataloader.textvid import TextVidDataset
 from llama.adapter import TOPAArgs, adapter_hint
 from llama.build import ModelConfig, check_recorded_settings, load_topa
-from llama.checkpoint import load_topa_checkpoint
 from llama.memory import load_memory
 from llama.model import ModelArgs
+from llama.weights import load_topa_checkpoint
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
 from toyworld.fixtures import fixtures_dir
@@ -444,7 +444,7 @@ def test_repeated_question_id_names_file_and_rows(tmp_path, builder):
 
 def test_ask_applies_the_question_and_option_rules():
     from engine.api import QAConfig
-    from engine.ask import AskConfig
+    from engine.asking import AskConfig
     for kw, msg in ((dict(question=" "), "--question: the question text is empty"),
                     (dict(question="Why?", options=["a", " "]), "--options: option 1 is empty"),
                     (dict(question="Why?", options=["a", "b", "a "]), "--options: options 0 and 2 are the same text")):
@@ -502,7 +502,7 @@ def _config_of(prog: str, argv):
         return TrainConfig.from_args(train.get_args(argv))
     if prog == "ask.py":
         import ask
-        from engine.ask import AskConfig
+        from engine.asking import AskConfig
         a = ask.get_args(argv)
         return AskConfig(video=a.video, question=a.question, options=a.options, describe=a.describe)
     import extract_features
@@ -589,7 +589,7 @@ def test_symlink_loop_under_video_dir_is_one_line(tmp_path):
 
 
 def test_sentence_files_that_are_empty_or_not_utf8(tmp_path):
-    from video.text import read_sentences
+    from video.text_features import read_sentences
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(DataError, match=r"empty\.txt: no sentences"):
         read_sentences(str(tmp_path / "empty.txt"))

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from llama.adapter import TOPAArgs, build_model
 from llama.build import ModelConfig, load_topa, resolve_dtype
-from llama.checkpoint import MetaShards, load_meta_checkpoint
 from llama.hf import ffn_args, hf_params
 from llama.memory import project_to_memory
 from llama.memory import load_memory
 from llama.model import ModelArgs
+from llama.weights import MetaShards, load_meta_checkpoint
 from toyworld.tiny import make_tiny_llama, random_llama_state, write_meta_checkpoint
 from util.errors import CheckpointError, ConfigError, MissingFileError
 

@@ -13,10 +13,10 @@ from dataloader.base import EvalItem, fit_frames, fuse_text_frames
 from dataloader.packing import ScoringCollate, collate_rows, pack_options, single_row
 from engine.losses import group_mean, token_nll
 from llama.adapter import TOPAArgs, build_model, load_trainable
-from llama.checkpoint import load_topa_checkpoint
 from llama.memory import project_to_memory
 from llama.memory import load_memory
 from llama.model import ModelArgs, Transformer, causal_mask
+from llama.weights import load_topa_checkpoint
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
 from toyworld.fixtures import fixtures_dir

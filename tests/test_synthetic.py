@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from llama.adapter import TOPAArgs, build_model
-from llama.checkpoint import load_meta_checkpoint
 from llama.memory import project_to_memory
 from llama.memory import load_memory
 from llama.model import ModelArgs, Transformer, causal_mask
+from llama.weights import load_meta_checkpoint
 from text.prompts import LETTERS, PromptBuilder
 from text.tokenizer import load_tokenizer
 from toyworld import synthetic as S
@@ -36,7 +36,7 @@ def tokenizer_path(tmp_path_factory):
 def test_shard_dims_are_meta_model_parallel_layout():
     """Meta's model-parallel layout (the writer and the loader share this table, so it is pinned here):
     tok_embeddings split on dim 1; output, wq, wk, wv, w1, w3 on dim 0; wo, w2 on dim 1; norms replicated."""
-    from llama.checkpoint import shard_dim
+    from llama.weights import shard_dim
     want = {"tok_embeddings.weight": 1, "output.weight": 0, "norm.weight": None, "rope.freqs": None,
             "layers.7.attention.wq.weight": 0, "layers.7.attention.wk.weight": 0, "layers.7.attention.wv.weight": 0,
             "layers.7.attention.wo.weight": 1, "layers.7.feed_forward.w1.weight": 0,

@@ -1,4 +1,4 @@
-"""Training (train.py, engine.train_one_epoch, dataloader/textvid/, dataloader/training.py) on tiny
+"""Training (train.py, engine.train_one_epoch, dataloader/textvid/, dataloader/train_batches.py) on tiny
 2-layer Llamas in Meta's format, fp32 on CPU, with the synthetic world of toyworld/synthetic.py."""
 import inspect
 import json
@@ -24,11 +24,11 @@ import train
 from dataloader.base import DataError
 from dataloader.benchmarks import build_mcqa_dataset
 from dataloader.textvid import TextVidDataset
-from dataloader.training import MCQATrainDataset, TaskBatchSampler, TrainCollate
+from dataloader.train_batches import MCQATrainDataset, TaskBatchSampler, TrainCollate
 from engine.checkpointing import save_checkpoint
 from engine.config import TrainConfig, flat_args
 from llama.build import load_topa
-from llama.checkpoint import load_topa_checkpoint
+from llama.weights import load_topa_checkpoint
 from text.prompts import PromptBuilder
 from text.tokenizer import load_tokenizer
 from toyworld.fixtures import fixtures_dir
@@ -696,7 +696,7 @@ def test_fp16_total_divergence_stops_without_writing_a_checkpoint(world, tiny_mo
 
 RANK_NAN_DRIVER = """
 import os, sys
-import dataloader.training as dt
+import dataloader.train_batches as dt
 import train
 rank, seen = int(os.environ["RANK"]), [0]
 real_to = dt.TrainBatch.to

@@ -18,10 +18,10 @@ import engine.training as engine
 import train
 from dataloader.benchmarks import build_mcqa_dataset
 from dataloader.textvid import TextVidDataset
-from dataloader.training import MCQATrainDataset, TrainCollate
+from dataloader.train_batches import MCQATrainDataset, TrainCollate
 from engine.config import TrainConfig, flat_args
 from llama.build import load_topa
-from llama.checkpoint import load_topa_checkpoint
+from llama.weights import load_topa_checkpoint
 from text.prompts import PromptBuilder
 from util.schedule import param_groups
 

@@ -66,7 +66,7 @@ def write_mp4(path, frames: np.ndarray, fps: int = 12) -> Path:
 
 def build_toy(root, seed: int = 0) -> dict:
     from llama.adapter import TOPAArgs, build_model
-    from llama.checkpoint import load_meta_checkpoint
+    from llama.weights import load_meta_checkpoint
     from text.tokenizer import load_tokenizer
     from util.files import save_atomic
 

@@ -15,8 +15,8 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-from llama.checkpoint import shard_dim
 from llama.model import ModelArgs
+from llama.weights import shard_dim
 
 def write_meta_checkpoint(folder, params: dict, state: Dict[str, torch.Tensor], n_shards: int = 1,
                           dtype: Optional[torch.dtype] = torch.bfloat16) -> Path:

@@ -1,6 +1,6 @@
 """What each --dataset means for videos, and the video pipeline: decoding in DataLoader workers while
 the main process encodes large batches of frames. The run itself (sharding, resume, failures) is
-video/run.py; text datasets are video/text.py.
+video/extraction.py; text datasets are video/text_features.py.
 
   plan(args)      -> Task: the jobs of a benchmark (video/sources.py) and its output (video/store.py)
   main(args)      -> exit status of extract_features.py
@@ -21,8 +21,8 @@ from util.errors import ConfigError, MissingFileError, one_line
 from . import sources
 from .clip import FEATURE_DIM, ClipEncoder, preprocess
 from .config import TEXT_DATASETS, VIDEO_DATASETS
+from .extraction import Batcher, Procs, Task, group_size, run_task
 from .frames import FOLDER_FPS, FixedRate, Segments, Strided, VideoError, as_fraction, read_frames
-from .run import Batcher, Procs, Task, group_size, run_task
 from .store import DictOutput, FileDirOutput
 
 FOLDER_DEFAULT_FPS = 1  # --dataset folder (the benchmarks: their frame rule in the benchmark table)
@@ -178,7 +178,7 @@ JOBS = {"fps": _annotated_jobs, "mvbench": _mvbench_jobs, "strided": _caption_jo
 
 
 def plan(args, procs: Procs) -> Task:
-    """The Task for --dataset (video datasets; text ones are in video/text.py): its jobs by the benchmark
+    """The Task for --dataset (video datasets; text ones are in video/text_features.py): its jobs by the benchmark
     table's frame rule, written to the table's feature file (or --output)."""
     ds = args.dataset
     if ds == "folder":
@@ -200,8 +200,8 @@ def main(args) -> int:
     procs.join()
     try:
         if args.dataset in TEXT_DATASETS:
-            from . import text
-            task = text.plan(args, _settings(args, args.dataset, "text", _precision(args, procs)))
+            from . import text_features
+            task = text_features.plan(args, _settings(args, args.dataset, "text", _precision(args, procs)))
         else:
             task = plan(args, procs)
         return run_task(task, args, procs, encoder)

@@ -15,7 +15,7 @@ Made once from them, shared by every rank and worker (docs/formats.md):
 Every random choice of an item (which QA, the option shuffle of --answer_balance, open QA vs summary,
 the --variance noise) comes from a generator seeded by (seed, epoch, index): the same item of the same
 epoch is the same in any worker, on any rank, and after --resume. The batch kind (mcqa or "caption")
-is decided by the batch sampler (`dataloader.training.TaskBatchSampler`), which hands `(epoch, index,
+is decided by the batch sampler (`dataloader.train_batches.TaskBatchSampler`), which hands `(epoch, index,
 kind)` keys to `__getitem__`.
 
 The annotations are checked when the index is built (answer letters, frames, QAs, captions: `tideo.py`),

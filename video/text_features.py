@@ -23,7 +23,7 @@ from util.errors import ConfigError, DataError, MissingFileError
 from util.files import safe_load, save_atomic
 
 from .clip import FEATURE_DIM
-from .run import Batcher, Task, group_size
+from .extraction import Batcher, Task, group_size
 from .store import DictOutput, FileDirOutput
 
 CHUNK = 4096
