@@ -14,6 +14,6 @@
     lmms.py           TOPA as an lmms-eval model, a client of the API
     config.py         the settings (EvalConfig, TrainConfig, the API's QAConfig), their flags, the memory rule
     losses.py         the NLL of scored tokens (training and the core), qav, their total
-    training.py       one epoch, train.py's run (pre-alignment, finetuning, baseline)
+    training.py       train.py's run (pre-alignment, finetuning, baseline); epoch.py: one epoch
     checkpointing.py  training checkpoints in the released layout; exact resume
 """

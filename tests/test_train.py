@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import engine.losses as L
+import engine.epoch as engine_epoch
 import engine.training as engine
 import train
 from dataloader.base import DataError
@@ -684,7 +685,7 @@ def test_fp16_total_divergence_stops_without_writing_a_checkpoint(world, tiny_mo
     lines = log_lines(out)
     assert [x["type"] for x in lines] == ["iter"] * 3 and all(x["loss"] is None for x in lines)
     # a long epoch stops after SKIP_LIMIT skipped steps in a row, without waiting for the epoch's end
-    monkeypatch.setattr(engine, "SKIP_LIMIT", 2)
+    monkeypatch.setattr(engine_epoch, "SKIP_LIMIT", 2)
     fp16, tok, _ = load_topa(cfg.model, torch.device("cpu"), torch.float16, resume=tmp_path / "overflows.pth")
     base = build_mcqa_dataset("nextqa", world / "data", "train", PromptBuilder(tok, 10), train=True)
     loader = torch.utils.data.DataLoader(MCQATrainDataset(base), batch_sampler=TaskBatchSampler(len(base), 2),
