@@ -113,13 +113,15 @@ class Decoding:
 @dataclass
 class Generated:
     """One answer: the generated ids (EOS left out), `after` (the decoded text after the marker, up to the
-    first `until` string), `text` (the generated text as it reads in context), `letter` (the index of the
-    highest first-step logit among the prompt's letters, when read) and `finite` (every pick was made from
-    finite scores; otherwise `after` and `text` are empty)."""
+    first `until` string), `text` (the generated text as it reads in context), when letters are read the
+    first step's logits of the prompt's letters (`letter_logits`, A first) and the index of the highest
+    (`letter`), and `finite` (every pick was made from finite scores; otherwise `after` and `text` are
+    empty)."""
     ids: List[int]
     after: str
     text: str
     letter: Optional[int] = None
+    letter_logits: Optional[List[float]] = None
     finite: bool = True
 
 
@@ -144,8 +146,11 @@ def generate(model: TOPA, tok: Tokenizer, prompts: Sequence[Prompt], decoding: D
         after, text = generated_text(tok, p.ids, gen, decoding.marker)
         for s in until:
             after = after.split(s)[0]
-        letter = int(first[b, :p.n_letters].argmax()) if decoding.letters and p.n_letters else None
-        out.append(Generated(gen, after, text, letter))
+        if decoding.letters and p.n_letters:
+            logits = first[b, :p.n_letters]
+            out.append(Generated(gen, after, text, int(logits.argmax()), logits.tolist()))
+        else:
+            out.append(Generated(gen, after, text))
     return out
 
 

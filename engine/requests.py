@@ -1,16 +1,7 @@
 """What each request kind of the Python API (engine/api.py) asks and answers: its frames and memory
 (`KINDS`), its prompt and decoding as the inference core's records (engine/infer.py), and its result
-(`Choice`, `Answer`, `LogLikelihood`) read from the core's output. docs/prompts.md has the prompts.
-
-  choose         frames "fps1"; memory off; eval.py's option sequences (text/prompts.py), packed scoring;
-                 the argmin of the mean span NLLs; probabilities softmax(-score)
-  mvbench        frames "segments"; MVBench's protocol (text/protocols.py); the letter ranked highest at
-                 the first step among the request's letters
-  describe       frames "strided"; MSR-VTT's protocol
-  answer         frames "strided"; MSR-VTT's instruction, "Question: Q\\nAnswer:", greedy to the line's end
-  loglikelihood  frames "segments"; memory on; `[BOS] P1 VIDEO×T context continuation`, the
-                 continuation's tokens scored (lm-eval's split of context and continuation)
-  complete       frames "segments"; memory on; greedy continuation of `[BOS] P1 VIDEO×T context`
+(`Choice`, `Answer`, `LogLikelihood`) read from the core's output. The API's docstring has the table of
+the kinds, docs/prompts.md the prompts. Nothing here runs the model.
 """
 import math
 from dataclasses import dataclass
@@ -28,7 +19,7 @@ from video.features import Frames
 from . import infer
 
 OPEN = GenProtocol("open", MSRVTT.p1, OPEN_P2, MSRVTT.memory, OPEN_NEW_TOKENS, mask=False, marker="Answer:",
-                   cut=str.strip, metric="")
+                   cut=str.strip, metric="")   # `answer`'s protocol (no benchmark, so no metric)
 
 
 @dataclass(frozen=True)
