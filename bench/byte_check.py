@@ -104,7 +104,8 @@ def write_generation_sets(data: Path, seed: int = 0):
     vatex = [{"videoID": f"vid{i}_000010_000020", "enCap": [f"A horse runs on the beach {i}.", "A duck swims."],
               "chCap": ["x"]} for i in range(3)]
     (data / "vatex" / "vatex_validation_v1.0.json").write_text(json.dumps(vatex))
-    torch.save({v["videoID"]: torch.randn(8, 768, generator=g).half() for v in vatex}, data / "vatex" / "clipvitl14.pth")
+    torch.save({v["videoID"]: torch.randn(8, 768, generator=g).half() for v in vatex},
+               data / "vatex" / "clipvitl14.pth")
 
 
 def build_worlds(out: Path):
@@ -166,9 +167,10 @@ def train_steps(out: Path):
     res = out / "results" / "train"
     common = [*synthetic_flags(out), "--max_seq_len", "150", "--batch_size", "8", "--accum_iter", "1", "--epochs", "2",
               "--warmup_epochs", "1", "--lr", "2e-2", "--weight_decay", "0.0", "--log_every", "2", "--no_tensorboard"]
+    pretrained = str(res / "pretrain" / "checkpoint_last.pth")
     return [("train_pretrain", ["train.py", *common, "--textvid", "--output_dir", str(res / "pretrain")]),
-            ("train_finetune", ["train.py", *common, "--finetune", "--resume", str(res / "pretrain" / "checkpoint_last.pth"),
-                                "--dataset", "nextqa", "--memory", "--output_dir", str(res / "finetune")])]
+            ("train_finetune", ["train.py", *common, "--finetune", "--resume", pretrained, "--dataset", "nextqa",
+                                "--memory", "--output_dir", str(res / "finetune")])]
 
 
 def ask_steps(out: Path):
@@ -211,9 +213,8 @@ def plain(x):
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
     if torch.is_tensor(x):
-        t = x.detach().cpu().contiguous()
-        return {"tensor": str(t.dtype), "shape": list(t.shape), "sha256": hashlib.sha256(t.view(-1).view(torch.uint8)
-                                                                                         .numpy().tobytes()).hexdigest()}
+        t = x.detach().cpu()
+        return {"tensor": str(t.dtype), "shape": list(t.shape), "sha256": tensor_sha256(t)}
     if isinstance(x, np.ndarray):
         return {"array": str(x.dtype), "shape": list(x.shape), "sha256": hashlib.sha256(x.tobytes()).hexdigest()}
     if isinstance(x, dict):
@@ -364,6 +365,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def tensor_sha256(t) -> str:
+    """The digest of a tensor's bytes (any dtype, bf16 included)."""
+    import torch
+    return sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
 def normalise_text(text: str, roots) -> str:
     for path, name in roots:
         text = text.replace(path, name)
@@ -403,8 +410,7 @@ def checkpoint_entry(path: Path, roots) -> dict:
             for i, v in enumerate(x):
                 walk(v, f"{key}/{i}")
         elif torch.is_tensor(x):
-            t = x.contiguous()
-            flat[key] = f"tensor {t.dtype} {list(t.shape)} {sha256(t.view(-1).view(torch.uint8).numpy().tobytes())}"
+            flat[key] = f"tensor {x.dtype} {list(x.shape)} {tensor_sha256(x)}"
         else:
             flat[key] = "value " + normalise_text(repr(x), roots)
     walk(obj, "")
@@ -413,7 +419,8 @@ def checkpoint_entry(path: Path, roots) -> dict:
 
 def write_manifest(out: Path, repo: Path):
     roots = [(str(out), "<OUT>"), (str(repo), "<REPO>")]
-    inputs = {str(p.relative_to(out)): sha256(p.read_bytes()) for p in sorted((out / "worlds").rglob("*")) if p.is_file()}
+    inputs = {str(p.relative_to(out)): sha256(p.read_bytes())
+              for p in sorted((out / "worlds").rglob("*")) if p.is_file()}
     outputs = {}
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out)
@@ -488,11 +495,10 @@ def compare(a: Path, b: Path) -> int:
 # ---------------------------------------------------------------- main
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:14]))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="?", help="the folder to write (it must not exist, or be empty)")
     p.add_argument("--repo", default=str(THIS.parents[1]), help="the checkout to run (default: this file's)")
-    p.add_argument("--worlds", default=None, help="reuse the worlds of an earlier OUT (copied) instead of building them")
+    p.add_argument("--worlds", default=None, help="copy the worlds of an earlier OUT instead of building them")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two folders this script wrote")
     p.add_argument("--driver", nargs=2, metavar=("KIND", "OUT"), help=argparse.SUPPRESS)
