@@ -24,7 +24,7 @@ from .config import GenConfig, settings
 from .prompt import Prompt
 from .seeds import Job, plan_jobs, read_seeds, shard_jobs
 from .store import EXCERPT, JobState, Store
-from .writers import Answer, Request, make_writer
+from .writers import Answer, Request
 
 
 class Scheduler:
@@ -121,6 +121,16 @@ class Report:
                  ("in flight (peak)", f"{self.peak}")]
         head = f"textvid.generate, shard {i}/{n}, writer {self.writer}"
         return "\n".join([head] + [f"  {k:<24} {v}" for k, v in rows])
+
+
+def make_writer(cfg: GenConfig, prompt: Prompt):
+    """The writer of the flags: a local model (--hf_model) or an OpenAI-compatible server (--base_url). The
+    writers import writers.py's types; only this module picks one (no import circle)."""
+    if cfg.hf_model:
+        from .local import LocalWriter
+        return LocalWriter(cfg, prompt.schema, prompt.schema_path)
+    from .remote import HttpWriter
+    return HttpWriter(cfg, prompt.schema)
 
 
 def run(cfg: GenConfig) -> Report:

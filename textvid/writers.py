@@ -1,6 +1,6 @@
 """The writer LLM behind one interface: what the run asks, what comes back.
 
-    writer = make_writer(cfg, prompt)       # remote.HttpWriter (--base_url) or local.LocalWriter (--hf_model)
+    writer = run.make_writer(cfg, prompt)   # remote.HttpWriter (--base_url) or local.LocalWriter (--hf_model)
     writer.run(next_request, done)          # until next_request() has nothing and nothing is in flight
 
 `next_request()` returns a `Request` or None (nothing to ask right now); `done(request, answer)` is called in
@@ -33,11 +33,3 @@ class Answer:
 
 NextRequest = Callable[[], Optional[Request]]
 Done = Callable[[Request, Answer], None]
-
-
-def make_writer(cfg, prompt):
-    if cfg.hf_model:
-        from .local import LocalWriter
-        return LocalWriter(cfg, prompt.schema, prompt.schema_path)
-    from .remote import HttpWriter
-    return HttpWriter(cfg, prompt.schema)
