@@ -206,8 +206,12 @@ def run_step(name: str, argv, out: Path, repo: Path):
 
 # ---------------------------------------------------------------- drivers (run inside the repo)
 
+OUT_ROOT = [""]   # the driver's OUT: a path outside it (a temporary file the code under test wrote) is its content
+
+
 def plain(x):
-    """Results as JSON: dataclasses as dicts, tensors and arrays as (dtype, shape, sha256 of the bytes)."""
+    """Results as JSON: dataclasses as dicts, tensors and arrays as (dtype, shape, sha256 of the bytes), a
+    file outside OUT (e.g. a frame the demo wrote to its temporary folder) as its name and content digest."""
     import numpy as np
     import torch
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
@@ -223,6 +227,8 @@ def plain(x):
         return [plain(v) for v in x]
     if hasattr(x, "to_dict") and callable(x.to_dict):   # pandas DataFrame
         return plain(x.to_dict(orient="list"))
+    if isinstance(x, str) and os.path.isabs(x) and os.path.isfile(x) and not x.startswith(OUT_ROOT[0]):
+        return {"file": os.path.basename(x), "sha256": sha256(Path(x).read_bytes())}
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
     return repr(x)
@@ -299,18 +305,28 @@ def driver_api(out: Path):
     return r.calls
 
 
+def demo_values(app, memory, rule):
+    """The handler's values of a memory choice (None, True, False) and a frame rule (None: the protocol's),
+    in the app's convention (its MEMORY table; frame labels in a FRAMES table, or the rule's name)."""
+    mem = next(k for k, v in app.MEMORY.items() if v is memory)
+    if hasattr(app, "FRAMES"):
+        return mem, next(k for k, v in app.FRAMES.items() if v == rule)
+    return mem, rule or next(k for k, v in app.MEMORY.items() if v is None)
+
+
 def driver_demo(out: Path):
-    from app import DemoApp
+    import app as app_module
     qa, w = toy_api(out)
-    app = DemoApp(qa, w["examples"], toy=True)
+    app = app_module.DemoApp(qa, w["examples"], toy=True)
     red, green = w["examples"][:2]
     opts = ["a red ball", "a green square", "yellow stripes", "", ""]
     r = Recorder()
-    r("open", app.ask, red, "Open question", "What is moving?", *opts, "protocol's", "protocol's", 0, [])
-    r("describe", app.ask, green, "Describe", "", *opts, "off", "strided", 5, [])
-    r("choice", app.ask, red, "Multiple choice", "What is moving?", *opts, "on", "protocol's", 0, [])
-    r("mvbench", app.ask, green, "Multiple choice (MVBench letters)", "What is moving?", *opts, "protocol's",
-      "segments", 0, [])
+    asks = [("open", red, "Open question", "What is moving?", None, None, 0),
+            ("describe", green, "Describe", "", False, "strided", 5),
+            ("choice", red, "Multiple choice", "What is moving?", True, None, 0),
+            ("mvbench", green, "Multiple choice (MVBench letters)", "What is moving?", None, "segments", 0)]
+    for name, video, mode, question, memory, rule, new in asks:
+        r(name, app.ask, video, mode, question, *opts, *demo_values(app_module, memory, rule), new, [])
     return r.calls
 
 
@@ -351,6 +367,7 @@ def run_driver(kind: str, out: Path):
     import torch
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    OUT_ROOT[0] = str(out)
     calls = {"api": driver_api, "demo": driver_demo, "lmms": driver_lmms, "worlds": None}
     if kind == "worlds":
         build_worlds(out)
