@@ -137,15 +137,16 @@ def test_the_api_goes_through_the_core(world, monkeypatch):
 
 def test_the_demo_goes_through_the_core(world, monkeypatch):
     pytest.importorskip("gradio")
-    from app import DemoApp
-    app = DemoApp(make_api(world), world["examples"], toy=True)
+    import app as app_module
+    app = app_module.DemoApp(make_api(world), world["examples"], toy=True)
+    protocol = next(k for k, v in app_module.MEMORY.items() if v is None)   # the protocol's memory and frames
     red = world["examples"][0]
     rec = Recorder(monkeypatch)
     opts = ["a red ball", "a green square", "yellow stripes", "", ""]
     modes = {"Multiple choice": ("score", 1, False), "Multiple choice (MVBench letters)": ("generate", 1, True),
              "Open question": ("generate", 1, False), "Describe": ("generate", 1, False)}
     for mode, want in modes.items():
-        _, text, _, gallery = app.ask(red, mode, "What is moving?", *opts, "protocol's", "protocol's", 0, [])
+        _, text, _, gallery = app.ask(red, mode, "What is moving?", *opts, protocol, protocol, 0, [])
         assert rec.take() == [want] and gallery, mode
 
 
