@@ -157,8 +157,7 @@ class TOPAVideoQA:
 
     @_locked
     def choose(self, video, question: str, options: Sequence[str], **kw) -> Choice:
-        self.edge.choose([(video, question, options)], one=True, **kw)
-        return self.choose_batch([(video, question, options)], **kw)[0]
+        return self._one("choose", (video, question, options), kw)
 
     @_locked
     def choose_batch(self, requests: Sequence[Tuple[object, str, Sequence[str]]], memory: Optional[bool] = None,
@@ -176,8 +175,7 @@ class TOPAVideoQA:
 
     @_locked
     def describe(self, video, **kw) -> Answer:
-        self.edge.describe([video], one=True, **kw)
-        return self.describe_batch([video], **kw)[0]
+        return self._one("describe", video, kw)
 
     @_locked
     def describe_batch(self, videos: Sequence, memory: Optional[bool] = None, frames: Optional[str] = None,
@@ -190,8 +188,7 @@ class TOPAVideoQA:
 
     @_locked
     def answer(self, video, question: str, **kw) -> Answer:
-        self.edge.answer([(video, question)], one=True, **kw)
-        return self.answer_batch([(video, question)], **kw)[0]
+        return self._one("answer", (video, question), kw)
 
     @_locked
     def answer_batch(self, requests: Sequence[Tuple[object, str]], memory: Optional[bool] = None,
@@ -206,8 +203,7 @@ class TOPAVideoQA:
 
     @_locked
     def mvbench(self, video, question: str, options: Sequence[str], **kw) -> Answer:
-        self.edge.mvbench([(video, question, options)], one=True, **kw)
-        return self.mvbench_batch([(video, question, options)], **kw)[0]
+        return self._one("mvbench", (video, question, options), kw)
 
     @_locked
     def mvbench_batch(self, requests: Sequence[Tuple[object, str, Sequence[str]]], memory: Optional[bool] = None,
@@ -224,8 +220,7 @@ class TOPAVideoQA:
 
     @_locked
     def complete(self, video, context: str, **kw) -> Answer:
-        self.edge.complete([(video, context)], one=True, **kw)
-        return self.complete_batch([(video, context)], **kw)[0]
+        return self._one("complete", (video, context), kw)
 
     @_locked
     def complete_batch(self, requests: Sequence[Tuple[object, str]], until: Sequence[str] = (),
@@ -235,6 +230,11 @@ class TOPAVideoQA:
         requests, until = self.edge.complete(requests, until, max_new_tokens, memory=memory, frames=frames, p1=p1)
         reqs = [self._prompt(v, "complete", memory, frames, p1, ctx) for v, ctx in requests]
         return self._answers(reqs, infer.Decoding(max_new_tokens, until=tuple(until)), lambda s: s)
+
+    def _one(self, kind: str, request, kw: dict):
+        """A single request: checked as one (its refusal names no index), answered by the batched form."""
+        getattr(self.edge, kind)([request], one=True, **kw)
+        return getattr(self, f"{kind}_batch")([request], **kw)[0]
 
     def _prompt(self, video, kind, memory, frames, p1, p2, n_letters: int = 0):
         """(the core's Prompt, the frames it saw)."""
@@ -251,8 +251,7 @@ class TOPAVideoQA:
 
     @_locked
     def loglikelihood(self, video, context: str, continuation: str, **kw) -> LogLikelihood:
-        self.edge.loglikelihood([(video, context, continuation)], one=True, **kw)
-        return self.loglikelihood_batch([(video, context, continuation)], **kw)[0]
+        return self._one("loglikelihood", (video, context, continuation), kw)
 
     @_locked
     def loglikelihood_batch(self, requests: Sequence[Tuple[object, str, str]], memory: Optional[bool] = None,
