@@ -37,14 +37,16 @@ first on PYTHONPATH, one CPU thread (OMP_NUM_THREADS=1: the numbers do not depen
   lmms    engine.lmms.TOPALmms (the lmms-eval plugin) generate_until (lettered and open prompts) and
           loglikelihood on lmms-eval's own Instance objects (OUT/lmms.json; skipped without lmms_eval).
 
-The manifest, OUT/manifest.json: {"root": OUT, "repo": DIR, "inputs": {file: sha256}, "outputs":
-{file: entry}}. A text output's entry is the sha256 of its normalised text: OUT's absolute path is
-written `<OUT>` and the repo's `<REPO>`, and in `log.jsonl` the wall-clock fields (`time`, `*_seconds`,
-`*_per_s`) are dropped (every other numeric field stays). A checkpoint's (`.pth`) entry holds, per
-key (nested keys joined by `/`), its tensor's dtype, shape and byte digest, or its value's normalised
-repr, so the comparison names the keys that differ. Each step's exit status is an output
-(`<step>.rc`), its stdout too (`<step>.stdout`); stderr is kept beside them (`<step>.stderr`) for
-reading, never compared (progress bars, warnings). A step that fails does not stop the others.
+The manifest, OUT/manifest.json: {"root": OUT, "repo": DIR, "inputs": {file: sha256}, "outputs": {file:
+entry}}. The inputs are the worlds' files as the steps find them (caches a step writes there, such as
+the TextVid index keyed by textvid.json's mtime, are neither inputs nor outputs). A text output's entry
+is the sha256 of its normalised text: OUT's absolute path is written `<OUT>` and the repo's `<REPO>`,
+and in `log.jsonl` the wall-clock fields (`time`, `*_seconds`, `*_per_s`) are dropped (every other
+numeric field stays). A checkpoint's (`.pth`) entry holds, per key (nested keys joined by `/`), its
+tensor's dtype, shape and byte digest, or its value's normalised repr, so the comparison names the keys
+that differ. Each step's exit status is an output (`<step>.rc`), its stdout too (`<step>.stdout`);
+stderr is kept beside them (`<step>.stderr`) for reading, never compared (progress bars, warnings). A
+step that fails does not stop the others.
 
 `--compare A B` lists: inputs that differ, outputs only in one folder, text outputs whose normalised
 text differs (with the first differing lines), checkpoint keys that differ (with the largest absolute
@@ -434,10 +436,14 @@ def checkpoint_entry(path: Path, roots) -> dict:
     return flat
 
 
-def write_manifest(out: Path, repo: Path):
+def world_digests(out: Path) -> dict:
+    """{file: sha256} of the worlds as the steps find them (caches the steps write there later, e.g. the
+    TextVid index keyed by textvid.json's mtime, are neither inputs nor outputs)."""
+    return {str(p.relative_to(out)): sha256(p.read_bytes()) for p in sorted((out / "worlds").rglob("*")) if p.is_file()}
+
+
+def write_manifest(out: Path, repo: Path, inputs: dict):
     roots = [(str(out), "<OUT>"), (str(repo), "<REPO>")]
-    inputs = {str(p.relative_to(out)): sha256(p.read_bytes())
-              for p in sorted((out / "worlds").rglob("*")) if p.is_file()}
     outputs = {}
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out)
@@ -511,6 +517,19 @@ def compare(a: Path, b: Path) -> int:
 
 # ---------------------------------------------------------------- main
 
+def copy_worlds(src: Path, out: Path):
+    """An earlier OUT's worlds (its manifest's inputs only: not the caches its steps wrote there), or a
+    worlds folder as it is."""
+    manifest = src / "manifest.json"
+    if manifest.is_file():
+        for rel in json.loads(manifest.read_text())["inputs"]:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, out / rel)
+    else:
+        shutil.copytree(src / "worlds" if (src / "worlds").is_dir() else src, out / "worlds", symlinks=True)
+    print(f"  worlds copied from {src}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="?", help="the folder to write (it must not exist, or be empty)")
@@ -537,13 +556,11 @@ def main(argv=None):
     print(f"byte check of {repo} -> {out}", flush=True)
     t = time.time()
     if a.worlds:
-        src = Path(a.worlds).resolve()
-        src = src / "worlds" if (src / "worlds").is_dir() else src
-        shutil.copytree(src, out / "worlds", symlinks=True)
-        print(f"  worlds copied from {src}", flush=True)
+        copy_worlds(Path(a.worlds).resolve(), out)
     elif run_step("worlds", [str(THIS), "--driver", "worlds", str(out)], out, repo):
         print((out / "steps" / "worlds.stderr").read_text()[-3000:], file=sys.stderr)
         return 2
+    inputs = world_digests(out)
     steps = []
     for name, make in (("eval", eval_steps), ("train", train_steps), ("ask", ask_steps)):
         if name in sections:
@@ -551,7 +568,7 @@ def main(argv=None):
     failed = [name for name, argv in steps + driver_steps(out, sections) if run_step(name, argv, out, repo)]
     for lock in out.rglob("*.lock"):
         lock.unlink()
-    m = write_manifest(out, repo)
+    m = write_manifest(out, repo, inputs)
     print(f"{len(m['outputs'])} outputs, {len(m['inputs'])} inputs in {out / 'manifest.json'} ({time.time() - t:.0f} s)"
           + (f"; failed steps: {', '.join(failed)}" if failed else ""))
     return 0
