@@ -66,7 +66,8 @@ def write_textvid(folder: Path, n: int, seed: int = 0):
     pool = g.standard_normal((8192, 768), dtype=np.float32)
     pool = (pool / np.linalg.norm(pool, axis=1, keepdims=True)).astype(np.float16)
     (folder / "features").mkdir(parents=True, exist_ok=True)
-    tideos = []
+    out = open(folder / "textvid.json", "w")  # json.dump's bytes, a tideo at a time (721K do not fit in memory)
+    out.write("[")
     for i in range(n):
         frames = [{"caption": words(12, 20), **{f"object {k + 1}": words(8, 14) for k in range(rng.randint(1, 3))}}
                   for _ in range(rng.randint(5, 15))]
@@ -78,13 +79,14 @@ def write_textvid(folder: Path, n: int, seed: int = 0):
             qas.append({"question": words(8, 14) + "?", "options": options, "answer": rng.choice("ABCDE"),
                         "answer_open_ended": words(8, 16)})
         idx = f"tv{i:07d}"
-        tideos.append({"idx": idx, "frames": frames, "QAs": qas, "global_video_caption": words(60, 100)})
+        out.write((", " if i else "") + json.dumps({"idx": idx, "frames": frames, "QAs": qas,
+                                                     "global_video_caption": words(60, 100)}))
         rows = sum(len(f) for f in frames)
         start = rng.randrange(len(pool) - rows)
         with open(folder / "features" / f"{idx}.pkl", "wb") as f:
             pickle.dump(torch.from_numpy(pool[start:start + rows].copy()), f)
-    with open(folder / "textvid.json", "w") as f:
-        json.dump(tideos, f)
+    out.write("]")
+    out.close()
 
 
 # ---- measuring, in a child process ----

@@ -135,9 +135,9 @@ class PackedFeatures:
         rows = torch.frombuffer(buf, dtype=torch.float16 if dtype == np.float16 else torch.float32)
         return rows.view(-1, FEATURE_DIM), path
 
-    def close(self):
+    def close(self, _close=os.close):  # bound now: at interpreter exit `os` may already be gone (__del__)
         for fd in self._fds.values():
-            os.close(fd)
+            _close(fd)
         self._fds = {}
 
     def __del__(self):
