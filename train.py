@@ -11,6 +11,8 @@ published recipes).
   python train.py ... --resume out/checkpoint_3.pth            # continue that run exactly
   python train.py ... --finetune --resume topa.pth --dataset nextqa   # weights only, fresh optimizer
 """
+from pathlib import Path
+
 from engine.config import TrainConfig, train_parser
 from util.errors import dry_run, run_cli
 
@@ -26,12 +28,17 @@ def main(args):
     return run(TrainConfig.from_args(args))
 
 
-def stop_hint(args) -> str:
-    """The end of the line a signal prints: the --resume that continues this run (engine/checkpointing.py)."""
-    from engine.checkpointing import stop_hint
-    return stop_hint(args.output_dir, args.finetune)
+def stop_hint(output_dir, finetune: bool) -> str:
+    """The end of the line a signal prints (util/errors.py), naming a file that exists: `--resume
+    <output_dir>/checkpoint_last.pth` (without `--finetune`: the run is now its own), or, when no checkpoint
+    was written, `--overwrite` (the folder holds the stopped run's log). Plain file checks: a signal may come
+    while torch is still being imported, and the handler must not import it again."""
+    last = Path(output_dir) / "checkpoint_last.pth"
+    if last.is_file():
+        return f"continue with --resume {last}" + (" and without --finetune" if finetune else "")
+    return "no checkpoint was written: start over with --overwrite (deletes the stopped run's files)"
 
 
 if __name__ == "__main__":
     args = get_args()
-    run_cli(main, args, "train.py", hint=lambda: stop_hint(args))
+    run_cli(main, args, "train.py", hint=lambda: stop_hint(args.output_dir, args.finetune))

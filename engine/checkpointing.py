@@ -303,16 +303,6 @@ def _restart_before(source: str, epoch: int) -> str:
             else "start a new run with them (it is in the first epoch: no epoch checkpoint comes before it)")
 
 
-def stop_hint(output_dir, finetune: bool) -> str:
-    """How train.py goes on after a signal stopped it (the end of its one line), naming a file that exists:
-    `--resume <output_dir>/checkpoint_last.pth` (without `--finetune`: the run is now its own), or, when
-    no checkpoint was written, `--overwrite` (the folder holds the stopped run's log)."""
-    last = Path(output_dir) / "checkpoint_last.pth"
-    if last.is_file():
-        return f"continue with --resume {last}" + (" and without --finetune" if finetune else "")
-    return "no checkpoint was written: start over with --overwrite (deletes the stopped run's files)"
-
-
 # ---- the output folder: runs never mix ----
 
 def run_files(out: Path) -> List[Path]:

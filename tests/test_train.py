@@ -907,7 +907,7 @@ def test_ctrl_c_names_the_command_that_continues_the_run(world, resume_runs, tmp
         train.main(train.get_args(args))            # the same command
     train.main(train.get_args(args + ["--resume", str(last)]))
     assert log_lines(b, "iter") == log_lines(a, "iter")
-    from engine.checkpointing import stop_hint
+    from train import stop_hint
     assert stop_hint(tmp_path / "empty", False) == ("no checkpoint was written: start over with --overwrite (deletes "
                                                      "the stopped run's files)")
     assert stop_hint(b, True) == f"continue with --resume {last} and without --finetune"

@@ -76,10 +76,13 @@ def _end_children():
     """End this process's multiprocessing children (DataLoader workers) now, each by its own SIGTERM
     (which kills a forked child outright, see `_on_sigterm`), instead of at interpreter exit: a worker
     that outlived its reader would print a traceback from its fd-sharing thread. torch's SIGCHLD handler
-    would report their ends as worker failures, so it is set aside first."""
+    would report their ends as worker failures, so it is set aside first, for a handler that does nothing
+    (not SIG_DFL: a SIGCHLD already received, as when Ctrl-C or a scheduler signals the whole process group
+    and a worker ends first, would then be printed by Python as "Signal 17 ignored due to race condition"
+    with a traceback)."""
     import multiprocessing
     if hasattr(signal, "SIGCHLD"):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     children = multiprocessing.active_children()
     for child in children:
         child.terminate()
@@ -101,7 +104,10 @@ def _on_signal(prog: str, pid: int, hint: Callable[[], str]):
             return
         signal.signal(signum, signal.SIG_IGN)  # once: the unwinding is not interrupted again
         _end_children()
-        said = hint()
+        try:
+            said = hint()
+        except Exception:  # the stop is what this line reports; a hint that fails (a half-imported module) is left out
+            said = ""
         print(f"{prog}: stopped by {NAMES[signum]}" + (f"; {said}" if said else ""), file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     return handler
