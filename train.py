@@ -1,7 +1,7 @@
 """Train TOPA: TextVid pre-alignment (--textvid: text-only "videos", tideos, whose frames are CLIP text
 features), finetuning (--finetune --resume <TOPA checkpoint>) or the baseline (no checkpoint) on
-nextqa / star / tvqa. Runs plainly on CPU/GPU or under torchrun (DDP). Only the TOPA parameters train and
-are saved (llama.adapter.is_trainable). Every epoch writes <output_dir>/checkpoint_<epoch>.pth
+nextqa / star / tvqa. Runs plainly on CPU/GPU or under torchrun (data parallel). Only the TOPA parameters
+train and are saved (llama.adapter.is_trainable). Every epoch writes <output_dir>/checkpoint_<epoch>.pth
 (+ checkpoint_last.pth, and checkpoint_best.pth when evaluation runs) and appends to
 <output_dir>/log.jsonl (docs/training.md; scripts/pretrain.sh, finetune.sh, baseline.sh run the
 published recipes).

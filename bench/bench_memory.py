@@ -12,7 +12,7 @@ COMPUTED, not measured on a GPU (none was available when this was written):
   the compute dtype; backward: dq, dk, dv), since on `meta` SDPA would fall back to its math kernel,
   which materialises the [B, H, L, L] scores. Gradient checkpointing wraps every layer in
   `torch.utils.checkpoint` (non-reentrant). Not included: the CUDA context and the allocator's
-  fragmentation (together ~1-2 GiB), NCCL buffers, DDP's gradient buckets (TOPA grads, fp32).
+  fragmentation (together ~1-2 GiB), NCCL buffers, the flat copy of the TOPA gradients all-reduced under torchrun (fp32).
 MEASURED here: peak host memory (anonymous RSS) of loading a 2-shard Meta checkpoint merged in host
 memory (`load_meta_checkpoint`, the old path) vs streamed tensor by tensor (`MetaShards`).
 

@@ -4,7 +4,6 @@ epoch's mean losses and counts. engine/training.py (train.py's run) calls it onc
 TOPA parameters train (`llama.adapter.is_trainable`); the backbone is frozen."""
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
@@ -134,7 +133,7 @@ def step_if_finite(optimizer: torch.optim.Optimizer, params: List[torch.Tensor],
     is finite) is False: the parameters and their state tensors (AdamW's moments) keep their values, and
     state that this step created (the first step's) is zeroed. No host sync: a non-finite update never
     reaches the weights while the run goes on to its next sync, which then stops it (hence the step
-    counter is not rolled back). `ok` is the same on every rank: DDP has all-reduced the gradients."""
+    counter is not rolled back). `ok` is the same on every rank: the gradients are all-reduced."""
     kept, fresh = [], []
     for p in params:
         state = optimizer.state.get(p)
@@ -155,11 +154,11 @@ def train_one_epoch(step: nn.Module, model: TOPA, loader, optimizer: torch.optim
                     cfg: TrainConfig, device, scaler: Optional["torch.amp.GradScaler"] = None, logger=None,
                     start: int = 0, totals: Optional[EpochTotals] = None, save=None) -> dict:
     """One epoch of `loader` (TrainBatches), from its batch `start` (resuming a mid-epoch checkpoint,
-    with that checkpoint's `totals`). `step` is the TrainStep, DDP-wrapped under torchrun.
+    with that checkpoint's `totals`). `step` is the TrainStep.
 
     Per iteration: the lr is set at each accumulation boundary from e = it/len(loader) + epoch;
-    loss / accum_iter is backpropagated (DDP gradients are synchronised only on the step that ends an
-    accumulation cycle); the optimizer steps every accum_iter iterations. The last, possibly shorter,
+    loss / accum_iter is backpropagated (under torchrun, the gradients are averaged over the ranks once per
+    accumulation cycle, before its step); the optimizer steps every accum_iter iterations. The last, possibly shorter,
     cycle of the epoch also steps, its gradient rescaled to the mean over the iterations it holds.
     `save(iterations_done, totals summed over ranks)` is called every `--save_every` iterations (at an
     accumulation boundary, after the step: no gradient is pending) except at the epoch's end.
@@ -209,7 +208,7 @@ class Epoch:
                                 self.opt.epochs)
                 set_lr(self.optimizer, self.lr)
             boundary = (it + 1) % accum == 0 or it + 1 == self.n_iter
-            loss, losses = self.forward_backward(tb, boundary)
+            loss, losses = self.forward_backward(tb)
             self.cycle_ids += tb.ids
             grad_norm = self.optimizer_step(it) if boundary else None
             self.window.add(it, self.lr, tb.ids, loss, losses, grad_norm,
@@ -231,24 +230,22 @@ class Epoch:
         totals.seconds = self.seconds0 + time.time() - self.t0
         return self.report(totals.summed(self.device))
 
-    def forward_backward(self, tb, boundary: bool):
-        """Every loss of the batch and their total; total / accum_iter backpropagated (DDP synchronises
-        gradients only on the iteration that ends an accumulation cycle)."""
-        step, scaler = self.step, self.scaler
-        sync_ctx = step.no_sync() if isinstance(step, nn.parallel.DistributedDataParallel) and not boundary \
-            else nullcontext()
+    def forward_backward(self, tb):
+        """Every loss of the batch and their total; total / accum_iter backpropagated into the gradients
+        this rank accumulates over the cycle."""
+        scaler = self.scaler
         tb.to(self.device)
-        with sync_ctx:
-            losses = step(tb)
-            loss = total_loss(losses, self.opt.weight_captioning)
-            scaled = loss / self.opt.accum_iter
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        losses = self.step(tb)
+        loss = total_loss(losses, self.opt.weight_captioning)
+        scaled = loss / self.opt.accum_iter
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
         return loss, losses
 
     def optimizer_step(self, it: int) -> Optional[torch.Tensor]:
         """The step that ends an accumulation cycle; returns its gradient norm (on the device; None
         with a GradScaler, which counts its skipped steps instead)."""
         opt, scaler, trainable, totals = self.opt, self.scaler, self.trainable, self.totals
+        dist.average_gradients(trainable)   # the cycle's gradients, averaged over the ranks (util/dist.py)
         held = it % opt.accum_iter + 1
         if held < opt.accum_iter:  # a short last cycle: make it a mean over the iterations it holds
             for p in trainable:

@@ -6,7 +6,7 @@ forward of a packed batch (dataloader/packing.py):
     group_mean   mean per group (an option's span: its score; a training item's span)
     span_loss    training's token cross-entropy over the scored spans (vqa, vaq, caption)
     qav_loss     the video-from-question-and-answer frame loss
-    TrainStep    every loss of a TrainBatch in one forward (the module DDP wraps); total_loss weighs them
+    TrainStep    every loss of a TrainBatch in one forward; total_loss weighs them
 """
 from typing import Dict, Optional
 
@@ -64,7 +64,7 @@ def span_loss(model: TOPA, batch: Batch) -> torch.Tensor:
 
 class TrainStep(nn.Module):
     """One forward = every loss of a TrainBatch: {"vqa"|"caption": span loss, "vaq": span loss,
-    "qav": frame loss}. This is the module DDP wraps (so its reducer sees every forward)."""
+    "qav": frame loss}."""
 
     def __init__(self, model: TOPA, tau: float = 100.0):
         super().__init__()

@@ -86,14 +86,6 @@ def build_eval_sets(cfg: TrainConfig, builder: PromptBuilder):
     return sets
 
 
-def wrap_ddp(step: "TrainStep", model: TOPA):
-    """DDP over the TOPA parameters only (the frozen backbone is loaded on every rank and never synced)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    frozen = [f"model.{n}" for n, p in model.named_parameters() if not p.requires_grad]
-    DDP._set_params_and_buffers_to_ignore_for_model(step, frozen)
-    return DDP(step, device_ids=None)
-
-
 def evaluate_epoch(cfg: TrainConfig, model, eval_sets, memory, device, epoch: int, out: Path, logger) -> dict:
     """Zero-shot accuracy of every --eval_datasets set after an epoch -> {name: total acc} (rank 0)."""
     evals = {}
@@ -117,7 +109,7 @@ def evaluate_epoch(cfg: TrainConfig, model, eval_sets, memory, device, epoch: in
 class Training:
     """What a run of train.py trains with, built once (`build_training`)."""
     model: TOPA
-    step: nn.Module                 # TrainStep, DDP-wrapped under torchrun
+    step: nn.Module                 # TrainStep
     optimizer: torch.optim.Optimizer
     scaler: Optional["torch.amp.GradScaler"]
     loader: DataLoader
@@ -140,8 +132,7 @@ def build_training(cfg: TrainConfig, out: Path, world: int, device, dtype) -> Tr
     memory = memory.to(device) if memory is not None else None
 
     step = TrainStep(model, tau=cfg.tau)
-    if world > 1:
-        step = wrap_ddp(step, model)
+    dist.broadcast_parameters([p for _, p in model.trainable_parameters()])  # gradients: util/dist.py
     optimizer = torch.optim.AdamW(param_groups(model.trainable_parameters(), cfg.optim.weight_decay),
                                   lr=cfg.optim.absolute_lr(cfg.data.batch_size, world), betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
@@ -189,7 +180,7 @@ def run(cfg: TrainConfig) -> Optional[dict]:
 def _train(cfg: TrainConfig, out: Path, rank: int, world: int, device) -> Optional[dict]:
     main_rank = dist.is_main()
     dist.on_main(check_output_dir, out, cfg.resume, cfg.resume is not None and not cfg.finetune, cfg.overwrite)
-    seed_everything(cfg.run.seed)  # same on every rank: fresh TOPA parameters start equal (DDP checks it)
+    seed_everything(cfg.run.seed)  # same on every rank: fresh TOPA parameters start equal
     dtype = resolve_dtype(cfg.model.precision, device)
     if main_rank:
         print(f"{'finetune' if cfg.finetune else 'resume' if cfg.resume else 'train'}: world size {world}, "

@@ -125,6 +125,32 @@ def gather_objects(obj):
     return out
 
 
+def broadcast_parameters(params):
+    """Rank 0's values of `params` on every rank (a run starts from one state on all ranks)."""
+    if is_dist():
+        for p in params:
+            dist.broadcast(p.data, 0)
+
+
+def average_gradients(params):
+    """Each parameter's gradient := its mean over the ranks, in one all_reduce of the gradients flattened
+    in `params`' order (a rank without a gradient for one adds zeros). DDP's arithmetic (x 1/world, then a
+    sum), in a layout that never changes: DDP lays its buckets out in the order the gradients arrived in a
+    process's first iteration, so on 3 or more ranks (where the sum's order matters) a resumed run summed
+    differently from the uninterrupted one. The TOPA gradients are a few MB: one call after backward costs
+    what DDP's overlap would save."""
+    if not is_dist() or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads]).mul_(1.0 / world_size())
+    dist.all_reduce(flat)
+    for p, g, mean in zip(params, grads, flat.split([g.numel() for g in grads])):
+        if p.grad is None:
+            p.grad = mean.view_as(p).clone()
+        else:
+            p.grad.copy_(mean.view_as(p.grad))
+
+
 def cleanup():
     if is_dist():
         dist.destroy_process_group()
