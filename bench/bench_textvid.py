@@ -20,7 +20,8 @@ mapped by the process (the index's page cache, shared by every rank and worker o
 depends on what else the machine runs; the workers' CPU time per item (/proc/PID/stat) much less. The items
 are the recipe's (`--answer_balance --video_caption --openvqa`, half the batches captions), batch 16, the
 real Llama-2 tokenizer. Start-up and rank memory are also given at 721K tideos (x 721000 / N: linear, an
-upper bound for what does not grow with N).
+upper bound for what does not grow with N); `--tideos 721000` measures them (~40 GiB of disk, 70 GiB with
+--pack, ~10 GiB of memory for the earlier reader; 25 min on 2 cores, 6 of them writing the data).
 
   python bench/bench_textvid.py --tideos 20000 [--root DIR] [--pack]
 
