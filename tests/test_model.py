@@ -183,7 +183,8 @@ def test_trainable_key_set_is_spec_1_2():
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
 
 
-def test_fresh_init_follows_spec():
+def test_fresh_init_zero_gate1_and_gate2_minus_bias():
+    """Fresh TOPA tensors as docs/model.md's parameter table states: gate1 = 0, gate2 = -bias."""
     model = tiny_topa(tiny_args(bias=3.5), random_gates=False)
     for l in model.layers:
         assert torch.all(l.attention.gate1 == 0) and torch.all(l.attention.gate2 == -3.5)

@@ -14,7 +14,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 import torch
 
-SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header|>", "<|end_header|>", "<|eot|>"]
+CONTROL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header|>", "<|end_header|>", "<|eot|>"]
 # messages as Llama-3's template lays them out, with the tokenizer's own names
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header|>{{ m['role'] }}<|end_header|>\n\n"
                  "{{ m['content'] | trim }}<|eot|>{% endfor %}"
@@ -30,13 +30,13 @@ CORPUS = (  # what a tideo's JSON is made of, so that the merges include its pie
 
 
 def train_byte_bpe(texts: Iterable[str], vocab_size: int = 384):
-    """A byte-level BPE `tokenizers.Tokenizer` (GPT-2 style: every byte is a piece) with SPECIALS."""
+    """A byte-level BPE `tokenizers.Tokenizer` (GPT-2 style: every byte is a piece) with CONTROL_TOKENS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CONTROL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(texts), trainer=trainer)
     return tok
@@ -53,7 +53,7 @@ def make_tiny_chat_llama(folder, seed: int = 0, dim: int = 64, n_layers: int = 2
     transformers.logging.set_verbosity_error()
     folder = Path(folder)
     fast = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(list(CORPUS) + list(texts), vocab_size),
-                                   bos_token=SPECIALS[0], eos_token=SPECIALS[4], pad_token=SPECIALS[1])
+                                   bos_token=CONTROL_TOKENS[0], eos_token=CONTROL_TOKENS[4], pad_token=CONTROL_TOKENS[1])
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
     n_vocab = len(fast)
