@@ -82,7 +82,7 @@ class TOPAVideoQA:
         self.device = dist.select_device(self.cfg.device)
         self.tok = load_tokenizer_for(self.cfg.model)
         self.builder = PromptBuilder(self.tok, self.T)
-        self.edge = RequestChecks(self.tok, self.T, context_length(self.cfg.model), FRAME_RULES)  # engine/edge.py
+        self.edge = RequestChecks(self.builder, context_length(self.cfg.model), FRAME_RULES)  # engine/edge.py
         self.warn = warn
         self._lock = threading.RLock()
         self._model = self._clip = self._memory = None
@@ -161,10 +161,10 @@ class TOPAVideoQA:
 
     @_locked
     def choose_batch(self, requests: Sequence[Tuple[object, str, Sequence[str]]], memory: Optional[bool] = None,
-                     frames: Optional[str] = None, style: PromptStyle = DEFAULT) -> List[Choice]:
+                     frames: Optional[str] = None, style: PromptStyle = DEFAULT, *, _one=False) -> List[Choice]:
         """(video, question, options) per request -> a Choice each: eval.py's packed scoring. `memory`
         and `frames` (a FRAME_RULES name) replace the protocol's; `style` is a benchmark's wording."""
-        requests = self.edge.choose(requests, memory=memory, frames=frames, style=style)
+        requests = self.edge.choose(requests, memory=memory, frames=frames, style=style, one=_one)
         questions, picked = [], []
         for video, question, options in requests:
             v, f = self._video(video, "choose", memory, frames)
@@ -179,9 +179,9 @@ class TOPAVideoQA:
 
     @_locked
     def describe_batch(self, videos: Sequence, memory: Optional[bool] = None, frames: Optional[str] = None,
-                       max_new_tokens: Optional[int] = None) -> List[Answer]:
+                       max_new_tokens: Optional[int] = None, *, _one=False) -> List[Answer]:
         """MSR-VTT's captioning prompt: "... Answer: It is a video of" + greedy tokens, first sentence."""
-        videos = self.edge.describe(videos, memory=memory, frames=frames, max_new_tokens=max_new_tokens)
+        videos = self.edge.describe(videos, memory=memory, frames=frames, max_new_tokens=max_new_tokens, one=_one)
         new = max_new_tokens or MSRVTT.max_new_tokens
         reqs = [self._prompt(v, "describe", memory, frames, MSRVTT.p1, MSRVTT.p2) for v in videos]
         return self._answers(reqs, rq.decoding(MSRVTT, new, self._masked), MSRVTT.cut)
@@ -192,9 +192,10 @@ class TOPAVideoQA:
 
     @_locked
     def answer_batch(self, requests: Sequence[Tuple[object, str]], memory: Optional[bool] = None,
-                     frames: Optional[str] = None, max_new_tokens: Optional[int] = None) -> List[Answer]:
+                     frames: Optional[str] = None, max_new_tokens: Optional[int] = None, *,
+                     _one=False) -> List[Answer]:
         """Open questions: MSR-VTT's instruction, "Question: Q\\nAnswer:", greedy to the end of the line."""
-        requests = self.edge.answer(requests, memory=memory, frames=frames, max_new_tokens=max_new_tokens)
+        requests = self.edge.answer(requests, memory=memory, frames=frames, max_new_tokens=max_new_tokens, one=_one)
         new, reqs = max_new_tokens or OPEN.max_new_tokens, []
         for video, question in requests:
             p2 = rq.open_p2(question)
@@ -207,10 +208,11 @@ class TOPAVideoQA:
 
     @_locked
     def mvbench_batch(self, requests: Sequence[Tuple[object, str, Sequence[str]]], memory: Optional[bool] = None,
-                      frames: Optional[str] = None, max_new_tokens: Optional[int] = None) -> List[Answer]:
+                      frames: Optional[str] = None, max_new_tokens: Optional[int] = None, *,
+                      _one=False) -> List[Answer]:
         """MVBench's letter protocol: the option whose letter ranks highest (among the given letters) at
         the first position after "The correct choice is ("; the free generation is kept beside it."""
-        requests = self.edge.mvbench(requests, memory=memory, frames=frames, max_new_tokens=max_new_tokens)
+        requests = self.edge.mvbench(requests, memory=memory, frames=frames, max_new_tokens=max_new_tokens, one=_one)
         new, reqs = max_new_tokens or MVBENCH.max_new_tokens, []
         for video, question, options in requests:
             p2 = rq.mvbench_p2(question, options)
@@ -225,16 +227,16 @@ class TOPAVideoQA:
     @_locked
     def complete_batch(self, requests: Sequence[Tuple[object, str]], until: Sequence[str] = (),
                        max_new_tokens: int = 32, memory: Optional[bool] = None, frames: Optional[str] = None,
-                       p1: str = MSRVTT.p1) -> List[Answer]:
+                       p1: str = MSRVTT.p1, *, _one=False) -> List[Answer]:
         """Greedy continuation of `[BOS] p1 VIDEO×T context` (no mask), cut at the first `until` string."""
-        requests, until = self.edge.complete(requests, until, max_new_tokens, memory=memory, frames=frames, p1=p1)
+        requests, until = self.edge.complete(requests, until, max_new_tokens, memory=memory, frames=frames, p1=p1,
+                                             one=_one)
         reqs = [self._prompt(v, "complete", memory, frames, p1, ctx) for v, ctx in requests]
         return self._answers(reqs, infer.Decoding(max_new_tokens, until=tuple(until)), lambda s: s)
 
     def _one(self, kind: str, request, kw: dict):
-        """A single request: checked as one (its refusal names no index), answered by the batched form."""
-        getattr(self.edge, kind)([request], one=True, **kw)
-        return getattr(self, f"{kind}_batch")([request], **kw)[0]
+        """A single request, answered by the batched form (`_one`: its refusal names no index)."""
+        return getattr(self, f"{kind}_batch")([request], _one=True, **kw)[0]
 
     def _prompt(self, video, kind, memory, frames, p1, p2, n_letters: int = 0):
         """(the core's Prompt, the frames it saw)."""
@@ -256,12 +258,13 @@ class TOPAVideoQA:
     @_locked
     def loglikelihood_batch(self, requests: Sequence[Tuple[object, str, str]], memory: Optional[bool] = None,
                             frames: Optional[str] = None, p1: str = MSRVTT.p1,
-                            with_greedy: bool = False) -> List[LogLikelihood]:
+                            with_greedy: bool = False, *, _one=False) -> List[LogLikelihood]:
         """NLL of each continuation's tokens after `[BOS] p1 VIDEO×T context`. The continuation's tokens
         are those the encoding of context + continuation adds after the context's (lm-eval's split;
         spaces at the end of the context move to the continuation). `with_greedy` also says whether each
         continuation is the greedy one (read off the same forward pass)."""
-        requests = self.edge.loglikelihood(requests, memory=memory, frames=frames, p1=p1, with_greedy=with_greedy)
+        requests = self.edge.loglikelihood(requests, memory=memory, frames=frames, p1=p1, with_greedy=with_greedy,
+                                           one=_one)
         questions = []
         for video, context, continuation in requests:
             seq = rq.continuation(self.tok, p1, context, continuation, self.T)

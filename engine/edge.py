@@ -30,23 +30,26 @@ import numpy as np
 import torch
 
 from dataloader.base import FEATURE_DIM
-from text.prompts import DEFAULT, PromptBuilder, PromptStyle, choice_problem, normalize_question, text_problem
-from text.protocols import MSRVTT, MVBENCH, OPEN_NEW_TOKENS, OPEN_P2, choices_text, prompt_ids
+from text.prompts import DEFAULT, PromptBuilder, PromptStyle, choice_problem, text_problem
+from text.protocols import MSRVTT, MVBENCH, prompt_ids
 from util.errors import RequestError
 from video.features import VideoFeatures
+
+from . import requests as rq
 
 KINDS_OF_VIDEO = ("a path (a video file or a folder of numbered frames), uint8 RGB frames [n, H, W, 3], CLIP "
                   f"features [n, {FEATURE_DIM}], or what features() returned")
 
 
 class RequestChecks:
-    """The checks of one TOPAVideoQA's requests: its tokenizer, T, the backbone's context (positions) and
-    the names of its frame rules. Each method takes the public method's arguments and returns its
-    requests as the API reads them (options as lists, torch frames as numpy, numpy features as torch)."""
+    """The checks of one TOPAVideoQA's requests: its prompt builder (tokenizer, T), the backbone's context
+    (positions) and the names of its frame rules. Each method takes the public method's arguments and
+    returns its requests as the API reads them (options as lists, torch frames as numpy, numpy features
+    as torch). The prompts are measured as engine/requests.py builds them."""
 
-    def __init__(self, tok, T: int, context: int, frame_rules: Sequence[str]):
-        self.tok, self.T, self.context, self.frame_rules = tok, T, context, tuple(frame_rules)
-        self.builder = PromptBuilder(tok, T)
+    def __init__(self, builder: PromptBuilder, context: int, frame_rules: Sequence[str]):
+        self.builder, self.context, self.frame_rules = builder, context, tuple(frame_rules)
+        self.tok, self.T = builder.tok, builder.T
 
     # ---- one per public method ----
     def choose(self, requests, memory=None, frames=None, style=DEFAULT, one=False) -> list:
@@ -65,7 +68,7 @@ class RequestChecks:
 
         def check(video, question, options):
             options = self._choice(question, options)
-            p2 = MVBENCH.p2_text(question=question, choices=choices_text(options))
+            p2 = rq.mvbench_p2(question, options)
             self._fits(len(prompt_ids(self.tok, MVBENCH.p1, p2, self.T)), new, "the question or the options")
             return self.video(video), question, options
         return self._each(requests, ("video", "question", "options"), one, check)
@@ -76,15 +79,14 @@ class RequestChecks:
         return self._each(videos, None, one, self.video)
 
     def answer(self, requests, memory=None, frames=None, max_new_tokens=None, one=False) -> list:
-        new = self._flags(memory=memory, frames=frames, max_new_tokens=max_new_tokens) or OPEN_NEW_TOKENS
+        new = self._flags(memory=memory, frames=frames, max_new_tokens=max_new_tokens) or rq.OPEN.max_new_tokens
 
         def check(video, question):
             self._text(question=question)
             problem = text_problem(question, [])
             if problem:
                 raise RequestError(problem)
-            p2 = OPEN_P2.format(question=normalize_question(question))
-            self._fits(len(prompt_ids(self.tok, MSRVTT.p1, p2, self.T)), new, "the question")
+            self._fits(len(prompt_ids(self.tok, rq.OPEN.p1, rq.open_p2(question), self.T)), new, "the question")
             return self.video(video), question
         return self._each(requests, ("video", "question"), one, check)
 
@@ -111,8 +113,7 @@ class RequestChecks:
 
         def check(video, context, continuation):
             self._text(context=context, continuation=continuation)
-            # the context's tokens, then those the continuation adds (the API's split)
-            self._fits(len(prompt_ids(self.tok, p1, context + continuation, self.T)), 0,
+            self._fits(len(rq.continuation(self.tok, p1, context, continuation, self.T)), 0,
                        "the context or the continuation")
             return self.video(video), context, continuation
         return self._each(requests, ("video", "context", "continuation"), one, check)

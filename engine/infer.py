@@ -77,11 +77,12 @@ def score(model: TOPA, batch: Batch, memory: Optional[torch.Tensor] = None, gree
 
 
 def score_all(model: TOPA, questions: Sequence[Question], *, batch_size: int, device, scoring: str = "packed",
-              memory: Optional[torch.Tensor] = None, greedy: bool = False) -> List[Scored]:
-    """`score` over `questions` in order, `batch_size` a batch (`scoring`: packed or full, same scores)."""
+              greedy: bool = False) -> List[Scored]:
+    """`score` over `questions` (videos as the model reads them) in order, `batch_size` a batch (`scoring`:
+    packed or full, same scores)."""
     collate, out = ScoringCollate(scoring), []
     for i in range(0, len(questions), batch_size):
-        out += score(model, collate(questions[i:i + batch_size]).to(device), memory, greedy)
+        out += score(model, collate(questions[i:i + batch_size]).to(device), None, greedy)
     return out
 
 
@@ -114,14 +115,12 @@ class Decoding:
 class Generated:
     """One answer: the generated ids (EOS left out), `after` (the decoded text after the marker, up to the
     first `until` string), `text` (the generated text as it reads in context), when letters are read the
-    first step's logits of the prompt's letters (`letter_logits`, A first) and the index of the highest
-    (`letter`), and `finite` (every pick was made from finite scores; otherwise `after` and `text` are
-    empty)."""
+    index of the prompt's letter (A first) with the highest first-step logit (`letter`), and `finite`
+    (every pick was made from finite scores; otherwise `after` and `text` are empty)."""
     ids: List[int]
     after: str
     text: str
     letter: Optional[int] = None
-    letter_logits: Optional[List[float]] = None
     finite: bool = True
 
 
@@ -147,17 +146,16 @@ def generate(model: TOPA, tok: Tokenizer, prompts: Sequence[Prompt], decoding: D
         for s in until:
             after = after.split(s)[0]
         if decoding.letters and p.n_letters:
-            logits = first[b, :p.n_letters]
-            out.append(Generated(gen, after, text, int(logits.argmax()), logits.tolist()))
+            out.append(Generated(gen, after, text, int(first[b, :p.n_letters].argmax())))
         else:
             out.append(Generated(gen, after, text))
     return out
 
 
-def generate_all(model: TOPA, tok: Tokenizer, prompts: Sequence[Prompt], decoding: Decoding, *, batch_size: int,
-                 memory: Optional[torch.Tensor] = None) -> List[Generated]:
-    """`generate` over `prompts` in order, `batch_size` a batch."""
+def generate_all(model: TOPA, tok: Tokenizer, prompts: Sequence[Prompt], decoding: Decoding, *,
+                 batch_size: int) -> List[Generated]:
+    """`generate` over `prompts` (videos as the model reads them) in order, `batch_size` a batch."""
     out = []
     for i in range(0, len(prompts), batch_size):
-        out += generate(model, tok, prompts[i:i + batch_size], decoding, memory)
+        out += generate(model, tok, prompts[i:i + batch_size], decoding)
     return out

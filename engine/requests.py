@@ -13,7 +13,7 @@ from text.prompts import LETTERS, VIDEO, Sequence as Seq, normalize_question
 from text.protocols import (MSRVTT, MVBENCH, OPEN_NEW_TOKENS, OPEN_P2, GenProtocol, choices_text, predicted_letter,
                             prompt_ids)
 from text.tokenizer import Tokenizer
-from util.errors import ConfigError, NonFiniteError
+from util.errors import NonFiniteError, RequestError
 from video.features import Frames
 
 from . import infer
@@ -95,7 +95,7 @@ def continuation(tok: Tokenizer, p1: str, context: str, cont: str, T: int) -> Se
     prompt = prompt_ids(tok, p1, ctx_text, T)
     ids = tok.encode(ctx_text + cont_text)[len(tok.encode(ctx_text)):]
     if not ids:
-        raise ConfigError(f"the continuation {cont!r} adds no token to the context")
+        raise RequestError(f"the continuation {cont!r} adds no token to the context")
     return Seq(prompt + ids, prompt.index(VIDEO), len(prompt))
 
 
