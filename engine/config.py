@@ -20,7 +20,7 @@ from typing import List, Optional
 from dataloader import benchmarks, tvqa
 from llama.config import ModelConfig
 from util.errors import ConfigError
-from util.settings import FALSE, TRUE, add_flags, flat, from_flags, group_of, make_parser, setting
+from util.settings import FALSE, TRUE, add_flags, comma_list, flat, from_flags, group_of, make_parser, setting
 from video.config import CLIP_MODEL
 
 DEVICE_HELP = "auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N"
@@ -182,10 +182,6 @@ class OptimConfig:
         return self.lr if self.lr is not None else absolute_lr(self.blr, batch_size, self.accum_iter, world_size)
 
 
-def _comma_list(text: str) -> List[str]:
-    return [s.strip() for s in str(text).split(",") if s.strip()]
-
-
 @dataclass
 class TrainConfig:
     GROUP = "training"
@@ -280,7 +276,7 @@ class TrainConfig:
         evals = a.eval_datasets
         if evals is None:
             evals = "" if (a.textvid or a.dataset == "textvid") else (a.dataset or "nextqa")
-        evals = [] if evals.lower() == "none" else _comma_list(evals)
+        evals = [] if evals.lower() == "none" else comma_list(evals)
         return from_flags(cls, a, eval_datasets=evals)
 
 

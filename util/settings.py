@@ -88,6 +88,11 @@ def leaves(cls) -> Iterator[Tuple[dataclasses.Field, Any, type]]:
     yield from walk(cls)
 
 
+def comma_list(text) -> List[str]:
+    """"a, b,,c" -> ["a", "b", "c"]: a list setting's text form (blank entries dropped)."""
+    return [s.strip() for s in str(text).split(",") if s.strip()]
+
+
 def _scalar(text: str, tp, name: str, what: str):
     try:
         if tp is bool:
@@ -110,7 +115,7 @@ def _from_string(f: dataclasses.Field, tp, text: str, what: str):
     if str(text).strip() == "" and f.metadata.get("switches") is None:
         return _default(f)
     if typing.get_origin(base) in (list, List):
-        return [s.strip() for s in str(text).split(",") if s.strip()]
+        return comma_list(text)
     if f.metadata.get("switches") is not None and text not in f.metadata["switches"]:
         raise ConfigError(f"{what}: {f.name}={text!r}: one of {', '.join(f.metadata['switches'])}")
     return _scalar(text, base, f.name, what)

@@ -13,8 +13,10 @@ from util.settings import PRECISIONS, setting
 CLIP_MODEL = "openai/clip-vit-large-patch14"   # the one default CLIP of every entry point
 VIDEO_DATASETS = tuple(benchmarks.BENCHMARKS) + ("folder",)   # the benchmarks' videos, or any folder of videos
 TEXT_DATASETS = ("textvid", "memory")                          # CLIP text features
-ANNOTATED = ("nextqa", "star", "tvqa", "egos")                 # videos named by annotation files, at --fps
-SEARCHED = ANNOTATED + ("msrvtt", "vatex", "folder")           # videos found by name under --video_dir
+# videos named by annotation files, sampled at --fps (video/extract.py: JOBS["fps"])
+ANNOTATED = tuple(n for n, b in benchmarks.BENCHMARKS.items() if b.frames.rule == "fps")
+# videos found by name under --video_dir (the annotated ones and the captioning sets)
+SEARCHED = tuple(n for n, b in benchmarks.BENCHMARKS.items() if b.frames.rule in ("fps", "strided")) + ("folder",)
 # flags (default None) that only some datasets read: any other dataset would ignore them, so they are refused there
 USED_BY = {"video_dir": SEARCHED, "video_map": SEARCHED, "splits": ANNOTATED, "fps": ANNOTATED + ("folder",),
            "mvbench_root": ("mvbench",), "tasks": ("mvbench",), "annotations": ("msrvtt", "vatex", "textvid"),

@@ -170,14 +170,15 @@ class VideoFeatureCache:
         key = (os.path.realpath(path), self.frames_fps)
         stamp, sizes = _stamp(path)
         hit = self._cache.get(key)
-        if hit is not None and (hit.stamp == stamp or (hit.sizes == sizes and _digest(path) == hit.digest)):
+        digest = _digest(path) if hit is not None and hit.stamp != stamp and hit.sizes == sizes else None
+        if hit is not None and (hit.stamp == stamp or digest == hit.digest):
             hit.stamp = stamp
             self._cache.move_to_end(key)
             self.stats["cache_hits"] += 1
             return hit.features
         got = self._decode(path)
         if self.cache_size:
-            self._cache[key] = _Cached(stamp, sizes, _digest(path), got)
+            self._cache[key] = _Cached(stamp, sizes, digest or _digest(path), got)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return got

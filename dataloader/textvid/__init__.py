@@ -35,7 +35,7 @@ from util import dist
 from util.errors import MissingFileError
 
 from ..base import TrainItem, fit_frames, fuse_text_frames
-from .features import TideoFiles, check_rows, open_features, packed_dir
+from .features import check_rows, open_features, packed_dir
 from .index import TideoIndex, open_index
 from .tideo import OPTION_LETTERS, TextQA, Tideo, frame_texts, parse_tideo, read_tideos  # noqa: F401
 
@@ -79,10 +79,6 @@ class TextVidDataset(Dataset):
 
     def __len__(self):
         return len(self.tideos)
-
-    def feature_path(self, t: Tideo) -> str:
-        """The released per-tideo file of `t` (read unless the features are packed)."""
-        return TideoFiles(self.feature_dir).path(t)
 
     def frames(self, t: Tideo, rng: np.random.Generator) -> torch.Tensor:
         """[n_frames, 768] fused frame features of tideo `t`."""
