@@ -1,6 +1,7 @@
 """Shared fixtures: `fixtures_dir` (the real public files of tests/fixtures, or of $TOPA_FIXTURES when set;
-checked before any test runs: one line names what is missing or changed) and `tiny_world` (a small synthetic
-world from toyworld/synthetic.py, built once per session).
+checked before any test runs: one line names what is missing or changed), `builder` (a PromptBuilder on the
+fixtures' Llama-2 tokenizer, T = 10) and `tiny_world` (a small synthetic world from toyworld/synthetic.py,
+built once per session).
 
 Under TOPA_CI=1 a skip is a failure, except for tests marked `cuda` (they depend on a CUDA device)."""
 import os
@@ -20,6 +21,14 @@ from toyworld import fixtures  # noqa: E402  (after the path: a checkout that is
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return fixtures.fixtures_dir()
+
+
+@pytest.fixture(scope="session")
+def builder(fixtures_dir):
+    """The prompts of the fixtures' Llama-2 tokenizer with T = 10 frames (PromptBuilder holds no state)."""
+    from text.prompts import PromptBuilder
+    from text.tokenizer import load_tokenizer
+    return PromptBuilder(load_tokenizer(fixtures_dir / "llama2" / "tokenizer.model"), 10)
 
 
 @pytest.fixture(scope="session")

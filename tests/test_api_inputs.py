@@ -6,8 +6,6 @@ lmms-eval plugin may pass, and the one line each refusal is, the same through th
 H frames, float or int64 frames, memory="no" as True, max_new_tokens=0 as the default, a 30,000-word
 question after half a minute), or refused by some request kinds only (a one-frame video), or failed
 deep inside with an AttributeError or without the index of the bad request in a batch."""
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -32,11 +30,12 @@ def toy(tmp_path_factory):
     return w
 
 
-def make_api(toy) -> TOPAVideoQA:
+def make_api(toy, **kw) -> TOPAVideoQA:
+    """The API on a toyworld.demo.build_toy world (`kw`: more QAConfig settings); tests/test_infer.py's too."""
     model = ModelConfig(llama_model_path=toy["llama_model_path"], model=toy["model"], precision="fp32",
                         adapter_len=TOY_SETTINGS["adapter_len"], max_feats=TOY_SETTINGS["max_feats"])
     return TOPAVideoQA(QAConfig(model=model, resume=toy["resume"], clip_model=toy["clip_model"],
-                                memory_path=toy["memory_path"], device="cpu"), warn=lambda m: None)
+                                memory_path=toy["memory_path"], device="cpu", **kw), warn=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +172,9 @@ def test_a_prompt_longer_than_the_context_is_refused_with_count_and_limit_before
     assert "shorten the context or the continuation" in refusal(qa.loglikelihood_batch, [(v, "Q:", " a"),
                                                                                           (v, "Q:", question)])
     assert refusal(qa.complete_batch, [(v, question)]).startswith("request 0: too long")
+    # a continuation that adds no token is refused with the rest, before request 0's video is decoded
+    assert refusal(qa.loglikelihood_batch, [(v, "Q:", " a"), (v, "Q:", "")]) == \
+        "request 1: the continuation '' adds no token to the context"
     # a prompt that fits, with too many new tokens: the budget that fits is named
     short = len(prompt_ids(tok, MSRVTT.p1, MSRVTT.p2, T))
     assert refusal(qa.describe, v, max_new_tokens=limit).endswith(f"lower max_new_tokens to {limit - short} or less")
@@ -215,8 +217,7 @@ def test_a_video_of_one_frame_is_answered_by_every_request_kind(qa, toy):
 @pytest.fixture(scope="module")
 def served():
     """app.py's --toy app, served as its main serves it (app.running)."""
-    if not os.environ.get("TOPA_CI"):
-        pytest.importorskip("gradio_client")
+    pytest.importorskip("gradio_client")   # under TOPA_CI=1 a skip fails the test (tests/conftest.py)
     from gradio_client import Client
 
     import app as app_script
@@ -248,8 +249,7 @@ def test_the_demo_shows_the_api_refusal_as_it_is(served):
 def test_lmms_eval_stops_with_the_api_refusal(toy, tmp_path):
     """A task document whose options repeat: lmms-eval's run stops with the API's line (the batched form's,
     with the request's index), and writes no results; it was answered."""
-    if not os.environ.get("TOPA_CI"):
-        pytest.importorskip("lmms_eval")
+    pytest.importorskip("lmms_eval")   # under TOPA_CI=1 a skip fails the test (tests/conftest.py)
     from test_lmms import run_lmms
     args = {"llama_model_path": toy["llama_model_path"], "model": "tiny", "adapter_len": "10",
             "resume": toy["resume"], "clip_model": toy["clip_model"], "memory_path": toy["memory_path"],

@@ -17,7 +17,7 @@ import pytest
 import app as app_script
 from toyworld.videos import write_video
 
-gradio_client = pytest.importorskip("gradio_client") if not os.environ.get("TOPA_CI") else __import__("gradio_client")
+pytest.importorskip("gradio_client")   # under TOPA_CI=1 a skip fails the run (tests/conftest.py)
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -34,19 +34,13 @@ def free_port() -> int:
 def served():
     """The app as app.py's main serves it (a private temporary folder, the page's files sealed), here."""
     from engine.serve import ServeConfig
-    before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
-    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "1"   # a closed page is noticed within a second or two
-    args = app_script.get_args(["--toy", "--device", "cpu"])
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_HEARTBEAT_INTERVAL", "1")   # a closed page is noticed within a second or two
+        args = app_script.get_args(["--toy", "--device", "cpu"])
         with app_script.running(args, ServeConfig(toy=True, port=free_port())) as (app, url, _):
             client = Client(url, verbose=False)
             yield app, url, client
             client.close()
-    finally:
-        if before is None:
-            os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
-        else:
-            os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
 
 
 def ask(client, video, mode, question="", options=(), memory="protocol", frames="protocol", max_new=0,
@@ -55,6 +49,11 @@ def ask(client, video, mode, question="", options=(), memory="protocol", frames=
     video = video if isinstance(video, dict) else handle_file(str(video))
     return client.predict(video, mode, question, *opts, memory, frames, max_new, list(history),
                           api_name="/ask")
+
+
+def on_server(path) -> dict:
+    """A file already on the server, as the page sends it after its first upload."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
 
 
 def text_of(message) -> str:
@@ -100,9 +99,8 @@ def test_a_follow_up_question_decodes_nothing(served, tmp_path):
     ask(client, video, "Open question", "what is it")
     assert app.qa.stats["decoded"] == before["decoded"] + 1
     (uploaded,) = files_named(app.files.root, "upload.mp4")
-    on_server = {"path": str(uploaded), "meta": {"_type": "gradio.FileData"}}
-    ask(client, on_server, "Multiple choice", "which color", ["green", "red"])
-    ask(client, on_server, "Describe")
+    ask(client, on_server(uploaded), "Multiple choice", "which color", ["green", "red"])
+    ask(client, on_server(uploaded), "Describe")
     assert app.qa.stats["decoded"] == before["decoded"] + 1
     assert app.qa.stats["cache_hits"] == before["cache_hits"] + 2
 
@@ -123,7 +121,7 @@ def test_bad_uploads_are_messages_and_deleted_at_once(served, tmp_path):
         assert files_named(app.files.root, name) == [], name
     # a video, however short: kept for the session's next requests
     (kept,) = files_named(app.files.root, "short.mp4")
-    ask(client, {"path": str(kept), "meta": {"_type": "gradio.FileData"}}, "Multiple choice", "What?", ["a", "b"])
+    ask(client, on_server(kept), "Multiple choice", "What?", ["a", "b"])
     with pytest.raises(AppError, match="at least two options"):
         ask(client, app.examples[0], "Multiple choice", "What?", ["only"])
     with pytest.raises(AppError, match="Type a question"):
@@ -138,14 +136,13 @@ def test_bad_uploads_are_messages_and_deleted_at_once(served, tmp_path):
     assert ask(client, app.examples[0], "Describe")[1] == app.qa.describe(app.examples[0]).text
 
 
-def browser(sync_api, p):
+def browser(p):
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
     return p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
 
 
 def playwright_api():
-    return pytest.importorskip("playwright.sync_api") if not os.environ.get("TOPA_CI") else \
-        __import__("playwright.sync_api", fromlist=["sync_playwright"])
+    return pytest.importorskip("playwright.sync_api")   # under TOPA_CI=1 a skip fails the test (tests/conftest.py)
 
 
 def fonts_of(page, selector: str):
@@ -165,7 +162,7 @@ def test_the_first_minute_in_a_real_browser(served):
     sync_api = playwright_api()
     app, url, _ = served
     with sync_api.sync_playwright() as p:
-        b = browser(sync_api, p)
+        b = browser(p)
         page = b.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         page.get_by_text("This is a random toy model", exact=False).wait_for()
@@ -209,7 +206,7 @@ def test_in_a_real_browser(served, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     sessions_before = set(app.files.uploads)
     with sync_api.sync_playwright() as p:
-        b = browser(sync_api, p)
+        b = browser(p)
         page = b.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         page.get_by_text("This is a random toy model", exact=False).wait_for()

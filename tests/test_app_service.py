@@ -19,25 +19,26 @@ from pathlib import Path
 
 import pytest
 
-gradio_client = pytest.importorskip("gradio_client") if not os.environ.get("TOPA_CI") else __import__("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+pytest.importorskip("gradio_client")   # under TOPA_CI=1 a skip fails the run (tests/conftest.py)
+from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from test_app import ask as ask_app  # noqa: E402  (the name `ask` is ask.py's below)
+from test_app import free_port, on_server  # noqa: E402
 
 from toyworld.videos import write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-N_OPTIONS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_for(tmp: Path) -> dict:
     return dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                 GRADIO_HEARTBEAT_INTERVAL="1", GRADIO_ANALYTICS_ENABLED="False")
+
+
+def run_python(tmp: Path, *argv):
+    """`python *argv` in the repository with TMPDIR = `tmp`, its output captured."""
+    return subprocess.run([sys.executable, *argv], cwd=REPO, env=env_for(tmp), capture_output=True, text=True,
+                          timeout=600)
 
 
 def files_in(folder: Path):
@@ -76,16 +77,6 @@ class Server:
     def stop(self, sig) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=120)
-
-
-def ask_app(client, video, mode, question="", options=(), memory="protocol", frames="protocol", max_new=0):
-    opts = list(options) + [""] * (N_OPTIONS - len(options))
-    video = video if isinstance(video, dict) else handle_file(str(video))
-    return client.predict(video, mode, question, *opts, memory, frames, max_new, [], api_name="/ask")
-
-
-def on_server(path) -> dict:
-    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
 
 
 def wait_for(predicate, timeout=60.0):
@@ -153,8 +144,7 @@ def test_session_files_follow_their_sessions(tmp_path):
 
 def run_app(tmp: Path, *flags):
     tmp.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "app.py", *flags], cwd=REPO, env=env_for(tmp), capture_output=True,
-                          text=True, timeout=600)
+    return run_python(tmp, "app.py", *flags)
 
 
 def test_a_taken_port_and_bad_flags_are_one_line_before_loading(tmp_path):
@@ -290,8 +280,7 @@ def test_toy_world_command_line_and_the_commands_it_prints(tmp_path):
     """`python -m toyworld.demo --out DIR` writes the world and prints ask.py and app.py commands; each
     runs: ask.py prints what the API answers on that world, app.py serves it and SIGTERM leaves nothing."""
     out = tmp_path / "toy"
-    r = subprocess.run([sys.executable, "-m", "toyworld.demo", "--out", str(out)], cwd=REPO,
-                       env=env_for(tmp_path), capture_output=True, text=True, timeout=600)
+    r = run_python(tmp_path, "-m", "toyworld.demo", "--out", str(out))
     assert r.returncode == 0, r.stderr
     cmds = [shlex.split(line) for line in r.stdout.splitlines() if line.strip().startswith("python ")]
     assert [c[1] for c in cmds] == ["ask.py", "ask.py", "ask.py", "app.py"], r.stdout
@@ -304,8 +293,7 @@ def test_toy_world_command_line_and_the_commands_it_prints(tmp_path):
     want = [mc_line(first.options, qa.mvbench(video, first.question, first.options)), qa.describe(video).text,
             qa.answer(video, ask.get_args(cmds[2][2:]).question).text]
     for cmd, line in zip(cmds[:3], want):
-        done = subprocess.run([sys.executable, *cmd[1:]], cwd=REPO, env=env_for(tmp_path), capture_output=True,
-                              text=True, timeout=600)
+        done = run_python(tmp_path, *cmd[1:])
         assert done.returncode == 0, (cmd, done.stderr)
         assert done.stdout.rstrip("\n").splitlines()[-1] == line, (cmd, done.stdout)
     tmp = tmp_path / "app_tmp"

@@ -16,7 +16,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import train
-from dataloader import nextqa
 from dataloader.base import DictFeatures, NpyDirFeatures
 from dataloader.benchmarks import build_mcqa_dataset
 from dataloader.textvid import TextVidDataset
@@ -25,20 +24,11 @@ from llama.build import ModelConfig, check_recorded_settings, load_topa
 from llama.memory import load_memory
 from llama.model import ModelArgs
 from llama.weights import load_topa_checkpoint
-from text.prompts import PromptBuilder
-from text.tokenizer import load_tokenizer
-from toyworld.fixtures import fixtures_dir
-from util.errors import CheckpointError, ConfigError, DataError, InputError, one_line
+from util.errors import CheckpointError, ConfigError, DataError, one_line
 from util.files import load_pickled_tensor, safe_load
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 HEADER = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"]
-
-
-@pytest.fixture(scope="module")
-def builder():
-    return PromptBuilder(load_tokenizer(Path(FIX) / "llama2" / "tokenizer.model"), 10)
 
 
 def nextqa_csv(rows) -> str:
@@ -551,12 +541,12 @@ def test_numeric_flags_are_checked_with_the_config(flag, value):
         TrainConfig.from_args(a)
 
 
-def test_tokenizer_of_another_vocabulary_names_both_files(tiny_world, tmp_path):
+def test_tokenizer_of_another_vocabulary_names_both_files(tiny_world, fixtures_dir, tmp_path):
     """A tokenizer.model that does not belong to the backbone: one line naming both (it named the
     embedding tensor), before the weights are read."""
     d = tmp_path / "llama2"
     shutil.copytree(tiny_world["root"] / "pretrained" / "llama2" / "tiny", d / "tiny")
-    shutil.copy(Path(FIX) / "llama2" / "tokenizer.model", d / "tokenizer.model")
+    shutil.copy(fixtures_dir / "llama2" / "tokenizer.model", d / "tokenizer.model")
     with pytest.raises(CheckpointError, match=rf"the tokenizer {d}/tokenizer\.model has 32000 tokens but the "
                                               rf"backbone {d}/tiny has an embedding for \d+"):
         load_topa(ModelConfig(llama_model_path=str(d), model="tiny", adapter_len=4), torch.device("cpu"), torch.float32)

@@ -24,8 +24,6 @@ from dataloader.base import load_json
 from dataloader.textvid import TextVidDataset
 from dataloader.textvid.index import SourceKey, locations, open_index
 from dataloader.textvid.tideo import read_tideos
-from text.prompts import PromptBuilder
-from text.tokenizer import load_tokenizer
 from textvid_reference import ReferenceTextVidDataset
 from util.errors import DataError, InputError, MissingFileError
 
@@ -33,11 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 N = 14
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def builder(fixtures_dir):
-    return PromptBuilder(load_tokenizer(fixtures_dir / "llama2" / "tokenizer.model"), 10)
 
 
 def make_tideos(n=N, seed=0):

@@ -31,13 +31,10 @@ from engine.config import TrainConfig, flat_args
 from llama.build import load_topa
 from llama.weights import load_topa_checkpoint
 from text.prompts import PromptBuilder
-from text.tokenizer import load_tokenizer
-from toyworld.fixtures import fixtures_dir
 from util.errors import CheckpointError, ConfigError
 from util.schedule import absolute_lr, lr_at, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = fixtures_dir()  # tests/fixtures, or $TOPA_FIXTURES
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -330,11 +327,6 @@ def test_sigkill_during_a_save_never_leaves_a_broken_file(tmp_path):
 
 
 # ---------------------------------------------------------------- (e) bad input
-
-@pytest.fixture(scope="module")
-def builder():
-    return PromptBuilder(load_tokenizer(Path(FIX) / "llama2" / "tokenizer.model"), 10)
-
 
 def write_textvid(root, tideos, rows):
     d = root / "textvid"
@@ -787,6 +779,24 @@ def test_output_dir_of_another_run_is_refused_and_overwrite_deletes_only_its_fil
     assert [x["type"] for x in log_lines(out)] == ["iter"] * 3 + ["epoch"]   # the new run's lines only
 
 
+def start_until(driver, argv, out_dir: Path, marker: str) -> subprocess.Popen:
+    """`python driver *argv` (stderr piped), once `out_dir`/log.jsonl holds `marker` (150 s at most) and the
+    process still runs: the caller sends it its signal and kills it if it still runs after."""
+    p = subprocess.Popen([sys.executable, str(driver), *argv], cwd=REPO, env=run_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and p.poll() is None and not (
+                (out_dir / "log.jsonl").exists() and marker in (out_dir / "log.jsonl").read_text()):
+            time.sleep(0.05)
+        assert p.poll() is None, p.stderr.read()[-3000:]
+    except BaseException:
+        if p.poll() is None:
+            p.kill()
+        raise
+    return p
+
+
 KILL_DRIVER = """
 import sys, time
 import train
@@ -810,14 +820,8 @@ def test_mid_epoch_checkpoint_killed_and_resumed_equals_the_uninterrupted_run(wo
     driver = tmp_path / "driver.py"
     driver.write_text(KILL_DRIVER)
     args = base_args(world, b, *TEXTVID, "--epochs", 2, "--save_every", 4)
-    p = subprocess.Popen([sys.executable, str(driver), *args], cwd=REPO, env=run_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = start_until(driver, args, b, '"epoch": 1, "iter": 5')
     try:
-        deadline = time.time() + 150
-        while time.time() < deadline and p.poll() is None and not (
-                (b / "log.jsonl").exists() and '"epoch": 1, "iter": 5' in (b / "log.jsonl").read_text()):
-            time.sleep(0.05)
-        assert p.poll() is None, p.stderr.read()[-3000:]
         p.send_signal(signal.SIGKILL)
         p.wait(30)
     finally:
@@ -903,14 +907,8 @@ def test_ctrl_c_names_the_command_that_continues_the_run(world, resume_runs, tmp
     driver = tmp_path / "driver.py"
     driver.write_text(CTRL_C_DRIVER)
     args = base_args(world, b, *TEXTVID, "--epochs", 2)
-    p = subprocess.Popen([sys.executable, str(driver), str(REPO / "train.py"), *args], cwd=REPO, env=run_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = start_until(driver, [str(REPO / "train.py"), *args], b, '"epoch": 1, "iter": 2')
     try:
-        deadline = time.time() + 150
-        while time.time() < deadline and p.poll() is None and not (
-                (b / "log.jsonl").exists() and '"epoch": 1, "iter": 2' in (b / "log.jsonl").read_text()):
-            time.sleep(0.05)
-        assert p.poll() is None, p.stderr.read()[-3000:]
         p.send_signal(signal.SIGINT)
         err = p.communicate(timeout=60)[1]
     finally:
