@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import List, Optional
 
 from engine.serve import ServeConfig, SessionFiles, start, wait
+from text.prompts import LETTERS
 
 MODES = ("Open question", "Multiple choice", "Multiple choice (MVBench letters)", "Describe")
 KIND = {"Open question": "answer", "Multiple choice": "choose", "Multiple choice (MVBench letters)": "mvbench",
@@ -26,7 +27,6 @@ PROTOCOL = "as the benchmark's protocol"
 MEMORY = {"protocol": None, "on": True, "off": False}   # the API's value of each choice
 DEFAULT_QUESTION = "What is happening in the video?"
 N_OPTIONS = 5
-LETTERS = "ABCDE"
 TITLE = "TOPA: ask a video"
 TOY_NOTE = ("**This is a random toy model** (`--toy`): a tiny Llama with random weights, a random CLIP and a "
             "random TOPA checkpoint. The answers are random text; the page shows how the demo works, not what "
@@ -258,11 +258,11 @@ def get_args(argv=None):
     return parser().parse_args(argv)
 
 
-def build_app(args, files: SessionFiles, toy_root: Optional[str] = None) -> DemoApp:
-    """The app of the parsed flags (the model loaded); with --toy the toy world is written to `toy_root` first."""
+def build_app(args, cfg: ServeConfig, files: SessionFiles, toy_root: Optional[str] = None) -> DemoApp:
+    """The app of the parsed flags and their ServeConfig `cfg` (the model loaded); with --toy the toy world is
+    written to `toy_root` first."""
     from engine.api import TOPAVideoQA
     from engine.config import QAConfig
-    cfg = ServeConfig.from_args(args)
     examples: List[str] = list(cfg.examples)
     if cfg.toy:   # toyworld/ is test support, not runtime code: --toy is the one runtime use of it
         from toyworld.demo import build_toy, toy_flags
@@ -282,7 +282,7 @@ def running(args, cfg: ServeConfig):
     files, demo = SessionFiles.create(), None
     toy_root = tempfile.mkdtemp(prefix="topa_toy_") if cfg.toy else None
     try:
-        app = build_app(args, files, toy_root)
+        app = build_app(args, cfg, files, toy_root)
         demo = app.build()
         files.seal()
         yield (app, *start(demo, cfg, **app.launch_options()))

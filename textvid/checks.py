@@ -18,7 +18,7 @@ import json
 import re
 from typing import List, Optional
 
-from dataloader.textvid import parse_tideo
+from dataloader.textvid import Tideo, parse_tideo
 from util.errors import DataError
 
 from .config import N_OPTIONS, Shape
@@ -66,8 +66,8 @@ def _count(n: int, bounds, what: str):
         raise Rejected(f"{what} out of range", f"{n} {what}, expected {lo} to {hi}")
 
 
-def generation_checks(t: dict, shape: Shape):
-    """Step 3 on a tideo that passed `parse_tideo`."""
+def generation_checks(t: dict, parsed: Tideo, shape: Shape):
+    """Step 3 on a tideo `t` that passed `parse_tideo` (`parsed`, what it gave)."""
     _count(len(t["frames"]), shape.frames, "frames")
     for k, f in enumerate(t["frames"]):
         _count(len(f) - 1, shape.objects, "objects")
@@ -81,7 +81,7 @@ def generation_checks(t: dict, shape: Shape):
             raise Rejected("not 5 options", f"QA {k} has {len(opts)} options")
         if not _text(qa["question"]):
             raise Rejected("empty text", f"QA {k}: the question is empty")
-        if not _text(qa.get("answer_open_ended")):
+        if parsed.qas[k].open_answer is None:
             raise Rejected("empty text", f"QA {k}: no 'answer_open_ended'")
         seen = {}
         for i, o in enumerate(opts):
@@ -89,18 +89,16 @@ def generation_checks(t: dict, shape: Shape):
             if key in seen:
                 raise Rejected("options not distinct", f"QA {k}: options {seen[key]} and {i} are the same")
             seen[key] = i
-    if not _text(t["global_video_caption"]):
-        raise Rejected("empty text", "the global_video_caption is empty")
 
 
 def accept(text: Optional[str], job: Job, shape: Shape) -> dict:
     """Steps 1-3 (see the module docstring): the tideo, or Rejected."""
     t = to_tideo(text, job)
     try:
-        parse_tideo(t, "answer", job.order, need_caption=True)
+        parsed = parse_tideo(t, "answer", job.order, need_caption=True)
     except DataError as e:
         raise Rejected("dataset check", str(e).removeprefix(f"answer: tideo {job.idx}: ")) from None
-    generation_checks(t, shape)
+    generation_checks(t, parsed, shape)
     return t
 
 

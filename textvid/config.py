@@ -33,8 +33,6 @@ class Shape:
 
 def _pair(sep: str, example: str):
     def parse(text) -> Tuple[int, int]:
-        if isinstance(text, tuple):
-            return text
         a, found, b = str(text).partition(sep)
         try:
             return int(a), int(b if found else a)

@@ -13,12 +13,16 @@ from typing import List
 
 import torch
 
-from util.dist import select_device
+from util.dist import DTYPES, select_device
 from util.errors import CheckpointError, ConfigError
 
 from .writers import Answer, Done, NextRequest, Request
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+def chat_ids(tok, prompt: str) -> List[int]:
+    """The prompt's token ids: the user message through the tokenizer's chat template, ready for the answer."""
+    return list(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False))
 
 
 def allowed_tokens(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -114,8 +118,7 @@ class LocalWriter:
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
 
     def encode(self, prompt: str) -> List[int]:
-        return list(self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False))
+        return chat_ids(self.tok, prompt)
 
     def answer_batch(self, batch: List[Request]) -> List[Answer]:
         from transformers import GenerationConfig, LogitsProcessorList

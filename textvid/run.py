@@ -162,14 +162,15 @@ def run(cfg: GenConfig) -> Report:
 
 
 def summarize(cfg, mine, states, before, seconds, sched, writer) -> Report:
-    rejected, tokens = Counter(), [0, 0]
+    rejected, tokens, written, given_up = Counter(), [0, 0], 0, 0
     for j in mine:
         st = states.get(j.idx, JobState())
         rejected.update(x["reason"] for x in st.rejections)
         tokens = [tokens[0] + st.tokens[0], tokens[1] + st.tokens[1]]
-    written = sum(states.get(j.idx, JobState()).tideo is not None for j in mine)
-    given_up = sum(1 for j in mine if states.get(j.idx, JobState()).tideo is None
-                   and states.get(j.idx, JobState()).finished(cfg.max_tries))
+        if st.tideo is not None:
+            written += 1
+        elif st.finished(cfg.max_tries):
+            given_up += 1
     return Report(cfg.shard, cfg.model or cfg.hf_model, len(mine), before, written, given_up, rejected, tuple(tokens),
                   seconds, sched.written, getattr(writer, "peak", 0))
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from dataloader.base import load_json
 from util.errors import ConfigError, DataError
 from util.files import LineWriter, prepare_output_dir, write_text_atomic
 from util.lock import LOCK_NAME, OutputLock
@@ -100,7 +101,7 @@ class Store:
     def _check_settings(self):
         path = self.dir / "settings.json"
         if path.is_file():
-            have = json.loads(path.read_text(encoding="utf-8"))
+            have = load_json(path)
             diff = [k for k in sorted(set(have) | set(self.settings)) if have.get(k) != self.settings.get(k)]
             if diff:
                 what = "; ".join(f"{k}: {have.get(k)!r} there, {self.settings.get(k)!r} now" for k in diff[:3])

@@ -8,11 +8,12 @@ byte-level BPE tokenizer trained here (`tokenizer.json`, any text encodes), and 
 those messages with those texts: a server test gets answers that are known in advance (a valid tideo, a
 broken one) from a real model, not a stub.
 """
-import json
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 import torch
+
+from textvid.local import chat_ids
 
 CONTROL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header|>", "<|end_header|>", "<|eot|>"]
 # messages as Llama-3's template lays them out, with the tokenizer's own names
@@ -68,12 +69,6 @@ def make_tiny_chat_llama(folder, seed: int = 0, dim: int = 64, n_layers: int = 2
     return folder
 
 
-def chat_ids(tokenizer, user: str) -> List[int]:
-    """The prompt's token ids: the user message through the chat template, ready for the answer."""
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=False))
-
-
 def margin(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The smallest lead of the labelled token's logit over the best other one (positions with label -100
     left out): > 0 means greedy decoding follows the labels."""
@@ -124,9 +119,3 @@ def teach(folder, pairs: Sequence[Tuple[str, str]], steps: int = 1000, lr: float
     model.eval()
     model.save_pretrained(folder)
     return folder
-
-
-def write_json(path, obj) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(obj, indent=1))
-    return path
